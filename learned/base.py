@@ -1,0 +1,53 @@
+"""The learned-optimizer interface shared by μLO (MLPLOpt) and the L2O structures.
+
+A learned optimizer (LOpt) is an update rule with meta-parameters ``theta``:
+
+    lopt.init_theta(generator)                          -> dict[str, Tensor]   (theta)
+    lopt.init(param, info)                              -> state              (per tensor)
+    lopt.update(theta, grad, param, state, step, info)  -> (delta, state)     (pure)
+    lopt.rule(theta, infos)                             -> metaopt UpdateRule (theta bound)
+
+``info`` is the tensor's :class:`metaopt.tasks.ParamInfo` (role and fans, for μP scaling) or
+None. ``update`` uses out-of-place torch ops only, so the inner training it drives is
+differentiable in ``theta`` (TBPTT), and vmappable over tasks (PES/ES).
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import torch
+from torch import Tensor
+
+from metaopt.rule import UpdateRule
+from metaopt.tasks import ParamInfo
+
+Theta = dict[str, Tensor]
+
+
+class LOpt:
+    """Base class of learned optimizers (see the module docstring for the contract)."""
+
+    name: str = "lopt"
+
+    def init_theta(self, generator: torch.Generator | None = None) -> Theta:
+        raise NotImplementedError
+
+    def init(self, param: Tensor, info: ParamInfo | None = None) -> dict[str, Tensor]:
+        raise NotImplementedError
+
+    def update(self, theta: Theta, grad: Tensor, param: Tensor, state: Mapping[str, Tensor],
+               step: int | Tensor, info: ParamInfo | None = None, **ext: Any
+               ) -> tuple[Tensor, dict[str, Tensor]]:
+        raise NotImplementedError
+
+    def rule(self, theta: Theta, infos: list[ParamInfo] | None = None) -> UpdateRule:
+        """This LO with ``theta`` bound, as an :class:`UpdateRule`. Per-tensor ``info`` reaches
+        ``update`` through the per-tensor hyperparameter ``"info"`` (see ``metaopt.rule.apply``)."""
+
+        def init(p):
+            return self.init(p, None)
+
+        def update(g, p, s, hp, step, **ext):
+            return self.update(theta, g, p, s, step, hp.get("info"), **ext)
+
+        return UpdateRule(self.name, init, update, hp={"info": None}, elementwise=False)

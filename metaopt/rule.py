@@ -1,0 +1,150 @@
+"""The update-rule spine: one interface shared by the zoo, searched programs, learned
+optimizers and bilevel code.
+
+An update rule is a pure, per-tensor function
+
+    init(param)                                  -> state      (dict of tensors)
+    update(grad, param, state, hp, step, **ext)  -> (delta, new_state)
+
+and the new parameter is ``param - delta``. ``hp`` is a mapping of hyperparameters (floats,
+or 0-d tensors when they are to be differentiated or vmapped), ``step`` is the 1-based count
+of this update (an int or a 0-d tensor). ``ext`` carries extra inputs a rule declares it
+needs through ``needs(hp, step)``: ``"loss"`` (the closure's loss) or ``"hvp"`` (a Hessian-
+vector product ``hvp`` with a Rademacher probe ``u``; supplied by :class:`RuleOptimizer`).
+
+Because a rule is written with out-of-place torch ops, the same definition can be
+  * wrapped as a ``torch.optim.Optimizer`` (:class:`metaopt.optimizer.RuleOptimizer`),
+  * applied functionally and differentiably to lists of tensors (:func:`apply`),
+  * ``torch.func.vmap``-ed over a leading population axis,
+  * fused (a rule may ship a ``fused`` in-place multi-tensor path that must equal ``update``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, Mapping, Sequence
+
+import torch
+from torch import Tensor
+
+State = dict[str, Tensor]
+Hyper = Mapping[str, Any]
+
+
+def _no_needs(hp: Hyper, step: int) -> frozenset:
+    return frozenset()
+
+
+def _no_check(hp: Hyper) -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class UpdateRule:
+    """A named update rule with its default hyperparameters.
+
+    Attributes:
+      name: registry id (lower case).
+      init: ``param -> state``.
+      update: ``(grad, param, state, hp, step, **ext) -> (delta, state)``; pure.
+      hp: default (or bound) hyperparameters; ``with_hp`` rebinds them.
+      check: raises ``ValueError`` naming a bad hyperparameter and its allowed range.
+      needs: ``(hp, step) -> frozenset`` of extra inputs (``"loss"``, ``"hvp"``) this step.
+      fused: optional in-place multi-tensor step
+        ``fused(params, grads, states, hp, steps) -> None`` equal to ``update``; used by
+        :class:`RuleOptimizer` as the fast path.
+      elementwise: every output coordinate depends only on the same coordinate of the
+        inputs (lets the adapter flatten or fuse across tensors).
+    """
+
+    name: str
+    init: Callable[[Tensor], State]
+    update: Callable[..., tuple[Tensor, State]]
+    hp: Mapping[str, Any] = field(default_factory=dict)
+    check: Callable[[Hyper], None] = _no_check
+    needs: Callable[[Hyper, int], frozenset] = _no_needs
+    fused: Callable[..., None] | None = None
+    elementwise: bool = True
+
+    def with_hp(self, **hp: Any) -> "UpdateRule":
+        """This rule with some default hyperparameters replaced (validated)."""
+        unknown = sorted(set(hp) - set(self.hp))
+        if unknown:
+            raise ValueError(
+                f"{self.name}: unknown hyperparameter(s) {unknown}; allowed: {sorted(self.hp)}"
+            )
+        merged = {**self.hp, **hp}
+        self.check(merged)
+        return replace(self, hp=merged)
+
+
+def init_states(rule: UpdateRule, params: Sequence[Tensor]) -> list[State]:
+    """The rule's initial state for each tensor in ``params``."""
+    return [rule.init(p) for p in params]
+
+
+def apply(
+    rule: UpdateRule,
+    params: Sequence[Tensor],
+    grads: Sequence[Tensor],
+    states: Sequence[State],
+    step: int | Tensor,
+    hp: Hyper | Sequence[Hyper] | None = None,
+    **ext: Any,
+) -> tuple[list[Tensor], list[State]]:
+    """One functional step over lists of tensors: ``p_new = p - delta``.
+
+    Pure and differentiable (``torch.func.grad`` through K steps works) and vmappable over a
+    leading population axis of ``params``, ``grads``, ``states`` and tensor-valued ``hp``.
+    ``hp`` is one mapping for every tensor, or a list of mappings aligned with ``params``
+    (per-tensor hyperparameters, e.g. μP's per-layer learning-rate multipliers); either way it
+    overrides the rule's defaults. Per-tensor extras (``hvp``, ``u``) in ``ext`` are lists
+    aligned with ``params``.
+    """
+    per_tensor = _per_tensor_hp(rule, hp, len(params))
+    new_params, new_states = [], []
+    for i, (p, g, s) in enumerate(zip(params, grads, states)):
+        extra = {k: (v[i] if isinstance(v, (list, tuple)) else v) for k, v in ext.items()}
+        delta, s2 = rule.update(g, p, s, per_tensor[i], step, **extra)
+        new_params.append(p - delta)
+        new_states.append(s2)
+    return new_params, new_states
+
+
+def _per_tensor_hp(rule: UpdateRule, hp, n: int) -> list[Hyper]:
+    if hp is None:
+        return [rule.hp] * n
+    if isinstance(hp, Mapping):
+        merged = {**rule.hp, **hp}
+        return [merged] * n
+    if len(hp) != n:
+        raise ValueError(f"per-tensor hp has {len(hp)} entries for {n} tensors")
+    return [{**rule.hp, **h} for h in hp]
+
+
+def unroll(
+    rule: UpdateRule,
+    loss_fn: Callable[[list[Tensor], Any], Tensor],
+    params: Sequence[Tensor],
+    batches: Sequence[Any],
+    hp: Hyper | Sequence[Hyper] | None = None,
+    states: Sequence[State] | None = None,
+    first_step: int = 1,
+) -> tuple[list[Tensor], list[State], list[Tensor]]:
+    """Train ``params`` for ``len(batches)`` steps of ``rule`` on ``loss_fn(params, batch)``.
+
+    Every step is built from differentiable ops (gradients come from ``torch.func.grad``), so
+    the returned parameters can be differentiated with respect to the initial parameters and
+    any tensor-valued hyperparameter in ``hp`` (the unrolled hypergradient). Returns the final
+    parameters, states and the per-step training losses.
+    """
+    params = list(params)
+    states = list(states) if states is not None else init_states(rule, params)
+    grad_and_loss = torch.func.grad_and_value(lambda ps, b: loss_fn(list(ps), b))
+    losses = []
+    for k, batch in enumerate(batches):
+        grads, loss = grad_and_loss(tuple(params), batch)
+        params, states = apply(rule, params, list(grads), states, first_step + k, hp)
+        losses.append(loss)
+    return params, states, losses
+
+

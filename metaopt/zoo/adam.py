@@ -1,0 +1,95 @@
+"""Adam and AdamW.
+
+    m_t = b1 m_{t-1} + (1 - b1) g_t
+    v_t = b2 v_{t-1} + (1 - b2) g_t^2
+    p_t = p_{t-1} - lr * (m_t / (1 - b1^t)) / (sqrt(v_t) / sqrt(1 - b2^t) + eps)
+
+Adam (Kingma & Ba, ICLR 2015) adds weight decay to the gradient (``g_t = grad + wd p``);
+AdamW (Loshchilov & Hutter, ICLR 2019) decouples it: ``p <- p (1 - lr wd)`` before the step.
+The eps placement and bias corrections follow torch.optim.Adam/AdamW, whose defaults these are
+(lr 1e-3, betas (0.9, 0.999), eps 1e-8; weight decay 0 for Adam, 1e-2 for AdamW).
+The fused path is torch's own fused multi-tensor kernel (``torch._fused_adam(w)_``).
+"""
+from __future__ import annotations
+
+import torch
+
+from ..rule import UpdateRule
+from .checks import check_betas, check_min
+from .registry import register
+
+
+def _init(p):
+    return {"exp_avg": torch.zeros_like(p), "exp_avg_sq": torch.zeros_like(p)}
+
+
+def adam_direction(g, state, hp, step):
+    """Bias-corrected Adam direction ``m_hat / (sqrt(v_hat) + eps)`` and the new moments."""
+    b1, b2 = hp["betas"]
+    m = torch.lerp(state["exp_avg"], g, 1 - b1)
+    v = b2 * state["exp_avg_sq"] + (1 - b2) * g * g
+    bc1 = 1 - b1**step
+    bc2_sqrt = (1 - b2**step) ** 0.5
+    d = (m / bc1) / (v.sqrt() / bc2_sqrt + hp["eps"])
+    return d, {"exp_avg": m, "exp_avg_sq": v}
+
+
+def _adam_update(g, p, state, hp, step):
+    wd = hp["weight_decay"]
+    if isinstance(wd, torch.Tensor) or wd != 0:
+        g = g + wd * p
+    d, new = adam_direction(g, state, hp, step)
+    return hp["lr"] * d, new
+
+
+def _adamw_update(g, p, state, hp, step):
+    d, new = adam_direction(g, state, hp, step)
+    return hp["lr"] * (d + hp["weight_decay"] * p), new
+
+
+def _fused(kernel):
+    def fused(params, grads, states, hp, steps):
+        b1, b2 = hp["betas"]
+        dev = params[0].device
+        step_t = torch.full((), float(steps[0]), dtype=torch.float32, device=dev)
+        step_ts = [step_t] * len(params) if len(set(steps)) == 1 else [
+            torch.full((), float(s), dtype=torch.float32, device=dev) for s in steps]
+        kernel(
+            params, grads, [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states],
+            [], step_ts, amsgrad=False, lr=float(hp["lr"]), beta1=float(b1), beta2=float(b2),
+            weight_decay=float(hp["weight_decay"]), eps=float(hp["eps"]), maximize=False,
+        )
+
+    return fused
+
+
+def _check(name):
+    def check(hp):
+        check_min(hp, "lr", name=name)
+        check_betas(hp, 2, name=name)
+        check_min(hp, "eps", name=name)
+        check_min(hp, "weight_decay", name=name)
+
+    return check
+
+
+def _fused_ok(kernel_name: str):
+    return _fused(getattr(torch, kernel_name)) if hasattr(torch, kernel_name) else None
+
+
+@register("adam")
+def adam() -> UpdateRule:
+    return UpdateRule(
+        "adam", _init, _adam_update,
+        hp={"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.0},
+        check=_check("adam"), fused=_fused_ok("_fused_adam_"),
+    )
+
+
+@register("adamw")
+def adamw() -> UpdateRule:
+    return UpdateRule(
+        "adamw", _init, _adamw_update,
+        hp={"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 1e-2},
+        check=_check("adamw"), fused=_fused_ok("_fused_adamw_"),
+    )

@@ -1,0 +1,44 @@
+"""Hyperparameter validation shared by the zoo: one-line ``ValueError``s that name the
+parameter, its value and the allowed range."""
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping
+
+import torch
+
+
+def _num(v: Any) -> float | None:
+    if isinstance(v, torch.Tensor):
+        return None if v.requires_grad or v.numel() != 1 or v.device.type == "meta" else v.item()
+    return float(v)
+
+
+def check_min(hp: Mapping, key: str, low: float = 0.0, strict: bool = False, name: str = "") -> None:
+    """``hp[key] >= low`` (``> low`` when ``strict``); tensors that require grad are skipped."""
+    v = _num(hp[key])
+    if v is None:
+        return
+    bad = (v <= low) if strict else (v < low)
+    if bad or math.isnan(v):
+        op = ">" if strict else ">="
+        raise ValueError(f"{name}: invalid {key}={v}: must be {op} {low}")
+
+
+def check_unit(hp: Mapping, key: str, name: str = "", closed: bool = False) -> None:
+    """``0 <= hp[key] < 1`` (``<= 1`` when ``closed``)."""
+    v = _num(hp[key])
+    if v is None:
+        return
+    if not (0.0 <= v <= 1.0 if closed else 0.0 <= v < 1.0):
+        rng = "[0, 1]" if closed else "[0, 1)"
+        raise ValueError(f"{name}: invalid {key}={v}: must be in {rng}")
+
+
+def check_betas(hp: Mapping, n: int = 2, name: str = "", closed: bool = False) -> None:
+    """``betas`` is a tuple of ``n`` numbers, each in ``[0, 1)`` (``[0, 1]`` when ``closed``)."""
+    betas = hp["betas"]
+    if not isinstance(betas, (tuple, list)) or len(betas) != n:
+        raise ValueError(f"{name}: invalid betas={betas!r}: must be a tuple of {n} numbers in [0, 1)")
+    for i, b in enumerate(betas):
+        check_unit({f"betas[{i}]": b}, f"betas[{i}]", name, closed)

@@ -1,0 +1,62 @@
+"""Stochastic gradient descent with heavy-ball or Nesterov momentum (torch.optim.SGD's form).
+
+    g_t = grad + wd * p                            (coupled L2, as torch.optim.SGD)
+    b_t = g_t                        if t == 1     (torch initialises the buffer with g_1)
+    b_t = mu * b_{t-1} + (1 - dampening) * g_t     otherwise
+    d_t = g_t + mu * b_t  (nesterov)   or   b_t
+    p_t = p_{t-1} - lr * d_t
+
+Polyak (1964); Nesterov (1983); Sutskever et al., "On the importance of initialization and
+momentum in deep learning" (ICML 2013). Defaults: torch.optim.SGD with lr=1e-3.
+"""
+from __future__ import annotations
+
+import torch
+
+from ..rule import UpdateRule
+from .checks import check_min, check_unit
+from .registry import register
+
+
+def _init(p):
+    return {"momentum_buffer": torch.zeros_like(p)}
+
+
+def _update(g, p, state, hp, step):
+    lr, mu, damp, wd = hp["lr"], hp["momentum"], hp["dampening"], hp["weight_decay"]
+    if _nonzero(wd):
+        g = g + wd * p
+    if not _nonzero(mu):
+        return lr * g, state
+    buf = state["momentum_buffer"]
+    if isinstance(step, int) and step == 1:
+        buf = g.clone()
+    elif isinstance(step, int):
+        buf = mu * buf + (1 - damp) * g
+    else:  # tensor step (vmapped or compiled): same arithmetic without Python branching
+        first = (step == 1).to(g.dtype)
+        buf = first * g + (1 - first) * (mu * buf + (1 - damp) * g)
+    d = g + mu * buf if hp["nesterov"] else buf
+    return lr * d, {"momentum_buffer": buf}
+
+
+def _nonzero(v) -> bool:
+    return isinstance(v, torch.Tensor) or v != 0
+
+
+def _check(hp):
+    check_min(hp, "lr", name="sgd")
+    check_unit(hp, "momentum", name="sgd", closed=True)
+    check_min(hp, "weight_decay", name="sgd")
+    check_unit(hp, "dampening", name="sgd", closed=True)
+    if hp["nesterov"] and (not _nonzero(hp["momentum"]) or hp["dampening"] != 0):
+        raise ValueError("sgd: nesterov=True requires momentum > 0 and dampening = 0")
+
+
+@register("sgd")
+def sgd() -> UpdateRule:
+    return UpdateRule(
+        "sgd", _init, _update,
+        hp={"lr": 1e-3, "momentum": 0.0, "dampening": 0.0, "weight_decay": 0.0, "nesterov": False},
+        check=_check,
+    )
