@@ -1,11 +1,15 @@
 """The baseline zoo: hand-written update rules from the field's papers, one file per family.
 
-    zoo.names()                                   # every member's id
+    zoo.names()                                        # every member's id
     zoo.create("adamw", model.parameters(), lr=1e-3)   # a torch.optim.Optimizer
-    zoo.rule("lion", lr=1e-4)                     # the same rule as an UpdateRule
-    zoo.defaults("adam")                          # the official code's defaults
+    zoo.rule("lion", lr=1e-4)                          # the same rule as an UpdateRule
+    zoo.defaults("adam")                               # the official code's defaults
+
+Every module in this package registers its members on import.
 """
-from . import adam, sgd  # noqa: F401  (registers the members)
+from .._autoload import import_submodules
 from .registry import create, defaults, names, register, rule
+
+import_submodules(__name__, __path__)
 
 __all__ = ["create", "defaults", "names", "register", "rule"]
