@@ -1,4 +1,4 @@
-"""Adam and AdamW.
+"""Adam, AdamW and AMSGrad.
 
     m_t = b1 m_{t-1} + (1 - b1) g_t
     v_t = b2 v_{t-1} + (1 - b2) g_t^2
@@ -6,8 +6,13 @@
 
 Adam (Kingma & Ba, ICLR 2015) adds weight decay to the gradient (``g_t = grad + wd p``);
 AdamW (Loshchilov & Hutter, ICLR 2019) decouples it: ``p <- p (1 - lr wd)`` before the step.
+AMSGrad (Reddi, Kale & Kumar, "On the Convergence of Adam and Beyond", ICLR 2018) divides by
+the running maximum ``vmax_t = max(vmax_{t-1}, v_t)`` instead of ``v_t``, with Adam's coupled
+weight decay (torch.optim.Adam(amsgrad=True)).
 The eps placement and bias corrections follow torch.optim.Adam/AdamW, whose defaults these are
-(lr 1e-3, betas (0.9, 0.999), eps 1e-8; weight decay 0 for Adam, 1e-2 for AdamW).
+(lr 1e-3, betas (0.9, 0.999), eps 1e-8; weight decay 0 for Adam and AMSGrad, 1e-2 for AdamW).
+``cautious=True`` on AdamW masks the direction with the cautious mask (see
+:mod:`metaopt.zoo._cautious_mask`; Liang et al. 2024) before adding the decay.
 The fused path is torch's own fused multi-tensor kernel (``torch._fused_adam(w)_``).
 """
 from __future__ import annotations
@@ -15,12 +20,17 @@ from __future__ import annotations
 import torch
 
 from ..rule import UpdateRule
+from ._cautious_mask import cautious
 from .checks import check_betas, check_min
 from .registry import register
 
 
 def _init(p):
     return {"exp_avg": torch.zeros_like(p), "exp_avg_sq": torch.zeros_like(p)}
+
+
+def _init_ams(p):
+    return dict(_init(p), max_exp_avg_sq=torch.zeros_like(p))
 
 
 def adam_direction(g, state, hp, step):
@@ -34,21 +44,47 @@ def adam_direction(g, state, hp, step):
     return d, {"exp_avg": m, "exp_avg_sq": v}
 
 
-def _adam_update(g, p, state, hp, step):
-    wd = hp["weight_decay"]
-    if isinstance(wd, torch.Tensor) or wd != 0:
-        g = g + wd * p
-    d, new = adam_direction(g, state, hp, step)
-    return hp["lr"] * d, new
+def amsgrad_direction(g, state, hp, step):
+    """``m_hat / (sqrt(vmax) / sqrt(1 - b2^t) + eps)`` with ``vmax`` the running max of ``v``."""
+    b1, b2 = hp["betas"]
+    m = torch.lerp(state["exp_avg"], g, 1 - b1)
+    v = b2 * state["exp_avg_sq"] + (1 - b2) * g * g
+    vmax = torch.maximum(state["max_exp_avg_sq"], v)
+    d = (m / (1 - b1**step)) / (vmax.sqrt() / (1 - b2**step) ** 0.5 + hp["eps"])
+    return d, {"exp_avg": m, "exp_avg_sq": v, "max_exp_avg_sq": vmax}
+
+
+def _coupled(direction):
+    def update(g, p, state, hp, step):
+        wd = hp["weight_decay"]
+        if isinstance(wd, torch.Tensor) or wd != 0:
+            g = g + wd * p
+        d, new = direction(g, state, hp, step)
+        return hp["lr"] * d, new
+
+    return update
+
+
+_adam_update = _coupled(adam_direction)
+_amsgrad_update = _coupled(amsgrad_direction)
 
 
 def _adamw_update(g, p, state, hp, step):
     d, new = adam_direction(g, state, hp, step)
+    if hp["cautious"]:
+        d = cautious(d, g)
     return hp["lr"] * (d + hp["weight_decay"] * p), new
 
 
-def _fused(kernel):
+def _fused(kernel, update=None, amsgrad=False):
     def fused(params, grads, states, hp, steps):
+        if hp.get("cautious"):  # torch's kernel has no mask: run the rule per tensor
+            for p, g, s, t in zip(params, grads, states, steps):
+                delta, new = update(g, p, s, hp, t)
+                p.sub_(delta)
+                for k, v in new.items():
+                    s[k].copy_(v)
+            return
         b1, b2 = hp["betas"]
         dev = params[0].device
         step_t = torch.full((), float(steps[0]), dtype=torch.float32, device=dev)
@@ -56,7 +92,8 @@ def _fused(kernel):
             torch.full((), float(s), dtype=torch.float32, device=dev) for s in steps]
         kernel(
             params, grads, [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states],
-            [], step_ts, amsgrad=False, lr=float(hp["lr"]), beta1=float(b1), beta2=float(b2),
+            [s["max_exp_avg_sq"] for s in states] if amsgrad else [], step_ts,
+            amsgrad=amsgrad, lr=float(hp["lr"]), beta1=float(b1), beta2=float(b2),
             weight_decay=float(hp["weight_decay"]), eps=float(hp["eps"]), maximize=False,
         )
 
@@ -73,8 +110,10 @@ def _check(name):
     return check
 
 
-def _fused_ok(kernel_name: str):
-    return _fused(getattr(torch, kernel_name)) if hasattr(torch, kernel_name) else None
+def _fused_ok(kernel_name: str, update=None, amsgrad=False):
+    if not hasattr(torch, kernel_name):
+        return None
+    return _fused(getattr(torch, kernel_name), update, amsgrad)
 
 
 @register("adam")
@@ -90,6 +129,16 @@ def adam() -> UpdateRule:
 def adamw() -> UpdateRule:
     return UpdateRule(
         "adamw", _init, _adamw_update,
-        hp={"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 1e-2},
-        check=_check("adamw"), fused=_fused_ok("_fused_adamw_"),
+        hp={"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 1e-2,
+            "cautious": False},
+        check=_check("adamw"), fused=_fused_ok("_fused_adamw_", _adamw_update),
+    )
+
+
+@register("amsgrad")
+def amsgrad() -> UpdateRule:
+    return UpdateRule(
+        "amsgrad", _init_ams, _amsgrad_update,
+        hp={"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.0},
+        check=_check("amsgrad"), fused=_fused_ok("_fused_adam_", amsgrad=True),
     )

@@ -6,6 +6,9 @@
     d_t = g_t + mu * b_t  (nesterov)   or   b_t
     p_t = p_{t-1} - lr * d_t
 
+``cautious=True`` masks ``d_t`` with the cautious mask (Liang et al. 2024, see
+:mod:`metaopt.zoo._cautious_mask`), with ``g_t`` the gradient including the L2 term.
+
 Polyak (1964); Nesterov (1983); Sutskever et al., "On the importance of initialization and
 momentum in deep learning" (ICML 2013). Defaults: torch.optim.SGD with lr=1e-3.
 """
@@ -14,6 +17,7 @@ from __future__ import annotations
 import torch
 
 from ..rule import UpdateRule
+from ._cautious_mask import cautious
 from .checks import check_min, check_unit
 from .registry import register
 
@@ -37,6 +41,8 @@ def _update(g, p, state, hp, step):
         first = (step == 1).to(g.dtype)
         buf = first * g + (1 - first) * (mu * buf + (1 - damp) * g)
     d = g + mu * buf if hp["nesterov"] else buf
+    if hp["cautious"]:
+        d = cautious(d, g)
     return lr * d, {"momentum_buffer": buf}
 
 
@@ -57,6 +63,7 @@ def _check(hp):
 def sgd() -> UpdateRule:
     return UpdateRule(
         "sgd", _init, _update,
-        hp={"lr": 1e-3, "momentum": 0.0, "dampening": 0.0, "weight_decay": 0.0, "nesterov": False},
+        hp={"lr": 1e-3, "momentum": 0.0, "dampening": 0.0, "weight_decay": 0.0, "nesterov": False,
+            "cautious": False},
         check=_check,
     )

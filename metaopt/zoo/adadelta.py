@@ -1,0 +1,49 @@
+"""Adadelta (Zeiler, "ADADELTA: An Adaptive Learning Rate Method", arXiv 1212.5701, 2012),
+in torch.optim.Adadelta's form:
+
+    g_t   = grad + wd * p                                  (coupled L2)
+    v_t   = rho v_{t-1} + (1 - rho) g_t^2
+    d_t   = sqrt(u_{t-1} + eps) / sqrt(v_t + eps) * g_t
+    u_t   = rho u_{t-1} + (1 - rho) d_t^2
+    p_t   = p_{t-1} - lr * d_t
+
+Defaults (torch.optim.Adadelta): lr 1.0, rho 0.9, eps 1e-6, weight_decay 0.
+"""
+from __future__ import annotations
+
+import torch
+
+from ..rule import UpdateRule
+from ._scalar import nonzero
+from .checks import check_min, check_unit
+from .registry import register
+
+
+def _init(p):
+    return {"square_avg": torch.zeros_like(p), "acc_delta": torch.zeros_like(p)}
+
+
+def _update(g, p, state, hp, step):
+    rho, eps = hp["rho"], hp["eps"]
+    if nonzero(hp["weight_decay"]):
+        g = g + hp["weight_decay"] * p
+    v = rho * state["square_avg"] + (1 - rho) * g * g
+    d = (state["acc_delta"] + eps).sqrt() / (v + eps).sqrt() * g
+    u = rho * state["acc_delta"] + (1 - rho) * d * d
+    return hp["lr"] * d, {"square_avg": v, "acc_delta": u}
+
+
+def _check(hp):
+    check_min(hp, "lr", name="adadelta")
+    check_unit(hp, "rho", name="adadelta", closed=True)
+    check_min(hp, "eps", name="adadelta")
+    check_min(hp, "weight_decay", name="adadelta")
+
+
+@register("adadelta")
+def adadelta() -> UpdateRule:
+    return UpdateRule(
+        "adadelta", _init, _update,
+        hp={"lr": 1.0, "rho": 0.9, "eps": 1e-6, "weight_decay": 0.0},
+        check=_check,
+    )

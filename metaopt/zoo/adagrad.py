@@ -1,0 +1,49 @@
+"""Adagrad (Duchi, Hazan & Singer, "Adaptive Subgradient Methods for Online Learning and
+Stochastic Optimization", JMLR 2011), in torch.optim.Adagrad's form:
+
+    g_t   = grad + wd * p                          (coupled L2)
+    lr_t  = lr / (1 + (t - 1) * lr_decay)
+    s_t   = s_{t-1} + g_t^2,      s_0 = initial_accumulator_value
+    p_t   = p_{t-1} - lr_t * g_t / (sqrt(s_t) + eps)
+
+Defaults (torch.optim.Adagrad): lr 1e-2, lr_decay 0, weight_decay 0,
+initial_accumulator_value 0, eps 1e-10. The state ``sum`` equals torch's after every step
+(``init`` does not see hyperparameters, so the initial accumulator is added on step 1).
+"""
+from __future__ import annotations
+
+import torch
+
+from ..rule import UpdateRule
+from ._scalar import nonzero, select
+from .checks import check_min
+from .registry import register
+
+
+def _init(p):
+    return {"sum": torch.zeros_like(p)}
+
+
+def _update(g, p, state, hp, step):
+    if nonzero(hp["weight_decay"]):
+        g = g + hp["weight_decay"] * p
+    acc0 = hp["initial_accumulator_value"]
+    prev = select(step == 1, state["sum"] + acc0, state["sum"])
+    s = prev + g * g
+    clr = hp["lr"] / (1 + (step - 1) * hp["lr_decay"])
+    return clr * g / (s.sqrt() + hp["eps"]), {"sum": s}
+
+
+def _check(hp):
+    for key in ("lr", "lr_decay", "weight_decay", "initial_accumulator_value", "eps"):
+        check_min(hp, key, name="adagrad")
+
+
+@register("adagrad")
+def adagrad() -> UpdateRule:
+    return UpdateRule(
+        "adagrad", _init, _update,
+        hp={"lr": 1e-2, "lr_decay": 0.0, "weight_decay": 0.0,
+            "initial_accumulator_value": 0.0, "eps": 1e-10},
+        check=_check,
+    )

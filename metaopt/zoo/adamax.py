@@ -1,0 +1,47 @@
+"""Adamax, the infinity-norm variant of Adam (Kingma & Ba, "Adam: A Method for Stochastic
+Optimization", ICLR 2015, Algorithm 2), in torch.optim.Adamax's form:
+
+    g_t   = grad + wd * p                             (coupled L2)
+    m_t   = b1 m_{t-1} + (1 - b1) g_t
+    u_t   = max(b2 u_{t-1}, |g_t| + eps)
+    p_t   = p_{t-1} - lr / (1 - b1^t) * m_t / u_t
+
+Defaults (torch.optim.Adamax): lr 2e-3, betas (0.9, 0.999), eps 1e-8, weight_decay 0.
+"""
+from __future__ import annotations
+
+import torch
+
+from ..rule import UpdateRule
+from ._scalar import nonzero
+from .checks import check_betas, check_min
+from .registry import register
+
+
+def _init(p):
+    return {"exp_avg": torch.zeros_like(p), "exp_inf": torch.zeros_like(p)}
+
+
+def _update(g, p, state, hp, step):
+    b1, b2 = hp["betas"]
+    if nonzero(hp["weight_decay"]):
+        g = g + hp["weight_decay"] * p
+    m = torch.lerp(state["exp_avg"], g, 1 - b1)
+    u = torch.maximum(b2 * state["exp_inf"], g.abs() + hp["eps"])
+    return hp["lr"] / (1 - b1**step) * m / u, {"exp_avg": m, "exp_inf": u}
+
+
+def _check(hp):
+    check_min(hp, "lr", name="adamax")
+    check_betas(hp, 2, name="adamax")
+    check_min(hp, "eps", name="adamax")
+    check_min(hp, "weight_decay", name="adamax")
+
+
+@register("adamax")
+def adamax() -> UpdateRule:
+    return UpdateRule(
+        "adamax", _init, _update,
+        hp={"lr": 2e-3, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.0},
+        check=_check,
+    )

@@ -1,0 +1,87 @@
+"""AdEMAMix, a mixture of a fast and a slow gradient EMA (Pagliardini, Ablin & Grangier,
+"The AdEMAMix Optimizer: Better, Faster, Older", ICLR 2025; code: apple/ml-ademamix
+pytorch/ademamix.py):
+
+    m1_t = b1 m1_{t-1} + (1 - b1) g_t                         (fast EMA)
+    m2_t = b3_t m2_{t-1} + (1 - b3_t) g_t                     (slow EMA, no bias correction)
+    v_t  = b2 v_{t-1} + (1 - b2) g_t^2
+    p_t  = p_{t-1} - lr [ (m1_t / (1 - b1^t) + alpha_t m2_t) / (sqrt(v_t / (1 - b2^t)) + eps)
+                          + wd p_{t-1} ]
+
+with optional warm-ups (official code's schedulers): for t < alpha_warmup,
+``alpha_t = alpha t / alpha_warmup``; for t < beta3_warmup, b3_t interpolates the half-life
+``f(b) = ln 0.5 / ln(b + 1e-8) - 1`` linearly from b1 to b3 and maps back with
+``f^-1(h) = 0.5^(1 / (h + 1))``. Defaults (official code): lr 1e-3, betas
+(0.9, 0.999, 0.9999), alpha 2.0, beta3_warmup None, alpha_warmup None, eps 1e-8,
+weight_decay 0.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..rule import UpdateRule
+from ._scalar import select
+from .checks import check_betas, check_min
+from .registry import register
+
+
+def _init(p):
+    z = torch.zeros_like
+    return {"exp_avg_fast": z(p), "exp_avg_slow": z(p), "exp_avg_sq": z(p)}
+
+
+def alpha_schedule(step, alpha, warmup):
+    """Linear warm-up of ``alpha`` from 0 over ``warmup`` steps (None: constant)."""
+    if warmup is None:
+        return alpha
+    return select(step < warmup, alpha * step / warmup, alpha)
+
+
+def _half_life(beta):
+    log = torch.log if isinstance(beta, torch.Tensor) else math.log
+    return math.log(0.5) / log(beta + 1e-8) - 1
+
+
+def beta3_schedule(step, beta1, beta3, warmup):
+    """Warm-up of ``beta3`` from ``beta1``, linear in the EMA's half-life (None: constant)."""
+    if warmup is None:
+        return beta3
+    a = step / warmup
+    h = (1 - a) * _half_life(beta1) + a * _half_life(beta3)
+    return select(step < warmup, 0.5 ** (1 / (h + 1)), beta3)
+
+
+def _update(g, p, state, hp, step):
+    b1, b2, b3 = hp["betas"]
+    alpha = alpha_schedule(step, hp["alpha"], hp["alpha_warmup"])
+    b3 = beta3_schedule(step, b1, b3, hp["beta3_warmup"])
+    m1 = torch.lerp(state["exp_avg_fast"], g, 1 - b1)
+    m2 = torch.lerp(state["exp_avg_slow"], g, 1 - b3)
+    v = b2 * state["exp_avg_sq"] + (1 - b2) * g * g
+    denom = v.sqrt() / (1 - b2**step) ** 0.5 + hp["eps"]
+    d = (m1 / (1 - b1**step) + alpha * m2) / denom
+    new = {"exp_avg_fast": m1, "exp_avg_slow": m2, "exp_avg_sq": v}
+    return hp["lr"] * (d + hp["weight_decay"] * p), new
+
+
+def _check(hp):
+    check_min(hp, "lr", name="ademamix")
+    check_betas(hp, 3, name="ademamix")
+    check_min(hp, "alpha", name="ademamix")
+    check_min(hp, "eps", name="ademamix")
+    check_min(hp, "weight_decay", name="ademamix")
+    for key in ("alpha_warmup", "beta3_warmup"):
+        if hp[key] is not None:
+            check_min(hp, key, 0.0, strict=True, name="ademamix")
+
+
+@register("ademamix")
+def ademamix() -> UpdateRule:
+    return UpdateRule(
+        "ademamix", _init, _update,
+        hp={"lr": 1e-3, "betas": (0.9, 0.999, 0.9999), "alpha": 2.0, "beta3_warmup": None,
+            "alpha_warmup": None, "eps": 1e-8, "weight_decay": 0.0},
+        check=_check,
+    )

@@ -1,0 +1,53 @@
+"""diffGrad (Dubey et al., "diffGrad: An Optimization Method for Convolutional Neural
+Networks", IEEE TNNLS 2020; code: shivram1987/diffGrad diffGrad.py):
+
+    g_t   = grad + wd p                                  (coupled L2, as the official code)
+    m_t   = b1 m_{t-1} + (1 - b1) g_t,   v_t = b2 v_{t-1} + (1 - b2) g_t^2
+    xi_t  = sigmoid(|g_{t-1} - g_t|)                     (friction; g_0 = 0)
+    p_t   = p_{t-1} - lr sqrt(1 - b2^t) / (1 - b1^t) * xi_t m_t / (sqrt(v_t) + eps)
+
+The stored previous gradient is the current one (the official file notes that an early
+version overwrote it with the friction coefficient and fixes it; the fixed form is used).
+Defaults (official code): lr 1e-3, betas (0.9, 0.999), eps 1e-8, weight_decay 0.
+"""
+from __future__ import annotations
+
+import torch
+
+from ..rule import UpdateRule
+from ._scalar import nonzero
+from .checks import check_betas, check_min
+from .registry import register
+
+
+def _init(p):
+    z = torch.zeros_like
+    return {"exp_avg": z(p), "exp_avg_sq": z(p), "previous_grad": z(p)}
+
+
+def _update(g, p, state, hp, step):
+    b1, b2 = hp["betas"]
+    if nonzero(hp["weight_decay"]):
+        g = g + hp["weight_decay"] * p
+    m = torch.lerp(state["exp_avg"], g, 1 - b1)
+    v = b2 * state["exp_avg_sq"] + (1 - b2) * g * g
+    friction = torch.sigmoid((state["previous_grad"] - g).abs())
+    step_size = hp["lr"] * (1 - b2**step) ** 0.5 / (1 - b1**step)
+    delta = step_size * friction * m / (v.sqrt() + hp["eps"])
+    return delta, {"exp_avg": m, "exp_avg_sq": v, "previous_grad": g}
+
+
+def _check(hp):
+    check_min(hp, "lr", name="diffgrad")
+    check_betas(hp, 2, name="diffgrad")
+    check_min(hp, "eps", name="diffgrad")
+    check_min(hp, "weight_decay", name="diffgrad")
+
+
+@register("diffgrad")
+def diffgrad() -> UpdateRule:
+    return UpdateRule(
+        "diffgrad", _init, _update,
+        hp={"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.0},
+        check=_check,
+    )

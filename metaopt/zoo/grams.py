@@ -1,0 +1,44 @@
+"""Grams, Gradient Descent with Adaptive Momentum Scaling (Cao, Li, Liu & Liu, "Grams:
+Gradient Descent with Adaptive Momentum Scaling", arXiv 2412.17107, 2024; code:
+Gunale0926/Grams):
+
+    m_t = b1 m_{t-1} + (1 - b1) g_t,   v_t = b2 v_{t-1} + (1 - b2) g_t^2
+    u_t = (m_t / (1 - b1^t)) / (sqrt(v_t / (1 - b2^t)) + eps)
+    p_t = p_{t-1} (1 - lr wd) - lr sign(g_t) |u_t|                (decoupled weight decay)
+
+Adam's magnitude with the current gradient's sign. Defaults (official code): lr 1e-3,
+betas (0.9, 0.999), eps 1e-6, weight_decay 0.
+"""
+from __future__ import annotations
+
+import torch
+
+from ..rule import UpdateRule
+from .adam import adam_direction
+from .checks import check_betas, check_min
+from .registry import register
+
+
+def _init(p):
+    return {"exp_avg": torch.zeros_like(p), "exp_avg_sq": torch.zeros_like(p)}
+
+
+def _update(g, p, state, hp, step):
+    d, new = adam_direction(g, state, hp, step)
+    return hp["lr"] * (g.sign() * d.abs() + hp["weight_decay"] * p), new
+
+
+def _check(hp):
+    check_min(hp, "lr", name="grams")
+    check_betas(hp, 2, name="grams")
+    check_min(hp, "eps", name="grams")
+    check_min(hp, "weight_decay", name="grams")
+
+
+@register("grams")
+def grams() -> UpdateRule:
+    return UpdateRule(
+        "grams", _init, _update,
+        hp={"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-6, "weight_decay": 0.0},
+        check=_check,
+    )

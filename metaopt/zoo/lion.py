@@ -1,0 +1,47 @@
+"""Lion, EvoLved Sign Momentum (Chen et al., "Symbolic Discovery of Optimization Algorithms",
+NeurIPS 2023; code: google/automl lion/lion_pytorch.py, lucidrains/lion-pytorch):
+
+    u_t  = sign(b1 m_{t-1} + (1 - b1) g_t)
+    p_t  = p_{t-1} (1 - lr wd) - lr u_t                       (decoupled weight decay)
+    m_t  = b2 m_{t-1} + (1 - b2) g_t
+
+Defaults (official code): lr 1e-4, betas (0.9, 0.99), weight_decay 0.
+``cautious=True`` masks ``u_t`` with the cautious mask (Liang et al. 2024; the ``clion`` id).
+"""
+from __future__ import annotations
+
+import torch
+
+from ..rule import UpdateRule
+from ._cautious_mask import cautious
+from .checks import check_betas, check_min
+from .registry import register
+
+
+def init(p):
+    return {"exp_avg": torch.zeros_like(p)}
+
+
+def update(g, p, state, hp, step):
+    b1, b2 = hp["betas"]
+    m = state["exp_avg"]
+    u = torch.lerp(m, g, 1 - b1).sign()
+    if hp["cautious"]:
+        u = cautious(u, g)
+    return hp["lr"] * (u + hp["weight_decay"] * p), {"exp_avg": torch.lerp(m, g, 1 - b2)}
+
+
+def check(name):
+    def check_hp(hp):
+        check_min(hp, "lr", name=name)
+        check_betas(hp, 2, name=name, closed=True)
+        check_min(hp, "weight_decay", name=name)
+
+    return check_hp
+
+
+@register("lion")
+def lion() -> UpdateRule:
+    return UpdateRule("lion", init, update,
+                      hp={"lr": 1e-4, "betas": (0.9, 0.99), "weight_decay": 0.0, "cautious": False},
+                      check=check("lion"))

@@ -1,0 +1,67 @@
+"""NAdam, Adam with Nesterov momentum (Dozat, "Incorporating Nesterov Momentum into Adam",
+ICLR 2016 workshop), with the momentum schedule of torch.optim.NAdam:
+
+    g_t   = grad + wd * p       (coupled; decoupled_weight_decay: p <- p (1 - lr wd) instead)
+    mu_t  = b1 (1 - 0.5 * 0.96^(t psi)),   psi = momentum_decay
+    P_t   = prod_{i<=t} mu_i                               (state ``mu_product``)
+    m_t   = b1 m_{t-1} + (1 - b1) g_t
+    v_t   = b2 v_{t-1} + (1 - b2) g_t^2
+    D_t   = sqrt(v_t / (1 - b2^t)) + eps
+    p_t   = p_{t-1} - lr [(1 - mu_t) / (1 - P_t) g_t + mu_{t+1} / (1 - P_t mu_{t+1}) m_t] / D_t
+
+Defaults (torch.optim.NAdam): lr 2e-3, betas (0.9, 0.999), eps 1e-8, weight_decay 0,
+momentum_decay 4e-3, decoupled_weight_decay False.
+"""
+from __future__ import annotations
+
+import torch
+
+from ..rule import UpdateRule
+from ._scalar import nonzero
+from .checks import check_betas, check_min
+from .registry import register
+
+
+def _init(p):
+    # the momentum product is kept in at least float32 (as torch does); as a 0-d tensor it
+    # does not promote the dtype of the update.
+    dtype = torch.promote_types(p.dtype, torch.float32)
+    return {"mu_product": torch.ones((), dtype=dtype, device=p.device),
+            "exp_avg": torch.zeros_like(p), "exp_avg_sq": torch.zeros_like(p)}
+
+
+def _update(g, p, state, hp, step):
+    b1, b2 = hp["betas"]
+    lr, wd, psi = hp["lr"], hp["weight_decay"], hp["momentum_decay"]
+    decay = 0.0
+    if nonzero(wd):
+        if hp["decoupled_weight_decay"]:
+            decay = lr * wd * p
+        else:
+            g = g + wd * p
+    mu = b1 * (1.0 - 0.5 * 0.96 ** (step * psi))
+    mu_next = b1 * (1.0 - 0.5 * 0.96 ** ((step + 1) * psi))
+    prod = state["mu_product"] * mu
+    m = torch.lerp(state["exp_avg"], g, 1 - b1)
+    v = b2 * state["exp_avg_sq"] + (1 - b2) * g * g
+    denom = (v / (1 - b2**step)).sqrt() + hp["eps"]
+    d = ((1 - mu) / (1 - prod) * g + mu_next / (1 - prod * mu_next) * m) / denom
+    return lr * d + decay, {"mu_product": prod, "exp_avg": m, "exp_avg_sq": v}
+
+
+def _check(hp):
+    check_min(hp, "lr", name="nadam")
+    check_betas(hp, 2, name="nadam")
+    check_min(hp, "eps", name="nadam")
+    check_min(hp, "weight_decay", name="nadam")
+    check_min(hp, "momentum_decay", name="nadam")
+
+
+@register("nadam")
+def nadam() -> UpdateRule:
+    return UpdateRule(
+        "nadam", _init, _update,
+        hp={"lr": 2e-3, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.0,
+            "momentum_decay": 4e-3, "decoupled_weight_decay": False},
+        check=_check,
+    )

@@ -1,0 +1,61 @@
+"""RAdam, rectified Adam (Liu et al., "On the Variance of the Adaptive Learning Rate and
+Beyond", ICLR 2020), in torch.optim.RAdam's form:
+
+    g_t   = grad + wd p          (coupled; decoupled_weight_decay: p <- p (1 - lr wd) instead)
+    m_t   = b1 m_{t-1} + (1 - b1) g_t,   v_t = b2 v_{t-1} + (1 - b2) g_t^2
+    rho_inf = 2 / (1 - b2) - 1,   rho_t = rho_inf - 2 t b2^t / (1 - b2^t)
+    rho_t > 5:   r_t = sqrt((1 - b2^t)(rho_t - 4)(rho_t - 2) rho_inf
+                            / ((rho_inf - 4)(rho_inf - 2) rho_t))
+                 p_t = p_{t-1} - lr r_t m_t / (1 - b1^t) / (sqrt(v_t) + eps)
+    otherwise:   p_t = p_{t-1} - lr m_t / (1 - b1^t)
+
+Defaults (torch.optim.RAdam): lr 1e-3, betas (0.9, 0.999), eps 1e-8, weight_decay 0,
+decoupled_weight_decay False.
+"""
+from __future__ import annotations
+
+import torch
+
+from ..rule import UpdateRule
+from ._scalar import nonzero, select
+from .adabelief import rectification
+from .checks import check_betas, check_min
+from .registry import register
+
+
+def _init(p):
+    return {"exp_avg": torch.zeros_like(p), "exp_avg_sq": torch.zeros_like(p)}
+
+
+def _update(g, p, state, hp, step):
+    b1, b2 = hp["betas"]
+    lr, wd = hp["lr"], hp["weight_decay"]
+    decay = 0.0
+    if nonzero(wd):
+        if hp["decoupled_weight_decay"]:
+            decay = lr * wd * p
+        else:
+            g = g + wd * p
+    m = torch.lerp(state["exp_avg"], g, 1 - b1)
+    v = b2 * state["exp_avg_sq"] + (1 - b2) * g * g
+    m_hat = m / (1 - b1**step)
+    rho, r = rectification(b2, step)
+    d = select(rho > 5, r * m_hat / (v.sqrt() + hp["eps"]), m_hat)
+    return lr * d + decay, {"exp_avg": m, "exp_avg_sq": v}
+
+
+def _check(hp):
+    check_min(hp, "lr", name="radam")
+    check_betas(hp, 2, name="radam")
+    check_min(hp, "eps", name="radam")
+    check_min(hp, "weight_decay", name="radam")
+
+
+@register("radam")
+def radam() -> UpdateRule:
+    return UpdateRule(
+        "radam", _init, _update,
+        hp={"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.0,
+            "decoupled_weight_decay": False},
+        check=_check,
+    )

@@ -1,0 +1,62 @@
+"""RMSprop (Tieleman & Hinton, COURSERA lecture 6.5, 2012; centered form: Graves,
+"Generating Sequences With Recurrent Neural Networks", 2013), in torch.optim.RMSprop's form:
+
+    g_t   = grad + wd * p                          (coupled L2)
+    v_t   = alpha v_{t-1} + (1 - alpha) g_t^2
+    a_t   = alpha a_{t-1} + (1 - alpha) g_t        (centered only)
+    d_t   = g_t / (sqrt(v_t - a_t^2) + eps)        (centered; sqrt(v_t) + eps otherwise)
+    b_t   = mu b_{t-1} + d_t                       (momentum mu > 0; b_t = d_t otherwise)
+    p_t   = p_{t-1} - lr * b_t
+
+Defaults (torch.optim.RMSprop): lr 1e-2, alpha 0.99, eps 1e-8, weight_decay 0, momentum 0,
+centered False. ``init`` does not see hyperparameters, so the state always holds
+``square_avg``, ``grad_avg`` and ``momentum_buffer`` (the last two stay zero when unused).
+"""
+from __future__ import annotations
+
+import torch
+
+from ..rule import UpdateRule
+from ._scalar import nonzero
+from .checks import check_min, check_unit
+from .registry import register
+
+
+def _init(p):
+    z = torch.zeros_like
+    return {"square_avg": z(p), "grad_avg": z(p), "momentum_buffer": z(p)}
+
+
+def _update(g, p, state, hp, step):
+    alpha, mu = hp["alpha"], hp["momentum"]
+    if nonzero(hp["weight_decay"]):
+        g = g + hp["weight_decay"] * p
+    v = alpha * state["square_avg"] + (1 - alpha) * g * g
+    new = dict(state, square_avg=v)
+    if hp["centered"]:
+        a = torch.lerp(state["grad_avg"], g, 1 - alpha)
+        new["grad_avg"] = a
+        v = v - a * a
+    d = g / (v.sqrt() + hp["eps"])
+    if nonzero(mu):
+        d = mu * state["momentum_buffer"] + d
+        new["momentum_buffer"] = d
+    return hp["lr"] * d, new
+
+
+def _check(hp):
+    check_min(hp, "lr", name="rmsprop")
+    check_unit(hp, "alpha", name="rmsprop", closed=True)
+    check_min(hp, "eps", name="rmsprop")
+    check_min(hp, "weight_decay", name="rmsprop")
+    check_min(hp, "momentum", name="rmsprop")
+
+
+@register("rmsprop")
+def rmsprop() -> UpdateRule:
+    return UpdateRule(
+        "rmsprop", _init, _update,
+        hp={"lr": 1e-2, "alpha": 0.99, "eps": 1e-8, "weight_decay": 0.0, "momentum": 0.0,
+            "centered": False},
+        check=_check,
+    )
