@@ -161,7 +161,9 @@ class RuleOptimizer(torch.optim.Optimizer):
             self._compiled = compiled_group_step(self.rule)
         dev, dtype = params[0].device, _hp_dtype(params[0].dtype)
         hp_t = {k: _as_tensor(v, dev, dtype) for k, v in hp.items()}
-        if self.rule.elementwise and len(set(steps)) == 1 and _flattenable(params, states):
+        # the cautious mask rescales by its mean over each tensor: not elementwise across tensors
+        elementwise = self.rule.elementwise and not hp.get("cautious", False)
+        if elementwise and len(set(steps)) == 1 and _flattenable(params, states):
             self._flat_step(params, grads, states, hp_t, steps[0], key)
             return
         if len(set(steps)) == 1:

@@ -22,6 +22,7 @@ from ..rule import UpdateRule
 from ._scalar import nonzero
 from .checks import check_betas, check_min, check_unit
 from .registry import register
+from ._sqrt import sqrt0
 
 
 def _init(p):
@@ -42,7 +43,7 @@ def _update(g, p, state, hp, step):
     final, gamma = hp["final_lr"], hp["gamma"]
     lower = final * (1 - 1 / (gamma * step + 1))
     upper = final * (1 + 1 / (gamma * step))
-    eta = (step_size / (v.sqrt() + hp["eps"])).clamp(lower, upper)
+    eta = (step_size / (sqrt0(v) + hp["eps"])).clamp(lower, upper)
     return eta * m, new
 
 

@@ -18,6 +18,7 @@ from ..rule import UpdateRule
 from ._scalar import nonzero, select
 from .checks import check_min
 from .registry import register
+from ._sqrt import sqrt0
 
 
 def _init(p):
@@ -31,7 +32,7 @@ def _update(g, p, state, hp, step):
     prev = select(step == 1, state["sum"] + acc0, state["sum"])
     s = prev + g * g
     clr = hp["lr"] / (1 + (step - 1) * hp["lr_decay"])
-    return clr * g / (s.sqrt() + hp["eps"]), {"sum": s}
+    return clr * g / (sqrt0(s) + hp["eps"]), {"sum": s}
 
 
 def _check(hp):

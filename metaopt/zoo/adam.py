@@ -23,6 +23,7 @@ from ..rule import UpdateRule
 from ._cautious_mask import cautious
 from .checks import check_betas, check_min
 from .registry import register
+from ._sqrt import sqrt0
 
 
 def _init(p):
@@ -40,7 +41,7 @@ def adam_direction(g, state, hp, step):
     v = b2 * state["exp_avg_sq"] + (1 - b2) * g * g
     bc1 = 1 - b1**step
     bc2_sqrt = (1 - b2**step) ** 0.5
-    d = (m / bc1) / (v.sqrt() / bc2_sqrt + hp["eps"])
+    d = (m / bc1) / (sqrt0(v) / bc2_sqrt + hp["eps"])
     return d, {"exp_avg": m, "exp_avg_sq": v}
 
 
@@ -50,7 +51,7 @@ def amsgrad_direction(g, state, hp, step):
     m = torch.lerp(state["exp_avg"], g, 1 - b1)
     v = b2 * state["exp_avg_sq"] + (1 - b2) * g * g
     vmax = torch.maximum(state["max_exp_avg_sq"], v)
-    d = (m / (1 - b1**step)) / (vmax.sqrt() / (1 - b2**step) ** 0.5 + hp["eps"])
+    d = (m / (1 - b1**step)) / (sqrt0(vmax) / (1 - b2**step) ** 0.5 + hp["eps"])
     return d, {"exp_avg": m, "exp_avg_sq": v, "max_exp_avg_sq": vmax}
 
 

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from ..rule import UpdateRule
 from .checks import check_betas, check_min, check_unit
 from .registry import register
+from ._sqrt import sqrt0
 
 
 def _views(p):
@@ -63,7 +64,7 @@ def _adamp_update(g, p, state, hp, step):
     b1, b2 = hp["betas"]
     m = torch.lerp(state["exp_avg"], g, 1 - b1)
     v = b2 * state["exp_avg_sq"] + (1 - b2) * g * g
-    denom = v.sqrt() / (1 - b2**step) ** 0.5 + hp["eps"]
+    denom = sqrt0(v) / (1 - b2**step) ** 0.5 + hp["eps"]
     u = (b1 * m + (1 - b1) * g if hp["nesterov"] else m) / denom
     u, ratio = project(p, g, u, hp["delta"], hp["wd_ratio"], hp["eps"])
     lr = hp["lr"]

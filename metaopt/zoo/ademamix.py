@@ -25,6 +25,7 @@ from ..rule import UpdateRule
 from ._scalar import select
 from .checks import check_betas, check_min
 from .registry import register
+from ._sqrt import sqrt0
 
 
 def _init(p):
@@ -60,7 +61,7 @@ def _update(g, p, state, hp, step):
     m1 = torch.lerp(state["exp_avg_fast"], g, 1 - b1)
     m2 = torch.lerp(state["exp_avg_slow"], g, 1 - b3)
     v = b2 * state["exp_avg_sq"] + (1 - b2) * g * g
-    denom = v.sqrt() / (1 - b2**step) ** 0.5 + hp["eps"]
+    denom = sqrt0(v) / (1 - b2**step) ** 0.5 + hp["eps"]
     d = (m1 / (1 - b1**step) + alpha * m2) / denom
     new = {"exp_avg_fast": m1, "exp_avg_slow": m2, "exp_avg_sq": v}
     return hp["lr"] * (d + hp["weight_decay"] * p), new

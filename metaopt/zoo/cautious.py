@@ -25,6 +25,7 @@ from . import lion
 from ._cautious_mask import cautious
 from .checks import check_betas, check_min
 from .registry import register
+from ._sqrt import sqrt0
 
 
 def _cadamw_init(p):
@@ -37,7 +38,7 @@ def _cadamw_update(g, p, state, hp, step):
     v = b2 * state["exp_avg_sq"] + (1 - b2) * g * g
     step_size = hp["lr"] * (1 - b2**step) ** 0.5 / (1 - b1**step)
     # phi = 1[m g > 0] rescaled; m phi has the sign of the update, so masking m is the same
-    u = step_size * cautious(m, g) / (v.sqrt() + hp["eps"])
+    u = step_size * cautious(m, g) / (sqrt0(v) + hp["eps"])
     decay = hp["lr"] * hp["weight_decay"]
     return u + decay * (p - u), {"exp_avg": m, "exp_avg_sq": v}
 

@@ -18,6 +18,7 @@ from ..rule import UpdateRule
 from ._scalar import nonzero
 from .checks import check_betas, check_min
 from .registry import register
+from ._sqrt import sqrt0
 
 
 def _init(p):
@@ -33,7 +34,7 @@ def _update(g, p, state, hp, step):
     v = b2 * state["exp_avg_sq"] + (1 - b2) * g * g
     friction = torch.sigmoid((state["previous_grad"] - g).abs())
     step_size = hp["lr"] * (1 - b2**step) ** 0.5 / (1 - b1**step)
-    delta = step_size * friction * m / (v.sqrt() + hp["eps"])
+    delta = step_size * friction * m / (sqrt0(v) + hp["eps"])
     return delta, {"exp_avg": m, "exp_avg_sq": v, "previous_grad": g}
 
 

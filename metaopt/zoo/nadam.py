@@ -20,6 +20,7 @@ from ..rule import UpdateRule
 from ._scalar import nonzero
 from .checks import check_betas, check_min
 from .registry import register
+from ._sqrt import sqrt0
 
 
 def _init(p):
@@ -44,7 +45,7 @@ def _update(g, p, state, hp, step):
     prod = state["mu_product"] * mu
     m = torch.lerp(state["exp_avg"], g, 1 - b1)
     v = b2 * state["exp_avg_sq"] + (1 - b2) * g * g
-    denom = (v / (1 - b2**step)).sqrt() + hp["eps"]
+    denom = sqrt0(v / (1 - b2**step)) + hp["eps"]
     d = ((1 - mu) / (1 - prod) * g + mu_next / (1 - prod * mu_next) * m) / denom
     return lr * d + decay, {"mu_product": prod, "exp_avg": m, "exp_avg_sq": v}
 

@@ -21,6 +21,7 @@ from ._scalar import nonzero, select
 from .adabelief import rectification
 from .checks import check_betas, check_min
 from .registry import register
+from ._sqrt import sqrt0
 
 
 def _init(p):
@@ -40,7 +41,7 @@ def _update(g, p, state, hp, step):
     v = b2 * state["exp_avg_sq"] + (1 - b2) * g * g
     m_hat = m / (1 - b1**step)
     rho, r = rectification(b2, step)
-    d = select(rho > 5, r * m_hat / (v.sqrt() + hp["eps"]), m_hat)
+    d = select(rho > 5, r * m_hat / (sqrt0(v) + hp["eps"]), m_hat)
     return lr * d + decay, {"exp_avg": m, "exp_avg_sq": v}
 
 

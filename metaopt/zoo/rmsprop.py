@@ -20,6 +20,7 @@ from ..rule import UpdateRule
 from ._scalar import nonzero
 from .checks import check_min, check_unit
 from .registry import register
+from ._sqrt import sqrt0
 
 
 def _init(p):
@@ -37,7 +38,7 @@ def _update(g, p, state, hp, step):
         a = torch.lerp(state["grad_avg"], g, 1 - alpha)
         new["grad_avg"] = a
         v = v - a * a
-    d = g / (v.sqrt() + hp["eps"])
+    d = g / (sqrt0(v) + hp["eps"])
     if nonzero(mu):
         d = mu * state["momentum_buffer"] + d
         new["momentum_buffer"] = d

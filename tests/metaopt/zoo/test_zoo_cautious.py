@@ -142,10 +142,6 @@ def test_cautious_changes_the_update():
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason=(
-    "RuleOptimizer's compiled path runs rules flagged elementwise on flat buffers gathered "
-    "across tensors, so the cautious mask's per-tensor mean is taken over the chunk; the fix "
-    "is to skip the flat path when hp['cautious'] is set (metaopt/optimizer.py, not ours)"))
 def test_lion_cautious_compiled_path_equals_loop():
     groups = [{"lr": 0.5, "betas": (0.5, 0.99), "cautious": True}, {"lr": 0.3, "cautious": True}]
     compare_with_reference("lion", lambda g: zoo.create("lion", g, impl="loop"), groups,
