@@ -1,0 +1,14 @@
+"""bilevel: hypergradients of an inner training problem and tuners built on them.
+
+* :func:`hypergrad` - implicit differentiation (CG, Neumann, direct), torch.func-composable.
+* :func:`unrolled_hypergrad` - reverse mode through K steps of any zoo rule.
+* :func:`f2sa` - the fully first-order penalty method of Kwon et al. (ICML 2023).
+* :mod:`bilevel.problems` - ridge, per-feature logistic regression, hyper-cleaning, MLP weight decay.
+"""
+from . import problems
+from .f2sa import F2SAResult, F2SASchedule, f2sa, penalty_hypergrad
+from .implicit import HypergradInfo, hypergrad
+from .unrolled import unrolled_hypergrad
+
+__all__ = ["F2SAResult", "F2SASchedule", "HypergradInfo", "f2sa", "hypergrad", "penalty_hypergrad",
+           "problems", "unrolled_hypergrad"]
