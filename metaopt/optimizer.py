@@ -9,9 +9,8 @@ Implementation paths (``impl=``), all computing the same function:
   * ``"fused"``: the rule's own in-place multi-tensor kernel (e.g. torch's fused AdamW).
   * ``"compiled"``: ``torch.compile``d steps with hyperparameters and the step count as 0-d
     tensors (LR schedules change values, not graphs). Elementwise rules run on flat 1-D
-    buffers from one graph compiled per rule with a dynamic length: tensors of at least
-    ``FLAT_BIG_NUMEL`` elements in place through ``view(-1)`` (the byte floor: no extra
-    traffic), smaller ones gathered with ``_foreach_copy_`` into chunks whose state is kept
+    buffers: tensors of at least ``FLAT_BIG_NUMEL`` elements in place by one graph for all
+    of them (the byte floor: no extra traffic), smaller ones gathered with ``_foreach_copy_`` into chunks whose state is kept
     flat (``opt.state[p][k]`` are views), so many small tensors cost a few kernels, not a
     few per tensor; the scratch stays below one parameter-sized buffer. Other rules compile
     the per-tensor loop of a whole group.
@@ -51,6 +50,7 @@ class RuleOptimizer(torch.optim.Optimizer):
         self.impl = impl
         self._compiled: Callable | None = None
         self._flat: dict[int, _FlatLayout] = {}
+        self._counters: dict[int, _Counters] = {}
         super().__init__(params, dict(self.rule.hp))
 
     def add_param_group(self, param_group: dict) -> None:
@@ -69,6 +69,7 @@ class RuleOptimizer(torch.optim.Optimizer):
         bf16 parameter) in another."""
         super().load_state_dict(state_dict)
         self._flat.clear()  # the loaded state replaces the flat buffers' views
+        self._counters.clear()
         ids = [i for g in state_dict["param_groups"] for i in g["params"]]
         params = [p for g in self.param_groups for p in g["params"]]
         for pid, p in zip(ids, params):
@@ -122,7 +123,10 @@ class RuleOptimizer(torch.optim.Optimizer):
     def _step_group(self, group: dict, params: list[Tensor], ext: dict, needs: bool) -> None:
         hp = self._hp(group)
         states = [self._init_state(p) for p in params]
-        steps = _advance(states)
+        counters = self._counters.get(id(group))
+        if counters is None or not counters.matches(states):
+            counters = self._counters[id(group)] = _Counters(states)
+        steps = counters.advance()
         # under no_grad neither a gradient built with create_graph nor the parameter records
         # a graph, so both are used as they are (no per-tensor detach on the hot path)
         grads = [p.grad for p in params]
@@ -163,8 +167,11 @@ class RuleOptimizer(torch.optim.Optimizer):
         hp_t = {k: _as_tensor(v, dev, dtype) for k, v in hp.items()}
         # the cautious mask rescales by its mean over each tensor: not elementwise across tensors
         elementwise = self.rule.elementwise and not hp.get("cautious", False)
-        if elementwise and len(set(steps)) == 1 and _flattenable(params, states):
-            self._flat_step(params, grads, states, hp_t, steps[0], key)
+        layout = self._flat.get(key)
+        if layout is not None and not layout.matches(params):
+            layout = None
+        if elementwise and len(set(steps)) == 1 and (layout or _flattenable(params, states)):
+            self._flat_step(params, grads, states, hp_t, steps[0], key, layout)
             return
         if len(set(steps)) == 1:
             steps_t = torch.full((), float(steps[0]), device=dev, dtype=dtype)
@@ -172,14 +179,14 @@ class RuleOptimizer(torch.optim.Optimizer):
             steps_t = torch.tensor([float(s) for s in steps], device=dev, dtype=dtype).unbind()
         self._compiled(self.rule.update, params, grads, states, hp_t, steps_t)
 
-    def _flat_step(self, params, grads, states, hp_t, step: int, key: int) -> None:
+    def _flat_step(self, params, grads, states, hp_t, step: int, key: int,
+                   layout: "_FlatLayout | None") -> None:
         """An elementwise rule over flat 1-D buffers: large contiguous tensors in place
         through 1-D views, the others gathered into chunks whose state lives in flat buffers
         (``opt.state[p][k]`` are views of them), so a group of many small tensors costs a few
         kernels instead of a few per tensor. One layout per param group (``key``), rebuilt
         from the current state when the group's tensors with gradients change."""
-        layout = self._flat.get(key)
-        if layout is None or not layout.matches(params):
+        if layout is None:
             layout = self._flat[key] = _FlatLayout(params, states)
             for p, st in zip(params, states):  # re-point the optimizer's state at the views
                 self.state[p].update(st)
@@ -188,13 +195,26 @@ class RuleOptimizer(torch.optim.Optimizer):
         layout.step(self.rule, params, grads, states, hp_t, step_t)
 
 
-def _advance(states: list[dict]) -> list[int]:
-    """Add one to every tensor's step counter (one foreach op) and return the new counts."""
-    counters = [s["step"] for s in states]
-    torch._foreach_add_(counters, 1)
-    if len(counters) == 1:
-        return [int(counters[0].item())]
-    return [int(v) for v in torch.stack(counters).tolist()]
+class _Counters:
+    """The step counters of one param group's tensors as views of one CPU buffer, so that a
+    step advances them all with one op (``opt.state[p]["step"]`` stay 0-d float32 tensors,
+    as in torch). Rebuilt when the group's tensors with gradients or their states change."""
+
+    def __init__(self, states: list[dict]):
+        self.states = states
+        self.buf = torch.stack([s["step"].to(torch.float32) for s in states])
+        for i, s in enumerate(states):
+            s["step"] = self.buf[i]
+        self.views = [s["step"] for s in states]
+
+    def matches(self, states: list[dict]) -> bool:
+        return len(states) == len(self.states) and all(
+            s is t and s["step"] is v for s, t, v in zip(states, self.states, self.views))
+
+    def advance(self) -> list[int]:
+        """Add one to every counter and return the new counts."""
+        self.buf += 1
+        return [int(v) for v in self.buf.tolist()]
 
 
 def compiled_group_step(rule: UpdateRule) -> Callable:
@@ -247,7 +267,7 @@ def _flattenable(params, states) -> bool:
 class _FlatLayout:
     """How one param group is laid out for :meth:`RuleOptimizer._flat_step`.
 
-    ``big``: indices of large contiguous tensors (updated through ``view(-1)``).
+    ``big``: indices of large contiguous tensors (updated in place by one compiled graph).
     ``chunks``: lists of indices of the others; each chunk owns one flat buffer per state key
     (the group's state tensors become views of it) and shares two scratch buffers (parameters
     and gradients gathered by ``_foreach_copy_``) with the other chunks. The scratch is at
@@ -273,6 +293,7 @@ class _FlatLayout:
         self.scratch_p = torch.empty(longest, dtype=p0.dtype, device=p0.device)
         self.scratch_g = torch.empty_like(self.scratch_p)
         self.state_bufs = [self._flatten_state(c, params, states) for c in self.chunks]
+        self.sizes = [sum(params[i].numel() for i in c) for c in self.chunks]
         self.views = [(_views(self.scratch_p, [params[i] for i in c]),
                        _views(self.scratch_g, [params[i] for i in c])) for c in self.chunks]
 
@@ -294,12 +315,12 @@ class _FlatLayout:
 
     def step(self, rule, params, grads, states, hp, step) -> None:
         fn, update = flat_update(rule), rule.update
-        for i in self.big:
-            fn(update, params[i].view(-1), grads[i].reshape(-1),
-               {k: v.view(-1) for k, v in states[i].items()}, hp, step)
-        for chunk, bufs, (pv, gv) in zip(self.chunks, self.state_bufs, self.views):
+        if self.big:  # one graph for all of them: one call, one guard check per step
+            compiled_group_step(rule)(update, [params[i] for i in self.big],
+                                      [grads[i] for i in self.big],
+                                      [states[i] for i in self.big], hp, step)
+        for chunk, n, bufs, (pv, gv) in zip(self.chunks, self.sizes, self.state_bufs, self.views):
             ps = [params[i] for i in chunk]
-            n = sum(p.numel() for p in ps)
             torch._foreach_copy_(pv, ps)
             torch._foreach_copy_(gv, [grads[i] for i in chunk])
             fn(update, self.scratch_p[:n], self.scratch_g[:n], bufs, hp, step)
