@@ -40,6 +40,24 @@ class LOpt:
                ) -> tuple[Tensor, dict[str, Tensor]]:
         raise NotImplementedError
 
+    def check_theta(self, theta: Mapping[str, Tensor]) -> Theta:
+        """``theta`` as a dict, after checking its names and shapes against ``init_theta()``;
+        a mismatch is a one-line ``ValueError`` naming the first wrong entry."""
+        ref = self.init_theta(torch.Generator().manual_seed(0))
+        name = self.name
+        if not isinstance(theta, Mapping):
+            raise ValueError(f"{name}: theta must be a dict of tensors, got {type(theta).__name__}")
+        missing, extra = sorted(set(ref) - set(theta)), sorted(set(theta) - set(ref))
+        if missing or extra:
+            raise ValueError(f"{name}: theta has wrong entries (missing {missing}, "
+                             f"unexpected {extra})")
+        for k, v in ref.items():
+            t = theta[k]
+            if not isinstance(t, Tensor) or tuple(t.shape) != tuple(v.shape):
+                got = tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__
+                raise ValueError(f"{name}: theta[{k!r}] has shape {got}, expected {tuple(v.shape)}")
+        return {k: theta[k] for k in ref}
+
     def rule(self, theta: Theta, infos: list[ParamInfo] | None = None) -> UpdateRule:
         """This LO with ``theta`` bound, as an :class:`UpdateRule`. Per-tensor ``info`` reaches
         ``update`` through the per-tensor hyperparameter ``"info"`` (see ``metaopt.rule.apply``)."""

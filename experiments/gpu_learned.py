@@ -1,0 +1,212 @@
+"""GPU step overhead of MLPLOpt (small_fc_lopt-sized: 17 features, 32-32 MLP) against fused AdamW.
+
+    python experiments/gpu_learned.py --out DIR      # writes DIR/learned.md and prints it
+
+A 105M-parameter model as 50 fp32 tensors of [1448 x 1448] with random gradients (the optimizer
+step alone). Measured, each after warm-up, in one run on one GPU:
+  * ``torch.optim.AdamW(fused=True)``;
+  * the LO eager (``MLPLOpt`` default chunking: features never materialised for a whole tensor);
+  * the LO per-tensor step under ``torch.compile`` (one graph per tensor: moments, feature
+    statistics, features, MLP and update; all 50 tensors share the compiled graph);
+plus optimizer-state memory and the compiled step's agreement with eager; then, if time is left,
+the seconds per PES outer step of a μLO_S-sized meta-training (8 tasks, truncation 20, width-128
+``mlp_digits`` in μP, hidden 32), extrapolated to μLO_S's 5000 outer steps. Designed to finish in
+about a minute (the caller's cap is 75-90 s); every finished row is written at once, so a timeout
+keeps what was measured.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from learned import MLPLOpt  # noqa: E402
+from metaopt.tasks import ParamInfo  # noqa: E402
+
+N_TENSORS, SIDE = 50, 1448
+
+
+def sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def timed(fn, reps: int) -> float:
+    """Mean seconds per call of ``fn`` after one warm-up call (synchronised)."""
+    fn()
+    sync()
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        fn()
+    sync()
+    return (time.perf_counter() - t0) / reps
+
+
+def peak_since(start: int) -> float:
+    return (torch.cuda.max_memory_allocated() - start) / 1e9 if torch.cuda.is_available() else 0.0
+
+
+def mem_now() -> int:
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+        return torch.cuda.memory_allocated()
+    return 0
+
+
+class Report:
+    def __init__(self, out: Path):
+        self.out, self.rows, self.notes = out, [], []
+        gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "CPU smoke test"
+        self.head = [
+            "# MLPLOpt step overhead on the GPU",
+            "",
+            f"{gpu}, torch {torch.__version__}, {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC. "
+            f"Model: {N_TENSORS} fp32 tensors of [{SIDE} x {SIDE}] = "
+            f"{N_TENSORS * SIDE * SIDE / 1e6:.1f}M params; optimizer step only, random gradients. "
+            "Script: `experiments/gpu_learned.py`.",
+            "",
+            "| optimizer step | ms / step | x fused AdamW | state (GB) | note |",
+            "|---|---:|---:|---:|---|",
+        ]
+
+    def note(self, text: str) -> None:
+        self.notes.append(text)
+        self.write()
+
+    def add(self, name, seconds, state_gb, note=""):
+        self.rows.append((name, seconds, state_gb, note))
+        self.write()
+
+    def write(self):
+        ref = self.rows[0][1] if self.rows else None
+        lines = list(self.head)
+        for name, s, gb, note in self.rows:
+            ratio = f"{s / ref:.1f}" if (ref and s == s) else "-"
+            ms = f"{s * 1e3:.2f}" if s == s else "-"
+            lines.append(f"| {name} | {ms} | {ratio} | {gb:.2f} | {note} |")
+        lines += [""] + self.notes
+        text = "\n".join(lines) + "\n"
+        tmp = self.out.with_suffix(".tmp")
+        tmp.write_text(text)
+        os.replace(tmp, self.out)
+        return text
+
+
+def meta_training_speed(rep: Report, dev, steps: int) -> None:
+    """Seconds per PES outer step, μLO_S-sized, on ``dev``."""
+    from learned import SingleTask, meta_train
+    from metaopt import tasks
+
+    task = tasks.get("mlp_digits", width=128, depth=2, param="mup", base_width=128, device=dev)
+    lopt = MLPLOpt(hidden=32, step_mult=0.01, base_fan_in=128)
+    family = SingleTask(task, horizon=1000)
+    kw = dict(method="pes", truncation=20, num_tasks=8, device=dev, progress=False)
+    meta_train(lopt, family, 1, **kw)  # warm-up
+    sync()
+    t0 = time.perf_counter()
+    meta_train(lopt, family, steps, **kw)
+    sync()
+    per = (time.perf_counter() - t0) / steps
+    rep.note(f"Meta-training speed (PES, 8 tasks x 2 particles vmapped, truncation 20, width-128 "
+             f"μP mlp_digits, MLPLOpt hidden 32, eager): {per:.2f} s per outer step, so μLO_S's "
+             f"5000 outer steps would take {5000 * per / 3600:.1f} h on this device.")
+
+
+T0 = time.perf_counter()
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", required=True)
+    p.add_argument("--smoke", action="store_true", help="tiny sizes on the CPU (checks the code)")
+    a = p.parse_args(argv)
+    global N_TENSORS, SIDE
+    if a.smoke:
+        N_TENSORS, SIDE = 2, 64
+    elif not torch.cuda.is_available():
+        print("gpu_learned: CUDA is not available (use --smoke for a CPU check)", file=sys.stderr)
+        return 2
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    rep = Report(out / "learned.md")
+    dev = torch.device("cpu" if a.smoke else "cuda")
+    gen = torch.Generator(device=dev).manual_seed(0)
+    params = [torch.randn(SIDE, SIDE, device=dev, generator=gen) * 0.02 for _ in range(N_TENSORS)]
+    grads = [torch.randn(SIDE, SIDE, device=dev, generator=gen) * 1e-3 for _ in range(N_TENSORS)]
+    gb = 1e9
+    try:
+        leaves = [x.clone().requires_grad_(True) for x in params]
+        for leaf, g in zip(leaves, grads):
+            leaf.grad = g
+        adamw = torch.optim.AdamW(leaves, lr=1e-3, fused=True)  # CPU has a fused kernel too
+        t = timed(adamw.step, 20)
+        state = sum(v.numel() * v.element_size() for s in adamw.state.values()
+                    for v in s.values() if torch.is_tensor(v))
+        rep.add("AdamW (fused=True)", t, state / gb)
+        del adamw, leaves
+
+        info = ParamInfo("w", "hidden", SIDE, SIDE)
+        lopt = MLPLOpt(hidden=32, step_mult=0.01, base_fan_in=128)
+        theta = {k: v.to(dev) for k, v in lopt.init_theta(torch.Generator().manual_seed(0)).items()}
+        states = [lopt.init(x, info) for x in params]
+        state = sum(v.numel() * v.element_size() for s in states for v in s.values())
+        step_t = torch.ones((), device=dev)
+
+        def one(lo, x, g, s):
+            delta, new = lo.update(theta, g, x, s, step_t, info)
+            x.sub_(delta)
+            for k, v in new.items():
+                s[k].copy_(v)
+
+        def eager():
+            for x, g, s in zip(params, grads, states):
+                one(lopt, x, g, s)
+
+        base_mem = mem_now()
+        t = timed(eager, 3)
+        peak = peak_since(base_mem)
+        rep.add("MLPLOpt eager (chunks of 2^18 coords)", t, state / gb,
+                f"transient peak +{peak:.2f} GB")
+
+        whole = MLPLOpt(hidden=32, step_mult=0.01, base_fan_in=128, chunk_elems=SIDE * SIDE)
+        compiled_one = torch.compile(lambda x, g, s: one(whole, x, g, s), dynamic=False)
+        # agreement on a copy of one tensor
+        x0, s0 = params[0].clone(), {k: v.clone() for k, v in states[0].items()}
+        x1, s1 = params[0].clone(), {k: v.clone() for k, v in states[0].items()}
+        t0 = time.perf_counter()
+        compiled_one(x1, grads[0], s1)
+        sync()
+        compile_s = time.perf_counter() - t0
+        one(lopt, x0, grads[0], s0)
+        d0, d1 = params[0] - x0, params[0] - x1
+        rel = float((d0 - d1).abs().max() / d0.abs().max().clamp_min(1e-30))
+
+        def compiled():
+            for x, g, s in zip(params, grads, states):
+                compiled_one(x, g, s)
+
+        base_mem = mem_now()
+        t = timed(compiled, 5)
+        peak = peak_since(base_mem)
+        rep.add("MLPLOpt torch.compile per tensor", t, state / gb,
+                f"compile {compile_s:.0f} s; max rel. step diff vs eager {rel:.1e}; "
+                f"transient peak +{peak:.2f} GB")
+        del params, grads, states
+        if time.perf_counter() - T0 < 45:
+            meta_training_speed(rep, dev, 2 if a.smoke else 3)
+    except KeyboardInterrupt:
+        rep.rows.append(("(stopped by the time cap here)", float("nan"), 0.0, ""))
+    finally:
+        print(rep.write())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
