@@ -9,7 +9,8 @@ The record (a JSON-able dict) holds the training loss of every step, the validat
 (``task.evaluate``) at step 0, every ``eval_every`` steps and at the last step, and the
 cumulative wall time of the training steps (forward, backward, update) at each evaluation
 (evaluation time excluded).
-A non-finite training loss ends the run early with ``diverged: true``.
+A non-finite training loss, or a linear-algebra failure inside the step (an eigendecomposition
+of statistics that already went non-finite), ends the run early with ``diverged: true``.
 """
 from __future__ import annotations
 
@@ -78,7 +79,12 @@ def train_curve(task: Task, rule: UpdateRule, seed: int, steps: int, eval_every:
         opt.zero_grad(set_to_none=True)
         loss_t = task.loss(params, batch)
         loss_t.backward(create_graph=hvp)
-        opt.step(lambda: loss_t)  # gradients exist before step; the closure hands over the loss
+        try:
+            opt.step(lambda: loss_t)  # gradients exist before step; the closure hands the loss
+        except torch.linalg.LinAlgError:  # a factorisation of non-finite statistics: diverged
+            train_loss.append(None)
+            diverged = True
+            break
         loss = float(loss_t.detach())  # float() waits for the device
         _sync(task.device)
         elapsed += time.perf_counter() - start

@@ -79,3 +79,15 @@ def test_validation_metrics_include_accuracy_on_a_classification_task():
     assert 0.0 <= last["accuracy"] <= 1.0
     assert last["val_loss"] < first["val_loss"] and last["accuracy"] > first["accuracy"]
     assert torch.is_tensor(task.init()[0])
+
+
+def test_linalg_failure_in_a_step_counts_as_divergence():
+    """A second-order rule whose statistics went non-finite fails inside eigh; the run is
+    recorded as diverged (inf for tuning), not a crash of the whole benchmark."""
+    from metaopt import tasks, zoo
+    from metaopt.bench.run import final_val_loss
+
+    task = tasks.get("quadratic", dim=8)
+    rec = train_curve(task, zoo.rule("shampoo", lr=1e12), seed=0, steps=20, eval_every=5)
+    assert rec["diverged"]
+    assert final_val_loss(rec) == float("inf")
