@@ -19,7 +19,8 @@ from pathlib import Path
 
 import torch
 
-from metaopt.cli_common import Parser, UsageError, add_common_flags, fail, resolve_device
+from metaopt.cli_common import (Parser, UsageError, add_common_flags, fail, int_at_least,
+                                 resolve_device)
 
 from .checkpoint import LATEST, save_json
 from .estimators import METHODS
@@ -39,26 +40,26 @@ def build_parser() -> Parser:
                    help="registered task (default mlp_digits)")
     p.add_argument("--task-opt", action="append", default=[], metavar="KEY=VALUE[,VALUE..]",
                    help="task option; several values are drawn per task (repeatable)")
-    p.add_argument("--horizon", type=_int(1), default=200,
+    p.add_argument("--horizon", type=int_at_least(1), default=200,
                    help="inner steps per task (default 200)")
     p.add_argument("--lopt", choices=LOPTS, default="mlp",
                    help="mlp (MLPLOpt) or sgdm (default mlp)")
     p.add_argument("--param", choices=("mup", "sp"), default="mup",
                    help="μLO or SP-LO (default mup)")
-    p.add_argument("--hidden", type=_int(1), default=32, help="MLPLOpt hidden units (default 32)")
+    p.add_argument("--hidden", type=int_at_least(1), default=32, help="MLPLOpt hidden units (default 32)")
     p.add_argument("--step-mult", type=_pos, default=0.01, help="MLPLOpt step_mult (default 0.01)")
-    p.add_argument("--base-fan-in", type=_int(1), default=1,
+    p.add_argument("--base-fan-in", type=int_at_least(1), default=1,
                    help="μLO hidden scale base_fan_in/fan_in (default 1, as μLO)")
     p.add_argument("--method", choices=METHODS, default="pes",
                    help="pes | es | tbptt (default pes)")
-    p.add_argument("--steps", type=_int(1), default=500, help="outer steps (default 500)")
-    p.add_argument("--truncation", type=_int(1), default=20,
+    p.add_argument("--steps", type=int_at_least(1), default=500, help="outer steps (default 500)")
+    p.add_argument("--truncation", type=int_at_least(1), default=20,
                    help="inner steps per outer step (default 20)")
-    p.add_argument("--num-tasks", type=_int(1), default=8, help="tasks per estimate (default 8)")
+    p.add_argument("--num-tasks", type=int_at_least(1), default=8, help="tasks per estimate (default 8)")
     p.add_argument("--outer-lr", type=_pos, default=1e-3, help="Adam lr on theta (default 1e-3)")
     p.add_argument("--std", type=_pos, default=0.01, help="PES/ES perturbation std (default 0.01)")
     p.add_argument("--checkpoint-dir", default=None, help="default OUT/checkpoints")
-    p.add_argument("--checkpoint-every", type=_int(1), default=25, help="outer steps (default 25)")
+    p.add_argument("--checkpoint-every", type=int_at_least(1), default=25, help="outer steps (default 25)")
     p.add_argument("--resume", action="store_true", help="continue the checkpoint in OUT")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     add_common_flags(p)
@@ -132,20 +133,6 @@ def _parse_value(text: str):
         except ValueError:
             pass
     return text.strip()
-
-
-def _int(low: int):
-    def parse(text: str) -> int:
-        try:
-            v = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(
-                f"expected an integer >= {low}, got {text!r}") from None
-        if v < low:
-            raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {v}")
-        return v
-
-    return parse
 
 
 def _pos(text: str) -> float:

@@ -16,7 +16,8 @@ import argparse
 import importlib
 import sys
 
-from .cli_common import Parser, UsageError, add_common_flags, fail, resolve_device
+from .cli_common import (Parser, UsageError, add_common_flags, fail, int_at_least,
+                         resolve_device)
 from .optimizer import IMPLS
 
 #: subcommand -> module whose ``main(argv) -> int`` runs it
@@ -67,12 +68,12 @@ def build_parser() -> Parser:
 def _add_bench(p: Parser) -> None:
     p.add_argument("--task", required=True, help="task name(s), comma-separated, or 'all'")
     p.add_argument("--optimizer", required=True, help="zoo name(s), comma-separated, or 'all'")
-    p.add_argument("--seeds", type=_int_at_least(1), default=3, help="seeds per run (default 3)")
-    p.add_argument("--steps", type=_int_at_least(1), default=DEFAULT_STEPS,
+    p.add_argument("--seeds", type=int_at_least(1), default=3, help="seeds per run (default 3)")
+    p.add_argument("--steps", type=int_at_least(1), default=DEFAULT_STEPS,
                    help=f"optimizer steps per run (default {DEFAULT_STEPS})")
-    p.add_argument("--eval-every", type=_int_at_least(1), default=None,
+    p.add_argument("--eval-every", type=int_at_least(1), default=None,
                    help="validation interval in steps (default steps/20)")
-    p.add_argument("--tune-trials", type=_int_at_least(0), default=10,
+    p.add_argument("--tune-trials", type=int_at_least(0), default=10,
                    help="Optuna TPE trials on the learning rate per optimizer and task; "
                         "0 uses the defaults (default 10)")
     p.add_argument("--storage", default=None,
@@ -84,20 +85,6 @@ def _add_bench(p: Parser) -> None:
     p.add_argument("--resume", action="store_true", help="continue OUT, skipping finished runs")
     add_common_flags(p)
     p.set_defaults(run=run_bench_command)
-
-
-def _int_at_least(low: int):
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(
-                f"expected an integer >= {low}, got {text!r}") from None
-        if value < low:
-            raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {value}")
-        return value
-
-    return parse
 
 
 def _float_at_least(low: float):

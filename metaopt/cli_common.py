@@ -45,3 +45,19 @@ def fail(message: str) -> int:
     """Print ``metaopt: error: message`` on one line to stderr and return exit code 2."""
     print(f"metaopt: error: {message}", file=sys.stderr)
     return 2
+
+
+def int_at_least(low: int):
+    """An argparse ``type``: an integer ``>= low``, else a one-line usage error."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected an integer >= {low}, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {value}")
+        return value
+
+    return parse

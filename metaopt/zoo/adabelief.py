@@ -22,9 +22,10 @@ from __future__ import annotations
 import torch
 
 from ..rule import UpdateRule
-from ._scalar import nonzero, select
+from ._scalar import select
 from .checks import check_betas, check_min
 from .registry import register
+from ._weight_decay import split_weight_decay
 
 
 def _init(p):
@@ -46,12 +47,7 @@ def rectification(b2, step):
 def _update(g, p, state, hp, step):
     b1, b2 = hp["betas"]
     lr, wd, eps = hp["lr"], hp["weight_decay"], hp["eps"]
-    decay = 0.0
-    if nonzero(wd):
-        if hp["weight_decouple"]:
-            decay = lr * wd * p
-        else:
-            g = g + wd * p
+    g, decay = split_weight_decay(g, p, lr, wd, hp["weight_decouple"])
     m = torch.lerp(state["exp_avg"], g, 1 - b1)
     s = b2 * state["exp_avg_var"] + (1 - b2) * (g - m) ** 2 + eps
     bc1 = 1 - b1**step

@@ -42,3 +42,16 @@ def check_betas(hp: Mapping, n: int = 2, name: str = "", closed: bool = False) -
         raise ValueError(f"{name}: invalid betas={betas!r}: must be a tuple of {n} numbers in [0, 1)")
     for i, b in enumerate(betas):
         check_unit({f"betas[{i}]": b}, f"betas[{i}]", name, closed)
+
+
+def check_int(hp: Mapping, key: str, low: int = 0, name: str = "") -> None:
+    """``hp[key]`` is an integer (not a bool) ``>= low``."""
+    v = hp[key]
+    if isinstance(v, bool) or not isinstance(v, int) or v < low:
+        raise ValueError(f"{name}: invalid {key}={v!r}: must be an integer >= {low}")
+
+
+def check_choice(hp: Mapping, key: str, choices: tuple, name: str = "") -> None:
+    """``hp[key]`` is one of ``choices``."""
+    if hp[key] not in choices:
+        raise ValueError(f"{name}: invalid {key}={hp[key]!r}: must be one of {choices}")

@@ -17,10 +17,11 @@ from __future__ import annotations
 import torch
 
 from ..rule import UpdateRule
-from ._scalar import nonzero
+
 from .checks import check_betas, check_min
 from .registry import register
 from ._sqrt import sqrt0
+from ._weight_decay import split_weight_decay
 
 
 def _init(p):
@@ -34,12 +35,7 @@ def _init(p):
 def _update(g, p, state, hp, step):
     b1, b2 = hp["betas"]
     lr, wd, psi = hp["lr"], hp["weight_decay"], hp["momentum_decay"]
-    decay = 0.0
-    if nonzero(wd):
-        if hp["decoupled_weight_decay"]:
-            decay = lr * wd * p
-        else:
-            g = g + wd * p
+    g, decay = split_weight_decay(g, p, lr, wd, hp["decoupled_weight_decay"])
     mu = b1 * (1.0 - 0.5 * 0.96 ** (step * psi))
     mu_next = b1 * (1.0 - 0.5 * 0.96 ** ((step + 1) * psi))
     prod = state["mu_product"] * mu

@@ -31,7 +31,7 @@ from __future__ import annotations
 import torch
 
 from ..rule import UpdateRule
-from .checks import check_min, check_unit
+from .checks import check_choice, check_int, check_min, check_unit
 from .registry import register
 
 MEMORY_SAVE_MODES = (None, "one_diag", "smart_one_diag", "all_diag")
@@ -178,12 +178,8 @@ def _check(hp):
     check_min(hp, "precondition_lr", strict=True, name="psgd")
     check_min(hp, "precondition_init_scale", strict=True, name="psgd")
     for key in ("max_size_triangular", "min_ndim_triangular"):
-        v = hp[key]
-        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-            raise ValueError(f"psgd: invalid {key}={v!r}: must be an integer >= 0")
-    if hp["memory_save_mode"] not in MEMORY_SAVE_MODES:
-        raise ValueError(f"psgd: invalid memory_save_mode={hp['memory_save_mode']!r}: "
-                         f"must be one of {MEMORY_SAVE_MODES}")
+        check_int(hp, key, 0, name="psgd")
+    check_choice(hp, "memory_save_mode", MEMORY_SAVE_MODES, name="psgd")
     if hp["update_probability"] is not None:
         check_unit(hp, "update_probability", name="psgd", closed=True)
 

@@ -17,11 +17,12 @@ from __future__ import annotations
 import torch
 
 from ..rule import UpdateRule
-from ._scalar import nonzero, select
+from ._scalar import select
 from .adabelief import rectification
 from .checks import check_betas, check_min
 from .registry import register
 from ._sqrt import sqrt0
+from ._weight_decay import split_weight_decay
 
 
 def _init(p):
@@ -31,12 +32,7 @@ def _init(p):
 def _update(g, p, state, hp, step):
     b1, b2 = hp["betas"]
     lr, wd = hp["lr"], hp["weight_decay"]
-    decay = 0.0
-    if nonzero(wd):
-        if hp["decoupled_weight_decay"]:
-            decay = lr * wd * p
-        else:
-            g = g + wd * p
+    g, decay = split_weight_decay(g, p, lr, wd, hp["decoupled_weight_decay"])
     m = torch.lerp(state["exp_avg"], g, 1 - b1)
     v = b2 * state["exp_avg_sq"] + (1 - b2) * g * g
     m_hat = m / (1 - b1**step)

@@ -30,7 +30,7 @@ from __future__ import annotations
 import torch
 
 from ..rule import UpdateRule
-from .checks import check_min, check_unit
+from .checks import check_choice, check_int, check_min, check_unit
 from .registry import register
 
 GRAFTS = ("none", "adagrad")
@@ -111,11 +111,8 @@ def _check(hp):
     check_min(hp, "eps", strict=True, name="shampoo")
     check_min(hp, "graft_eps", strict=True, name="shampoo")
     for key in ("precondition_frequency", "max_precond_dim"):
-        v = hp[key]
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise ValueError(f"shampoo: invalid {key}={v!r}: must be an integer >= 1")
-    if hp["graft"] not in GRAFTS:
-        raise ValueError(f"shampoo: invalid graft={hp['graft']!r}: must be one of {GRAFTS}")
+        check_int(hp, key, 1, name="shampoo")
+    check_choice(hp, "graft", GRAFTS, name="shampoo")
 
 
 @register("shampoo")
