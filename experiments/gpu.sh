@@ -13,7 +13,7 @@ LOG="$OUT/gpu_log.txt"
   date -u; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
   python3 -c "import torch, sys; print('python', sys.version.split()[0], 'torch', torch.__version__)"
 } >> "$LOG" 2>&1
-PARTS=" ${*:-zoo adapter search learned l2o} "
+PARTS=" ${*:-zoo adapter search learned l2o bilevel} "
 run_part() {  # name, cap in seconds, script
   local name=$1 cap=$2 script=$3
   case "$PARTS" in *" $name "*) ;; *) return ;; esac
@@ -24,8 +24,9 @@ run_part() {  # name, cap in seconds, script
   echo "== $name: exit $? after $((SECONDS - t0)) s" >> "$LOG"
 }
 run_part zoo      150 experiments/gpu_zoo.py
-run_part adapter   90 experiments/gpu_adapter.py
+run_part adapter   60 experiments/gpu_adapter.py
 run_part search    75 experiments/gpu_search.py
 run_part learned   75 experiments/gpu_learned.py
 run_part l2o       60 experiments/gpu_l2o.py
+run_part bilevel   90 experiments/gpu_bilevel.py
 tail -c 6000 "$LOG"
