@@ -31,11 +31,26 @@ def _stack(series: list[list[float | None]]) -> np.ndarray:
     return out
 
 
-def _median_band(ax, x, ys: np.ndarray, label: str) -> None:
+def _styles(names) -> dict[str, dict]:
+    """A distinct (colour, line style) per name: 10 colours x 3 styles before any repeats."""
+    import matplotlib
+
+    colours = matplotlib.colormaps["tab10"].colors
+    dashes = ("-", "--", ":")
+    return {n: {"color": colours[i % 10], "linestyle": dashes[(i // 10) % 3]}
+            for i, n in enumerate(names)}
+
+
+def _legend_outside(ax, n: int) -> None:
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), ncol=1 if n <= 16 else 2,
+              frameon=False)
+
+
+def _median_band(ax, x, ys: np.ndarray, label: str, style: dict) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # all-nan columns after divergence
         med, lo, hi = np.nanmedian(ys, 0), np.nanmin(ys, 0), np.nanmax(ys, 0)
-    (line,) = ax.plot(x, med, label=label)
+    (line,) = ax.plot(x, med, label=label, **style)
     ax.fill_between(x, lo, hi, color=line.get_color(), alpha=0.2, linewidth=0)
 
 
@@ -53,12 +68,13 @@ def plot_task_curves(task: str, runs_by_opt: dict[str, list[dict]], path) -> Non
     fig = Figure(figsize=(11, 4))
     ax_train, ax_val = fig.subplots(1, 2)
     train_all, val_all = [], []
+    styles = _styles(runs_by_opt)
     for opt, runs in runs_by_opt.items():
         tr = _stack([r["train_loss"] for r in runs])
-        _median_band(ax_train, np.arange(1, tr.shape[1] + 1), tr, opt)
+        _median_band(ax_train, np.arange(1, tr.shape[1] + 1), tr, opt, styles[opt])
         longest = max(runs, key=lambda r: len(r["evals"]))
         va = _stack([[e.get("val_loss") for e in r["evals"]] for r in runs])
-        _median_band(ax_val, [e["step"] for e in longest["evals"]], va, opt)
+        _median_band(ax_val, [e["step"] for e in longest["evals"]], va, opt, styles[opt])
         train_all.append(tr)
         val_all.append(va)
     _log_if_positive(ax_train, train_all)
@@ -67,7 +83,7 @@ def plot_task_curves(task: str, runs_by_opt: dict[str, list[dict]], path) -> Non
         ax.set_xlabel("step")
         ax.set_ylabel(what)
         ax.grid(alpha=0.3)
-    ax_val.legend(fontsize=8)
+    _legend_outside(ax_val, len(runs_by_opt))
     fig.suptitle(f"{task}: median over seeds (band: min-max)")
     _save(fig, path)
 
@@ -81,13 +97,14 @@ def plot_profile(ratios: dict[str, list[float]], path, metric: str) -> None:
     taus = list(np.geomspace(1.0, tau_max, 200))
     fig = Figure(figsize=(6, 4))
     ax = fig.subplots()
+    styles = _styles(ratios)
     for s, rs in ratios.items():
-        ax.step(taus, profile(rs, taus), where="post", label=s)
+        ax.step(taus, profile(rs, taus), where="post", label=s, **styles[s])
     ax.set_xscale("log")
     ax.set_ylim(-0.02, 1.02)
     ax.set_xlabel(f"tau (ratio to the best {metric})")
     ax.set_ylabel("fraction of tasks within tau")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    _legend_outside(ax, len(ratios))
     fig.suptitle(f"Performance profile over {len(next(iter(ratios.values())))} task(s)")
     _save(fig, path)
