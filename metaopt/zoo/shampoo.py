@@ -52,11 +52,13 @@ def mode_product(g: torch.Tensor, mat: torch.Tensor, i: int) -> torch.Tensor:
     return torch.tensordot(mat, g, dims=([1], [i])).movedim(0, i)
 
 
-def inverse_root(mat: torch.Tensor, root: int) -> torch.Tensor:
-    """``mat^{-1/root}`` for a symmetric positive definite ``mat``, by an eigendecomposition
-    in float64 (eigenvalues floored at the smallest positive float64)."""
+def inverse_root(mat: torch.Tensor, root: int, floor: float) -> torch.Tensor:
+    """``mat^{-1/root}`` for a symmetric ``mat >= floor * I``, by an eigendecomposition in
+    float64. Eigenvalues are floored at ``floor``: the statistics are ``eps I + sum G G^T``,
+    so every true eigenvalue is at least ``eps``, but float32 accumulation of large ``G G^T``
+    terms can round the small ones to zero or below, whose root would blow the step up."""
     lam, vec = torch.linalg.eigh(mat.to(torch.float64))
-    lam = lam.clamp_min(torch.finfo(torch.float64).tiny) ** (-1.0 / root)
+    lam = lam.clamp_min(floor) ** (-1.0 / root)
     return ((vec * lam) @ vec.T).to(mat.dtype)
 
 
@@ -92,7 +94,7 @@ def _update(g, p, state, hp, step):
     for i in precond_dims(p.shape, hp["max_precond_dim"]):
         state[f"stat_{i}"] = state[f"stat_{i}"] + mode_gram(g, i)
         if refresh:
-            state[f"root_{i}"] = inverse_root(state[f"stat_{i}"], 2 * order)
+            state[f"root_{i}"] = inverse_root(state[f"stat_{i}"], 2 * order, hp["eps"])
         d = mode_product(d, state[f"root_{i}"], i)
     if hp["graft"] == "adagrad":
         acc = state.get("graft_sum", torch.zeros_like(g)) + g * g
