@@ -13,10 +13,8 @@ separately and reported.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -33,6 +31,7 @@ from bilevel import problems  # noqa: E402
 from bilevel.inner import rule_solve  # noqa: E402
 from bilevel.tuning import METHODS, RUNNERS, evaluate_trace  # noqa: E402
 from metaopt import zoo  # noqa: E402
+from metaopt.bench.machine import machine_line
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -228,15 +227,7 @@ def sqlite_overhead() -> str:
 
 
 def machine() -> str:
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as fh:
-            cpu = next(line.split(":", 1)[1].strip() for line in fh if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return (f"{cpu}, {os.cpu_count()} cores (shared with other jobs: load average "
-            f"{os.getloadavg()[0]:.1f}), torch {torch.__version__}, "
-            f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC")
+    return machine_line("cpu")
 
 
 def main() -> None:

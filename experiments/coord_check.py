@@ -17,11 +17,9 @@ experiments/results); finished (model, parametrization) runs are kept as JSON in
 """
 from __future__ import annotations
 
-import datetime
 import json
 import math
 import os
-import platform
 import sys
 
 import numpy as np
@@ -31,6 +29,7 @@ from tqdm.auto import tqdm
 
 from metaopt import apply, init_states, mup, tasks, zoo
 from metaopt.cli_common import Parser, UsageError, add_common_flags, fail, resolve_device
+from metaopt.bench.machine import machine_line
 
 
 def parse(argv=None):
@@ -144,14 +143,7 @@ def transfer_table(losses: dict, ws, lrs) -> list[str]:
 
 
 def machine(device) -> str:
-    if device.type == "cuda":
-        name = torch.cuda.get_device_name(device)
-    else:
-        name = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
-                     if line.startswith("model name")), platform.processor() or "unknown CPU")
-    return (f"{name}; torch {torch.__version__}; Python {platform.python_version()}; "
-            f"{torch.get_num_threads()} thread(s); "
-            f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC")
+    return machine_line(device)
 
 
 def slope_table(results: dict) -> list[str]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import re
 import time
 
@@ -18,6 +17,7 @@ import torch
 from learned.l2o import (L2ODM, MathL2O, RNNProp, fista, ista, l2o_objectives,
                          meta_train_l2o, optimal_value, relative_error, rule_objectives)
 from metaopt import tasks, zoo
+from metaopt.bench.machine import machine_line
 
 MODELS = {"Math-L2O (PA)": MathL2O, "L2O-DM": L2ODM, "RNNprop": RNNProp,
           # ablation (not in the paper): P in (0, 1), i.e. steps capped at 0.9999/L
@@ -39,16 +39,7 @@ def problem(name: str, variant: str, instances: int, seed: int, device, **kw):
 
 
 def machine() -> str:
-    if torch.cuda.is_available():
-        dev = torch.cuda.get_device_name(0)
-    else:
-        dev = platform.processor() or platform.machine()
-        try:
-            with open("/proc/cpuinfo") as f:
-                dev = next(line.split(":", 1)[1].strip() for line in f if "model name" in line)
-        except (OSError, StopIteration):
-            pass
-    return f"{dev}; torch {torch.__version__}; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}"
+    return machine_line("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def train(name: str, model: str, outer_steps: int, instances: int, device, checkpoint=None,

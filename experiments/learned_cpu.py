@@ -35,6 +35,7 @@ from learned import MLPLOpt, SingleTask, adam_like_theta, load_theta, meta_train
 from learned.unroll import lopt_step  # noqa: E402
 from metaopt import mup, tasks, zoo  # noqa: E402
 from metaopt.rule import apply, init_states  # noqa: E402
+from metaopt.bench.machine import cpu_model
 
 BASE = 128
 
@@ -232,12 +233,7 @@ def main(argv=None) -> int:
 
 def write_report(out, a, widths, lrs, seeds, lr0, meta_secs, width_rows, horizon_rows, times,
                  curves):
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    cpu = cpu_model()
     L = [f"# Learned optimizers (μLO) on the CPU: {'QUICK SMOKE TEST, ' if a.quick else ''}results",
          "",
          f"Machine: {cpu}, 1 thread (shared with other jobs), torch {torch.__version__}, "

@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from metaopt.tasks import ParamInfo, Task
+from metaopt.bench.machine import machine_line as bench_machine_line
 
 
 class TeacherStudentMLP(Task):
@@ -65,15 +66,4 @@ class TeacherStudentMLP(Task):
 
 def machine_line() -> str:
     """CPU model / GPU name, torch version and the date, for result files."""
-    import datetime
-    import platform
-
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as fh:
-            cpu = next(line.split(":", 1)[1].strip() for line in fh if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return (f"machine: {cpu} ({torch.get_num_threads()} threads), {gpu}; torch {torch.__version__}; "
-            f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC")
+    return "machine: " + bench_machine_line("cuda" if torch.cuda.is_available() else "cpu")

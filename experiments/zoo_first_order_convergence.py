@@ -21,7 +21,6 @@ import datetime
 import json
 import math
 import os
-import platform
 import sys
 import tempfile
 from pathlib import Path
@@ -32,6 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from metaopt import apply, init_states, tasks, zoo  # noqa: E402
+from metaopt.bench.machine import cpu_model
 
 MEMBERS = ["sgd", "adagrad", "rmsprop", "adadelta", "adam", "adamw", "adamax", "nadam",
            "amsgrad", "radam", "lion", "clion", "adabelief", "adabound", "diffgrad", "adafactor",
@@ -78,12 +78,7 @@ def write_atomic(path: Path, text: str) -> None:
 
 
 def render(results: dict, scale: float) -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
-                   if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    cpu = cpu_model()
     lines = [
         "# First-order zoo members: equal lr budget on three CPU tasks",
         "",

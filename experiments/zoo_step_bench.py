@@ -23,7 +23,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -34,6 +33,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from metaopt import zoo  # noqa: E402
+from metaopt.bench.machine import cpu_model
 
 SECOND_ORDER = {"shampoo", "soap", "psgd", "muon"}
 # pytorch-optimizer's class for the same rule (its load_optimizer names)
@@ -214,15 +214,7 @@ def write_atomic(path: Path, text: str) -> None:
 def machine(device) -> str:
     if torch.device(device).type == "cuda":
         return torch.cuda.get_device_name()
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu} ({os.cpu_count()} cores, torch threads {torch.get_num_threads()})"
+    return f"{cpu_model()} ({os.cpu_count()} cores, torch threads {torch.get_num_threads()})"
 
 
 def render(meta: dict, rows: list[dict], skipped: list[str]) -> str:
