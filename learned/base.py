@@ -66,6 +66,13 @@ class LOpt:
             return self.init(p, None)
 
         def update(g, p, s, hp, step, **ext):
-            return self.update(theta, g, p, s, step, hp.get("info"), **ext)
+            return self.update(theta, g, p, s, step, as_param_info(hp.get("info")), **ext)
 
         return UpdateRule(self.name, init, update, hp={"info": None}, elementwise=False)
+
+
+def as_param_info(info: tuple | ParamInfo | None) -> ParamInfo | None:
+    """A tensor's ``ParamInfo`` from the form a param group stores it in: a plain tuple
+    ``(name, role, fan_in, fan_out)`` (so optimizer state dicts load with
+    ``weights_only=True``), a ``ParamInfo``, or None."""
+    return info if (info is None or isinstance(info, ParamInfo)) else ParamInfo(*info)

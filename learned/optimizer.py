@@ -19,7 +19,6 @@ from typing import Iterable, Sequence
 import torch
 
 from metaopt.optimizer import RuleOptimizer
-from metaopt.rule import UpdateRule
 from metaopt.tasks import ParamInfo
 
 from .base import LOpt, Theta
@@ -27,10 +26,6 @@ from .base import LOpt, Theta
 
 def _info_tuple(info: ParamInfo | None) -> tuple | None:
     return None if info is None else (info.name, info.role, info.fan_in, info.fan_out)
-
-
-def _info(t: tuple | ParamInfo | None) -> ParamInfo | None:
-    return t if (t is None or isinstance(t, ParamInfo)) else ParamInfo(*t)
 
 
 class LearnedOptimizer(RuleOptimizer):
@@ -42,10 +37,12 @@ class LearnedOptimizer(RuleOptimizer):
       theta: its meta-parameters (checked: wrong names or shapes are a ``ValueError``).
       infos: optional ParamInfo per parameter (aligned with ``params``; plain parameters only).
       impl: :class:`RuleOptimizer`'s implementation path (``"loop"`` or ``"compiled"``).
+      **hp: hyperparameters of the LO's rule (``lopt.rule(theta).hp``), e.g. Math-L2O's
+        problem constants ``l1`` and ``lipschitz``.
     """
 
     def __init__(self, params: Iterable, lopt: LOpt, theta: Theta,
-                 infos: Sequence[ParamInfo] | None = None, impl: str = "loop"):
+                 infos: Sequence[ParamInfo] | None = None, impl: str = "loop", **hp):
         self.lopt = lopt
         params = list(params)
         if infos is not None:
@@ -59,12 +56,7 @@ class LearnedOptimizer(RuleOptimizer):
         device = _first_device(params)
         self.theta = {k: v.detach().to(device) for k, v in lopt.check_theta(theta).items()}
 
-        def update(g, p, s, hp, step, **ext):
-            return lopt.update(self.theta, g, p, s, step, _info(hp["info"]))
-
-        rule = UpdateRule(lopt.name, lambda p: lopt.init(p, None), update, hp={"info": None},
-                          elementwise=False)
-        super().__init__(params, rule, impl=impl)
+        super().__init__(params, lopt.rule(self.theta), impl=impl, **hp)
 
 
 def _first_device(params: list) -> torch.device:

@@ -38,7 +38,7 @@ from torch import Tensor
 from metaopt.rule import UpdateRule
 from metaopt.zoo.checks import check_min
 
-from ..base import LOpt, Theta
+from ..base import LOpt, Theta, as_param_info
 from .lstm import init_linear, init_lstm, linear, lstm, lstm_state
 from .prox import soft_threshold
 
@@ -130,7 +130,7 @@ class MathL2O(LOpt):
             return self.init(p, None)
 
         def update(g, p, s, hp, step, **ext):
-            return self.update(theta, g, p, s, step, hp.get("info"), l1=hp["l1"],
+            return self.update(theta, g, p, s, step, as_param_info(hp.get("info")), l1=hp["l1"],
                                lipschitz=hp["lipschitz"], **ext)
 
         def check(hp):

@@ -207,3 +207,20 @@ def test_l2o_model_free_models_run_in_learned_optimizer(cls):
         t.loss([x]).backward()
         opt.step()
         torch.testing.assert_close(t.objective(x.detach()), ref[k + 1])
+
+
+def test_l2o_math_l2o_runs_in_learned_optimizer_with_problem_constants():
+    """``LearnedOptimizer`` forwards the LO's own hyperparameters (Math-L2O's l1 and L)."""
+    t = small_lasso(dtype=torch.float32)
+    lopt = MathL2O()
+    theta = lopt.init_theta(gen(7))
+    ref = l2o_objectives(lopt, theta, t, 4)
+    x = t.init()[0].clone().requires_grad_(True)
+    opt = learned.LearnedOptimizer([x], lopt, theta, l1=t.lam, lipschitz=t.lipschitz)
+    for k in range(4):
+        opt.zero_grad()
+        t.smooth(x).sum().backward()
+        opt.step()
+        torch.testing.assert_close(t.objective(x.detach()), ref[k + 1])
+    with pytest.raises(ValueError, match="l1"):
+        learned.LearnedOptimizer([x], lopt, theta)
