@@ -181,8 +181,9 @@ class RuleOptimizer(torch.optim.Optimizer):
 
     def _flat_step(self, params, grads, states, hp_t, step: int, key: int,
                    layout: "_FlatLayout | None") -> None:
-        """An elementwise rule over flat 1-D buffers: large contiguous tensors in place
-        through 1-D views, the others gathered into chunks whose state lives in flat buffers
+        """An elementwise rule over flat buffers: large contiguous tensors in place by one
+        compiled graph for all of them, the others gathered into chunks whose state lives in
+        flat buffers
         (``opt.state[p][k]`` are views of them), so a group of many small tensors costs a few
         kernels instead of a few per tensor. One layout per param group (``key``), rebuilt
         from the current state when the group's tensors with gradients change."""
