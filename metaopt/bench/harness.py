@@ -5,7 +5,8 @@ Output folder ``out``:
   * ``curves.jsonl``: one record per (task, optimizer, seed) run (see :mod:`.run`);
   * ``results.md``: machine, settings, and the table of :mod:`.summary`;
   * ``curves_<task>.png``: loss curves; ``profile.png``: performance profile over tasks on the
-    median steps-to-target (:mod:`.profile`);
+    median steps-to-target (:mod:`.profile`); ``profile_final_loss.png``: the same on the median
+    final validation loss;
   * ``optuna.sqlite3``: the tuning studies, unless another storage URL is given;
   * ``bench_config.json``: the settings a resumed run must share.
 
@@ -194,6 +195,15 @@ def write_report(cfg: BenchConfig, records: list[dict]) -> BenchResult:
     if costs and all(costs.values()):
         files["profile"] = str(out / "profile.png")
         plot_profile(performance_ratios(costs), files["profile"], "steps to target")
+    # quality: the median final validation loss, floored so that losses at round-off tie
+    finals = _common_solvers({
+        t: {o: max(LOSS_FLOOR, median([final_val_loss(r) for r in runs]))
+            for o, runs in by.items()}
+        for t, by in groups.items()})
+    if finals and all(finals.values()):
+        files["profile_final"] = str(out / "profile_final_loss.png")
+        plot_profile(performance_ratios(finals), files["profile_final"],
+                     f"final validation loss (floored at {LOSS_FLOOR:g})")
     header = (f"# Benchmark: {', '.join(groups)}\n\n"
               f"Machine: {machine_line(cfg.device)}\n\n"
               f"Settings: {cfg.steps} steps, validation every {cfg.eval_every} steps, "
@@ -204,6 +214,10 @@ def write_report(cfg: BenchConfig, records: list[dict]) -> BenchResult:
               f"RuleOptimizer impl {cfg.impl}.\n\n")
     write_atomic(files["table"], header + markdown_table(rows, cfg.target_tol))
     return BenchResult(records, rows, files)
+
+
+#: final losses below this count as equal (round-off on problems whose optimum is 0)
+LOSS_FLOOR = 1e-12
 
 
 def _median_steps(runs: list[dict], target: float) -> float:

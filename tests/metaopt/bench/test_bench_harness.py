@@ -30,7 +30,7 @@ def test_writes_curves_table_plots_and_study(tiny):
     records = [json.loads(l) for l in (out / "curves.jsonl").read_text().splitlines()]
     assert sorted((r["optimizer"], r["seed"]) for r in records) == [
         ("adamw", 0), ("adamw", 1), ("sgd", 0), ("sgd", 1)]
-    for name in ("curves_quadratic.png", "profile.png"):
+    for name in ("curves_quadratic.png", "profile.png", "profile_final_loss.png"):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     table = (out / "results.md").read_text()
     assert "| quadratic | adamw | 2 |" in table and "| quadratic | sgd | 2 |" in table
