@@ -24,6 +24,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from l2o_common import (MODEL_LR, MODELS, TEST_SEED, TRAIN_SEED, curves, machine,  # noqa: E402
                         optimal_value, problem)
 from learned.l2o import meta_train_l2o  # noqa: E402
+from metaopt.bench.atomic import write_atomic
 
 ADAM_LR = 0.1  # the lr l2o_bench.py tuned for LASSO on CPU (best of 1e-3 .. 1e-1)
 BUDGET_S = {"Math-L2O (PA)": 10.0, "L2O-DM": 4.0, "RNNprop": 4.0}
@@ -74,10 +75,7 @@ def main(argv=None) -> None:
     lines += [f"| {m} | {e[100]:.2e} | {e[1000]:.2e} |" for m, e in errs.items()]
     lines += ["", f"Total wall time {time.perf_counter() - t_start:.0f} s."]
     os.makedirs(args.out, exist_ok=True)
-    path = os.path.join(args.out, "l2o.md")
-    with open(path + ".tmp", "w") as f:
-        f.write("\n".join(lines) + "\n")
-    os.replace(path + ".tmp", path)
+    write_atomic(os.path.join(args.out, "l2o.md"), "\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

@@ -25,6 +25,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from l2o_common import (ADAM_LRS, MODELS, TEST_SEED, VARIANTS, curves,  # noqa: E402
                         machine, optimal_value, problem, slug, train, tune_adam, write_json)
 from learned.l2o import l2o_step  # noqa: E402
+from metaopt.bench.atomic import write_atomic
 
 
 def parse(argv=None):
@@ -200,10 +201,7 @@ def main(argv=None):
                   "", f"Learned Math-L2O coefficients on the in-distribution test instances: "
                   f"{math_l2o_coefficients(lopt, theta, test)}."]
         lines += ["", f"![{name}](l2o_{name}.png)", ""]
-    path = os.path.join(args.out, "l2o.md")
-    with open(path + ".tmp", "w") as f:
-        f.write("\n".join(lines) + "\n")
-    os.replace(path + ".tmp", path)
+    write_atomic(os.path.join(args.out, "l2o.md"), "\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

@@ -16,8 +16,8 @@ import argparse
 import importlib
 import sys
 
-from .cli_common import (Parser, UsageError, add_common_flags, fail, int_at_least,
-                         resolve_device)
+from .cli_common import (Parser, UsageError, add_common_flags, fail, float_at_least,
+                         int_at_least, resolve_device)
 from .optimizer import IMPLS
 
 #: subcommand -> module whose ``main(argv) -> int`` runs it
@@ -78,27 +78,13 @@ def _add_bench(p: Parser) -> None:
                         "0 uses the defaults (default 10)")
     p.add_argument("--storage", default=None,
                    help="Optuna storage URL (default sqlite:///OUT/optuna.sqlite3)")
-    p.add_argument("--target-tol", type=_float_at_least(0.0), default=0.1,
+    p.add_argument("--target-tol", type=float_at_least(0.0), default=0.1,
                    help="target = best median final val loss + tol*|best| (default 0.1)")
     p.add_argument("--impl", choices=IMPLS, default="auto",
                    help="RuleOptimizer implementation path for every rule (default auto)")
     p.add_argument("--resume", action="store_true", help="continue OUT, skipping finished runs")
     add_common_flags(p)
     p.set_defaults(run=run_bench_command)
-
-
-def _float_at_least(low: float):
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(
-                f"expected a number >= {low:g}, got {text!r}") from None
-        if not value >= low:
-            raise argparse.ArgumentTypeError(f"expected a number >= {low:g}, got {text!r}")
-        return value
-
-    return parse
 
 
 def parse_names(text: str, choices: list[str], flag: str) -> tuple[str, ...]:

@@ -61,3 +61,19 @@ def int_at_least(low: int):
         return value
 
     return parse
+
+
+def float_at_least(low: float):
+    """An argparse ``type``: a number ``>= low`` (not nan), else a one-line usage error."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected a number >= {low:g}, got {text!r}") from None
+        if not value >= low:
+            raise argparse.ArgumentTypeError(f"expected a number >= {low:g}, got {text!r}")
+        return value
+
+    return parse

@@ -8,6 +8,11 @@ from torch import Tensor
 from ._scalar import nonzero
 
 
+def coupled_weight_decay(g: Tensor, p: Tensor, wd: Any) -> Tensor:
+    """``g + wd p``: weight decay as an L2 term in the gradient (``wd == 0`` adds nothing)."""
+    return g + wd * p if nonzero(wd) else g
+
+
 def split_weight_decay(g: Tensor, p: Tensor, lr: Any, wd: Any, decoupled: bool
                        ) -> tuple[Tensor, Any]:
     """``(gradient, decay)`` for weight decay ``wd``.
@@ -16,8 +21,6 @@ def split_weight_decay(g: Tensor, p: Tensor, lr: Any, wd: Any, decoupled: bool
     (Loshchilov & Hutter, ICLR 2019): the gradient is unchanged and the caller adds
     ``lr wd p`` to its step. ``wd == 0`` (a number) leaves both untouched.
     """
-    if not nonzero(wd):
-        return g, 0.0
-    if decoupled:
+    if decoupled and nonzero(wd):
         return g, lr * wd * p
-    return g + wd * p, 0.0
+    return coupled_weight_decay(g, p, wd), 0.0

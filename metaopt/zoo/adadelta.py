@@ -14,9 +14,9 @@ from __future__ import annotations
 import torch
 
 from ..rule import UpdateRule
-from ._scalar import nonzero
 from .checks import check_min, check_unit
 from .registry import register
+from ._weight_decay import coupled_weight_decay
 
 
 def _init(p):
@@ -25,8 +25,7 @@ def _init(p):
 
 def _update(g, p, state, hp, step):
     rho, eps = hp["rho"], hp["eps"]
-    if nonzero(hp["weight_decay"]):
-        g = g + hp["weight_decay"] * p
+    g = coupled_weight_decay(g, p, hp["weight_decay"])
     v = rho * state["square_avg"] + (1 - rho) * g * g
     d = (state["acc_delta"] + eps).sqrt() / (v + eps).sqrt() * g
     u = rho * state["acc_delta"] + (1 - rho) * d * d

@@ -15,10 +15,11 @@ from __future__ import annotations
 import torch
 
 from ..rule import UpdateRule
-from ._scalar import nonzero, select
+from ._scalar import select
 from .checks import check_min
 from .registry import register
 from ._sqrt import sqrt0
+from ._weight_decay import coupled_weight_decay
 
 
 def _init(p):
@@ -26,8 +27,7 @@ def _init(p):
 
 
 def _update(g, p, state, hp, step):
-    if nonzero(hp["weight_decay"]):
-        g = g + hp["weight_decay"] * p
+    g = coupled_weight_decay(g, p, hp["weight_decay"])
     acc0 = hp["initial_accumulator_value"]
     prev = select(step == 1, state["sum"] + acc0, state["sum"])
     s = prev + g * g

@@ -24,6 +24,7 @@ from ._cautious_mask import cautious
 from .checks import check_betas, check_min
 from .registry import register
 from ._sqrt import sqrt0
+from ._weight_decay import coupled_weight_decay
 
 
 def _init(p):
@@ -57,10 +58,7 @@ def amsgrad_direction(g, state, hp, step):
 
 def _coupled(direction):
     def update(g, p, state, hp, step):
-        wd = hp["weight_decay"]
-        if isinstance(wd, torch.Tensor) or wd != 0:
-            g = g + wd * p
-        d, new = direction(g, state, hp, step)
+        d, new = direction(coupled_weight_decay(g, p, hp["weight_decay"]), state, hp, step)
         return hp["lr"] * d, new
 
     return update

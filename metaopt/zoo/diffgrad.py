@@ -15,10 +15,10 @@ from __future__ import annotations
 import torch
 
 from ..rule import UpdateRule
-from ._scalar import nonzero
 from .checks import check_betas, check_min
 from .registry import register
 from ._sqrt import sqrt0
+from ._weight_decay import coupled_weight_decay
 
 
 def _init(p):
@@ -28,8 +28,7 @@ def _init(p):
 
 def _update(g, p, state, hp, step):
     b1, b2 = hp["betas"]
-    if nonzero(hp["weight_decay"]):
-        g = g + hp["weight_decay"] * p
+    g = coupled_weight_decay(g, p, hp["weight_decay"])
     m = torch.lerp(state["exp_avg"], g, 1 - b1)
     v = b2 * state["exp_avg_sq"] + (1 - b2) * g * g
     friction = torch.sigmoid((state["previous_grad"] - g).abs())

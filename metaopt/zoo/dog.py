@@ -16,9 +16,10 @@ from __future__ import annotations
 import torch
 
 from ..rule import UpdateRule
-from ._scalar import nonzero, select
+from ._scalar import select
 from .checks import check_min
 from .registry import register
+from ._weight_decay import coupled_weight_decay
 
 
 def _init(p):
@@ -27,8 +28,7 @@ def _init(p):
 
 
 def _update(g, p, state, hp, step):
-    if nonzero(hp["weight_decay"]):
-        g = g + hp["weight_decay"] * p
+    g = coupled_weight_decay(g, p, hp["weight_decay"])
     first = step == 1
     r_init = hp["reps_rel"] * (1 + state["x0"].norm())
     rbar = select(first, r_init, torch.maximum(state["rbar"], (p - state["x0"]).norm()))

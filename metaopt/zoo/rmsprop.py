@@ -21,6 +21,7 @@ from ._scalar import nonzero
 from .checks import check_min, check_unit
 from .registry import register
 from ._sqrt import sqrt0
+from ._weight_decay import coupled_weight_decay
 
 
 def _init(p):
@@ -30,8 +31,7 @@ def _init(p):
 
 def _update(g, p, state, hp, step):
     alpha, mu = hp["alpha"], hp["momentum"]
-    if nonzero(hp["weight_decay"]):
-        g = g + hp["weight_decay"] * p
+    g = coupled_weight_decay(g, p, hp["weight_decay"])
     v = alpha * state["square_avg"] + (1 - alpha) * g * g
     new = dict(state, square_avg=v)
     if hp["centered"]:

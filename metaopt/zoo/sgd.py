@@ -18,8 +18,10 @@ import torch
 
 from ..rule import UpdateRule
 from ._cautious_mask import cautious
+from ._scalar import nonzero
 from .checks import check_min, check_unit
 from .registry import register
+from ._weight_decay import coupled_weight_decay
 
 
 def _init(p):
@@ -28,9 +30,8 @@ def _init(p):
 
 def _update(g, p, state, hp, step):
     lr, mu, damp, wd = hp["lr"], hp["momentum"], hp["dampening"], hp["weight_decay"]
-    if _nonzero(wd):
-        g = g + wd * p
-    if not _nonzero(mu):
+    g = coupled_weight_decay(g, p, wd)
+    if not nonzero(mu):
         return lr * g, state
     buf = state["momentum_buffer"]
     if isinstance(step, int) and step == 1:
@@ -46,16 +47,12 @@ def _update(g, p, state, hp, step):
     return lr * d, {"momentum_buffer": buf}
 
 
-def _nonzero(v) -> bool:
-    return isinstance(v, torch.Tensor) or v != 0
-
-
 def _check(hp):
     check_min(hp, "lr", name="sgd")
     check_unit(hp, "momentum", name="sgd", closed=True)
     check_min(hp, "weight_decay", name="sgd")
     check_unit(hp, "dampening", name="sgd", closed=True)
-    if hp["nesterov"] and (not _nonzero(hp["momentum"]) or hp["dampening"] != 0):
+    if hp["nesterov"] and (not nonzero(hp["momentum"]) or hp["dampening"] != 0):
         raise ValueError("sgd: nesterov=True requires momentum > 0 and dampening = 0")
 
 
