@@ -116,9 +116,26 @@ class RuleOptimizer(torch.optim.Optimizer):
         # every extra input is computed before any parameter moves (an in-place update would
         # invalidate the graph that Hessian-vector products of later groups differentiate)
         exts = _extras([(ps, n) for _, ps, n in jobs], loss, logits, self.rule.name)
+        if self.rule.reduce is not None:
+            self._add_total(jobs, exts)
         for (group, params, group_needs), ext in zip(jobs, exts):
-            self._step_group(group, params, ext, bool(group_needs))
+            self._step_group(group, params, ext, bool(group_needs) or "total" in ext)
         return loss
+
+    def _add_total(self, jobs: list, exts: list[dict]) -> None:
+        """``ext["total"]``: the rule's ``reduce`` summed over every tensor of every group,
+        before any of them moves."""
+        total = 0
+        for (group, params, _), ext in zip(jobs, exts):
+            hp = self._hp(group)
+            for i, p in enumerate(params):
+                state = self._init_state(p)
+                s = {k: v for k, v in state.items() if k != "step"}
+                extra = {k: v[i] for k, v in ext.items()}
+                step = int(state["step"].item()) + 1
+                total = total + self.rule.reduce(p.grad, p, s, hp, step, **extra)
+        for (_, params, _), ext in zip(jobs, exts):
+            ext["total"] = [total] * len(params)
 
     def _step_group(self, group: dict, params: list[Tensor], ext: dict, needs: bool) -> None:
         hp = self._hp(group)

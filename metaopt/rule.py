@@ -11,6 +11,9 @@ or 0-d tensors when they are to be differentiated or vmapped), ``step`` is the 1
 of this update (an int or a 0-d tensor). ``ext`` carries extra inputs a rule declares it
 needs through ``needs(hp, step)``: ``"loss"`` (the closure's loss) or ``"hvp"`` (a Hessian-
 vector product ``hvp`` with a Rademacher probe ``u``; supplied by :class:`RuleOptimizer`).
+A rule whose step depends on a sum over every tensor (a Polyak step size divides by the whole
+gradient's squared norm) gives a per-tensor ``reduce(grad, param, state, hp, step, **ext)``;
+the sum of its values over all tensors stepped together arrives in ``update`` as ``total``.
 
 Because a rule is written with out-of-place torch ops, the same definition can be
   * wrapped as a ``torch.optim.Optimizer`` (:class:`metaopt.optimizer.RuleOptimizer`),
@@ -54,6 +57,9 @@ class UpdateRule:
         :class:`RuleOptimizer` as the fast path.
       elementwise: every output coordinate depends only on the same coordinate of the
         inputs (lets the adapter flatten or fuse across tensors).
+      reduce: optional ``(grad, param, state, hp, step, **ext) -> Tensor``, a tensor's share of
+        a sum over all tensors stepped together (every param group of an optimizer, every
+        tensor given to :func:`apply`); the sum is passed to ``update`` as ``total``.
     """
 
     name: str
@@ -64,6 +70,7 @@ class UpdateRule:
     needs: Callable[[Hyper, int], frozenset] = _no_needs
     fused: Callable[..., None] | None = None
     elementwise: bool = True
+    reduce: Callable[..., Tensor] | None = None
 
     def with_hp(self, **hp: Any) -> "UpdateRule":
         """This rule with some default hyperparameters replaced (validated)."""
@@ -101,10 +108,15 @@ def apply(
     aligned with ``params``.
     """
     per_tensor = _per_tensor_hp(rule, hp, len(params))
+    extras = [{k: (v[i] if isinstance(v, (list, tuple)) else v) for k, v in ext.items()}
+              for i in range(len(params))]
+    if rule.reduce is not None:
+        total = sum(rule.reduce(g, p, s, h, step, **e)
+                    for g, p, s, h, e in zip(grads, params, states, per_tensor, extras))
+        extras = [dict(e, total=total) for e in extras]
     new_params, new_states = [], []
     for i, (p, g, s) in enumerate(zip(params, grads, states)):
-        extra = {k: (v[i] if isinstance(v, (list, tuple)) else v) for k, v in ext.items()}
-        delta, s2 = rule.update(g, p, s, per_tensor[i], step, **extra)
+        delta, s2 = rule.update(g, p, s, per_tensor[i], step, **extras[i])
         new_params.append(p - delta)
         new_states.append(s2)
     return new_params, new_states

@@ -98,3 +98,37 @@ def test_with_hp_rejects_unknown_and_invalid():
         zoo.rule("adam", betas=(0.9,))
     with pytest.raises(ValueError, match="unknown optimizer 'nope'.*adamw"):
         zoo.rule("nope")
+
+
+def _global_normalized_sgd():
+    """A toy rule with a cross-tensor sum: p <- p - lr g / ||g||, ||g|| over every tensor."""
+    from metaopt.rule import UpdateRule
+    return UpdateRule(
+        "gnsgd", init=lambda p: {}, hp={"lr": 0.1}, elementwise=False,
+        reduce=lambda g, p, s, hp, step: (g * g).sum(),
+        update=lambda g, p, s, hp, step, total: (hp["lr"] * g / total.sqrt(), {}))
+
+
+def test_reduce_sums_over_every_tensor_in_apply():
+    rule = _global_normalized_sgd()
+    ps = [torch.ones(3, dtype=torch.float64), torch.ones(2, 2, dtype=torch.float64)]
+    gs = [torch.tensor([3.0, 0.0, 0.0], dtype=torch.float64),
+          torch.tensor([[0.0, 4.0], [0.0, 0.0]], dtype=torch.float64)]
+    new, _ = apply(rule, ps, gs, init_states(rule, ps), 1, [{"lr": 0.1}, {"lr": 0.2}])
+    torch.testing.assert_close(new[0], ps[0] - 0.1 * gs[0] / 5.0)
+    torch.testing.assert_close(new[1], ps[1] - 0.2 * gs[1] / 5.0)
+
+
+def test_reduce_sums_over_param_groups_in_the_optimizer():
+    """The optimizer's total spans all param groups and is taken before any tensor moves."""
+    from metaopt.optimizer import RuleOptimizer
+    a = torch.ones(3, dtype=torch.float64, requires_grad=True)
+    b = torch.ones(2, dtype=torch.float64, requires_grad=True)
+    opt = RuleOptimizer([{"params": [a]}, {"params": [b], "lr": 0.5}], _global_normalized_sgd())
+    a.grad = torch.tensor([0.0, 3.0, 0.0], dtype=torch.float64)
+    b.grad = torch.tensor([4.0, 0.0], dtype=torch.float64)
+    opt.step()
+    torch.testing.assert_close(a.detach(), torch.tensor([1.0, 1 - 0.1 * 3 / 5, 1.0],
+                                                        dtype=torch.float64))
+    torch.testing.assert_close(b.detach(), torch.tensor([1 - 0.5 * 4 / 5, 1.0],
+                                                        dtype=torch.float64))

@@ -10,10 +10,13 @@ from torch.func import vmap
 
 from metaopt import apply, init_states, tasks, zoo
 
-MEMBERS = ["adabelief", "adabound", "adadelta", "adafactor", "adagrad", "adam", "adamax",
-           "adamp", "adamw", "ademamix", "amsgrad", "cadamw", "clion", "diffgrad", "dog",
-           "grams", "gravity", "lion", "nadam", "optimistic_amsgrad", "radam", "rmsprop", "sgd",
-           "sgdp"]
+MEMBERS = ["adabelief", "adabound", "adadelta", "adafactor", "adagrad", "adagrad_sn",
+           "adagrad_snsm", "adam", "adamax", "adamp", "adamw", "adamw_sn", "adamw_snsm",
+           "ademamix", "amsgrad", "cadamw", "clion", "diffgrad", "dog", "frugal", "grams",
+           "gravity", "lion", "mfac", "microadam", "nadam", "online_subspace_descent",
+           "optimistic_amsgrad", "radam", "rmsprop", "sgd", "sgdp", "shampoo4bit"]
+# members that keep their statistics in float32 for bf16 parameters (as the official code)
+FLOAT32_STATISTICS = {"mfac", "shampoo4bit"}
 
 # hyperparameters used for the behavioural checks (weight decay on where the member has it)
 HP = {name: {} for name in MEMBERS}
@@ -21,7 +24,13 @@ HP.update(sgd={"momentum": 0.9, "weight_decay": 0.01}, sgdp={"momentum": 0.9, "w
           rmsprop={"momentum": 0.5, "centered": True},
           # DoG at lr = 1 sits on the kink of max(rbar, ||x_2 - x_0||) (the second step's
           # distance equals rbar up to eps), where finite differences are meaningless
-          dog={"lr": 0.9})
+          dog={"lr": 0.9},
+          # a window that wraps, several quantization blocks, more than one coordinate kept
+          microadam={"k_init": 0.2, "quant_block_size": 4, "m": 2},
+          # a window that wraps; 4-bit factors of every matrix, recomputed every step
+          mfac={"lr": 0.05, "ngrads": 3, "damp": 0.1, "momentum": 0.5},
+          shampoo4bit={"stat_compute_steps": 1, "prec_compute_steps": 1, "min_lowbit_size": 0,
+                       "prec_maxorder": 3})
 for _name in MEMBERS:
     if "weight_decay" in zoo.defaults(_name) and "weight_decay" not in HP[_name]:
         HP[_name]["weight_decay"] = 0.05
@@ -58,8 +67,10 @@ def test_bf16_parameters_stay_bf16(name):
     for p in params:
         assert p.dtype == torch.bfloat16 and torch.isfinite(p).all()
         for k, v in opt.state[p].items():
-            if k != "step" and v.dim() > 0:
-                assert v.dtype == torch.bfloat16, (k, v.dtype)
+            if k != "step" and v.dim() > 0 and v.is_floating_point():  # not indices/codes
+                allowed = {torch.bfloat16} | ({torch.float32} if name in FLOAT32_STATISTICS
+                                              else set())
+                assert v.dtype in allowed, (k, v.dtype)
     # the functional path keeps the dtype too
     rule = zoo.rule(name, **HP[name])
     ps = [p.detach() for p in params]
@@ -176,8 +187,14 @@ QUAD_HP = {"adabelief": {"lr": 0.3}, "adabound": {"lr": 0.3}, "adadelta": {"lr":
            "adafactor": {"lr": 0.1}, "adagrad": {"lr": 1.0}, "adam": {"lr": 0.1},
            "adamax": {"lr": 0.3}, "adamp": {"lr": 0.1}, "adamw": {"lr": 0.1, "weight_decay": 0.0},
            "ademamix": {"lr": 0.1, "alpha": 0.5}, "amsgrad": {"lr": 0.1}, "cadamw": {"lr": 0.1},
-           "clion": {"lr": 3e-3}, "diffgrad": {"lr": 0.3}, "dog": {}, "grams": {"lr": 0.3},
+           "clion": {"lr": 3e-3}, "diffgrad": {"lr": 0.3}, "dog": {},
+           "frugal": {"lr": 0.1, "weight_decay": 0.0}, "grams": {"lr": 0.3},
+           "mfac": {"lr": 0.1, "ngrads": 8, "damp": 0.1}, "microadam": {"lr": 5e-3},
+           "shampoo4bit": {"lr": 0.1},
            "gravity": {"lr": 0.3}, "lion": {"lr": 1e-2}, "nadam": {"lr": 0.03},
+           "online_subspace_descent": {"lr": 0.1},
+           "adamw_sn": {"lr": 0.1}, "adagrad_sn": {"lr": 1.0}, "adamw_snsm": {"lr": 0.1},
+           "adagrad_snsm": {"lr": 1.0},
            "optimistic_amsgrad": {"lr": 0.1}, "radam": {"lr": 0.1}, "rmsprop": {"lr": 0.03},
            "sgd": {"lr": 0.3, "momentum": 0.9}, "sgdp": {"lr": 0.3, "momentum": 0.9}}
 
@@ -212,8 +229,14 @@ ROSEN_HP = {"adabelief": {"lr": 3e-3}, "adabound": {"lr": 1e-2, "final_lr": 3e-3
             "adam": {"lr": 0.01}, "adamax": {"lr": 0.01}, "adamp": {"lr": 0.01},
             "adamw": {"lr": 0.01, "weight_decay": 0.0}, "ademamix": {"lr": 3e-3, "alpha": 0.5},
             "amsgrad": {"lr": 0.01}, "cadamw": {"lr": 3e-3}, "clion": {"lr": 1e-3},
-            "diffgrad": {"lr": 0.03}, "dog": {"reps_rel": 1e-2}, "grams": {"lr": 3e-3},
+            "diffgrad": {"lr": 0.03}, "dog": {"reps_rel": 1e-2},
+            "frugal": {"lr": 0.01, "weight_decay": 0.0}, "grams": {"lr": 3e-3},
+            "mfac": {"lr": 1e-3, "ngrads": 8, "damp": 0.1}, "microadam": {"lr": 1e-3, "m": 100},
+            "shampoo4bit": {"lr": 0.01},
             "gravity": {"lr": 0.03}, "lion": {"lr": 1e-3}, "nadam": {"lr": 1e-3},
+            "online_subspace_descent": {"lr": 0.01},
+            "adamw_sn": {"lr": 0.01}, "adagrad_sn": {"lr": 0.03}, "adamw_snsm": {"lr": 0.01},
+            "adagrad_snsm": {"lr": 0.03},
             "optimistic_amsgrad": {"lr": 3e-3}, "radam": {"lr": 0.01}, "rmsprop": {"lr": 1e-3},
             "sgd": {"lr": 1e-3, "momentum": 0.9}, "sgdp": {"lr": 1e-3, "momentum": 0.9}}
 
