@@ -17,6 +17,8 @@ Implementation paths (``impl=``), all computing the same function:
   * ``"auto"`` (default): fused when the rule has it, else compiled for elementwise rules on
     CUDA, else loop.
 Steps that need extra inputs (loss, Hessian-vector products) always take the loop.
+A rule with ``predict`` (weight prediction) needs ``step(closure)``: the closure runs with the
+parameters moved to their predicted points, which are restored before the update.
 """
 from __future__ import annotations
 
@@ -93,10 +95,18 @@ class RuleOptimizer(torch.optim.Optimizer):
         """One update of every parameter that has a gradient. Returns the closure's loss.
 
         ``logits`` (with their autograd graph) are needed only by rules that ask for ``"gnb"``
-        (Sophia-G's Gauss-Newton-Bartlett estimate) on the steps they ask for it.
+        (Sophia-G's Gauss-Newton-Bartlett estimate) on the steps they ask for it. A rule with
+        ``predict`` requires ``closure`` (it computes the gradients at the predicted weights).
         """
         loss = None
-        if closure is not None:
+        if self.rule.predict is not None:
+            if closure is None:
+                raise RuntimeError(
+                    f"{self.rule.name} evaluates gradients at predicted weights: call "
+                    "step(closure) with a closure that computes them (zero_grad, loss, backward)"
+                )
+            loss = self._closure_at_predictions(closure)
+        elif closure is not None:
             with torch.enable_grad():
                 loss = closure()
         jobs = []
@@ -122,6 +132,29 @@ class RuleOptimizer(torch.optim.Optimizer):
             self._step_group(group, params, ext, bool(group_needs) or "total" in ext)
         return loss
 
+    def _closure_at_predictions(self, closure: Callable[[], Tensor]) -> Tensor:
+        """``closure()`` with every parameter that has state moved in place to
+        ``rule.predict(param, state, hp, step)`` and restored afterwards (also when the closure
+        raises), so its gradients are taken there while the update moves the original weights.
+        Parameters without state yet (step 1) stay where they are."""
+        originals = []
+        for group in self.param_groups:
+            hp = self._hp(group)
+            for p in group["params"]:
+                state = self.state[p]
+                if not state:
+                    continue
+                rule_state = {k: v for k, v in state.items() if k != "step"}
+                predicted = self.rule.predict(p, rule_state, hp, int(state["step"].item()) + 1)
+                originals.append((p, p.clone()))
+                p.copy_(predicted)
+        try:
+            with torch.enable_grad():
+                return closure()
+        finally:
+            for p, original in originals:
+                p.copy_(original)
+
     def _add_total(self, jobs: list, exts: list[dict]) -> None:
         """``ext["total"]``: the rule's ``reduce`` summed over every tensor of every group,
         before any of them moves."""
@@ -139,6 +172,13 @@ class RuleOptimizer(torch.optim.Optimizer):
 
     def _step_group(self, group: dict, params: list[Tensor], ext: dict, needs: bool) -> None:
         hp = self._hp(group)
+        layout = self._flat.get(id(group))
+        if layout is not None and not needs and layout.matches(params):
+            # the group's last step was a flat step over the same tensors: their states and
+            # counters are the layout's, so skip rebuilding per-tensor lists (host time)
+            self._flat_step(params, [p.grad for p in params], layout.states, hp,
+                            self._counters[id(group)].advance_uniform(), id(group), layout)
+            return
         states = [self._init_state(p) for p in params]
         counters = self._counters.get(id(group))
         if counters is None or not counters.matches(states):
@@ -188,15 +228,16 @@ class RuleOptimizer(torch.optim.Optimizer):
         if layout is not None and not layout.matches(params):
             layout = None
         if elementwise and len(set(steps)) == 1 and (layout or _flattenable(params, states)):
-            self._flat_step(params, grads, states, hp_t, steps[0], key, layout)
+            self._flat_step(params, grads, states, hp, steps[0], key, layout)
             return
+        self._flat.pop(key, None)  # a layout is kept only while it is the group's last path
         if len(set(steps)) == 1:
             steps_t = torch.full((), float(steps[0]), device=dev, dtype=dtype)
         else:
             steps_t = torch.tensor([float(s) for s in steps], device=dev, dtype=dtype).unbind()
         self._compiled(self.rule.update, params, grads, states, hp_t, steps_t)
 
-    def _flat_step(self, params, grads, states, hp_t, step: int, key: int,
+    def _flat_step(self, params, grads, states, hp, step: int, key: int,
                    layout: "_FlatLayout | None") -> None:
         """An elementwise rule over flat buffers: large contiguous tensors in place by one
         compiled graph for all of them, the others gathered into chunks whose state lives in
@@ -209,8 +250,9 @@ class RuleOptimizer(torch.optim.Optimizer):
             for p, st in zip(params, states):  # re-point the optimizer's state at the views
                 self.state[p].update(st)
         dev, dtype = params[0].device, _hp_dtype(params[0].dtype)
+        hp_t = {k: _as_tensor(v, dev, dtype) for k, v in hp.items()}
         step_t = torch.full((), float(step), device=dev, dtype=dtype)
-        layout.step(self.rule, params, grads, states, hp_t, step_t)
+        layout.step(self.rule, params, grads, hp_t, step_t)
 
 
 class _Counters:
@@ -233,6 +275,11 @@ class _Counters:
         """Add one to every counter and return the new counts."""
         self.buf += 1
         return [int(v) for v in self.buf.tolist()]
+
+    def advance_uniform(self) -> int:
+        """:meth:`advance` for counters known to be equal: the new count."""
+        self.buf += 1
+        return int(self.buf[0])
 
 
 def compiled_group_step(rule: UpdateRule) -> Callable:
@@ -295,6 +342,7 @@ class _FlatLayout:
 
     def __init__(self, params, states):
         self.ids = [id(p) for p in params]
+        self.states = states
         self.big = [i for i, p in enumerate(params)
                     if p.numel() >= FLAT_BIG_NUMEL and p.is_contiguous()]
         small = [i for i in range(len(params)) if i not in set(self.big)]
@@ -316,7 +364,7 @@ class _FlatLayout:
                        _views(self.scratch_g, [params[i] for i in c])) for c in self.chunks]
 
     def matches(self, params) -> bool:
-        return len(params) == len(self.ids) and all(id(p) == i for p, i in zip(params, self.ids))
+        return list(map(id, params)) == self.ids
 
     @staticmethod
     def _flatten_state(chunk, params, states) -> dict:
@@ -331,12 +379,12 @@ class _FlatLayout:
                 states[i][k] = v
         return bufs
 
-    def step(self, rule, params, grads, states, hp, step) -> None:
+    def step(self, rule, params, grads, hp, step) -> None:
         fn, update = flat_update(rule), rule.update
         if self.big:  # one graph for all of them: one call, one guard check per step
             compiled_group_step(rule)(update, [params[i] for i in self.big],
                                       [grads[i] for i in self.big],
-                                      [states[i] for i in self.big], hp, step)
+                                      [self.states[i] for i in self.big], hp, step)
         for chunk, n, bufs, (pv, gv) in zip(self.chunks, self.sizes, self.state_bufs, self.views):
             ps = [params[i] for i in chunk]
             torch._foreach_copy_(pv, ps)
