@@ -14,6 +14,9 @@ vector product ``hvp`` with a Rademacher probe ``u``; supplied by :class:`RuleOp
 A rule whose step depends on a sum over every tensor (a Polyak step size divides by the whole
 gradient's squared norm) gives a per-tensor ``reduce(grad, param, state, hp, step, **ext)``;
 the sum of its values over all tensors stepped together arrives in ``update`` as ``total``.
+A rule that evaluates its gradient somewhere other than at the parameter (weight prediction,
+XGrad: ``param - s lr Delta`` from the current state) gives ``predict(param, state, hp, step)``,
+the point at which this step's gradient is taken; the update still moves ``param``.
 
 Because a rule is written with out-of-place torch ops, the same definition can be
   * wrapped as a ``torch.optim.Optimizer`` (:class:`metaopt.optimizer.RuleOptimizer`),
@@ -60,6 +63,12 @@ class UpdateRule:
       reduce: optional ``(grad, param, state, hp, step, **ext) -> Tensor``, a tensor's share of
         a sum over all tensors stepped together (every param group of an optimizer, every
         tensor given to :func:`apply`); the sum is passed to ``update`` as ``total``.
+      predict: optional ``(param, state, hp, step) -> Tensor``, the point at which step
+        ``step``'s gradient is evaluated (from the state after step ``step - 1``; the
+        parameter itself for a fresh state). :class:`RuleOptimizer` moves the parameters
+        there for the closure and back before the update; :func:`unroll` differentiates
+        there; :func:`apply` takes gradients its caller evaluated at
+        :func:`predicted_params`.
     """
 
     name: str
@@ -71,6 +80,7 @@ class UpdateRule:
     fused: Callable[..., None] | None = None
     elementwise: bool = True
     reduce: Callable[..., Tensor] | None = None
+    predict: Callable[..., Tensor] | None = None
 
     def with_hp(self, **hp: Any) -> "UpdateRule":
         """This rule with some default hyperparameters replaced (validated)."""
@@ -105,7 +115,8 @@ def apply(
     ``hp`` is one mapping for every tensor, or a list of mappings aligned with ``params``
     (per-tensor hyperparameters, e.g. μP's per-layer learning-rate multipliers); either way it
     overrides the rule's defaults. Per-tensor extras (``hvp``, ``u``) in ``ext`` are lists
-    aligned with ``params``.
+    aligned with ``params``. For a rule with ``predict`` the caller supplies ``grads``
+    evaluated at :func:`predicted_params` (as :func:`unroll` does), not at ``params``.
     """
     per_tensor = _per_tensor_hp(rule, hp, len(params))
     extras = [{k: (v[i] if isinstance(v, (list, tuple)) else v) for k, v in ext.items()}
@@ -120,6 +131,21 @@ def apply(
         new_params.append(p - delta)
         new_states.append(s2)
     return new_params, new_states
+
+
+def predicted_params(
+    rule: UpdateRule,
+    params: Sequence[Tensor],
+    states: Sequence[State],
+    step: int | Tensor,
+    hp: Hyper | Sequence[Hyper] | None = None,
+) -> list[Tensor]:
+    """Where step ``step``'s gradients are evaluated: ``rule.predict`` of each tensor from its
+    current state, or the parameters themselves for a rule without ``predict``."""
+    if rule.predict is None:
+        return list(params)
+    per_tensor = _per_tensor_hp(rule, hp, len(params))
+    return [rule.predict(p, s, h, step) for p, s, h in zip(params, states, per_tensor)]
 
 
 def _per_tensor_hp(rule: UpdateRule, hp, n: int) -> list[Hyper]:
@@ -146,15 +172,18 @@ def unroll(
 
     Every step is built from differentiable ops (gradients come from ``torch.func.grad``), so
     the returned parameters can be differentiated with respect to the initial parameters and
-    any tensor-valued hyperparameter in ``hp`` (the unrolled hypergradient). Returns the final
-    parameters, states and the per-step training losses.
+    any tensor-valued hyperparameter in ``hp`` (the unrolled hypergradient). For a rule with
+    ``predict`` the gradient (and the recorded loss) of each step is taken at the predicted
+    point, differentiably. Returns the final parameters, states and the per-step training
+    losses.
     """
     params = list(params)
     states = list(states) if states is not None else init_states(rule, params)
     grad_and_loss = torch.func.grad_and_value(lambda ps, b: loss_fn(list(ps), b))
     losses = []
     for k, batch in enumerate(batches):
-        grads, loss = grad_and_loss(tuple(params), batch)
+        at = predicted_params(rule, params, states, first_step + k, hp)
+        grads, loss = grad_and_loss(tuple(at), batch)
         params, states = apply(rule, params, list(grads), states, first_step + k, hp)
         losses.append(loss)
     return params, states, losses

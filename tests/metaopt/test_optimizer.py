@@ -265,3 +265,33 @@ def test_compiled_follows_loop_when_the_tensors_with_gradients_change(monkeypatc
         torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(opts[1].state[b]["exp_avg"], opts[0].state[a]["exp_avg"],
                                    rtol=1e-5, atol=1e-6)
+
+
+def test_predict_moves_weights_for_the_closure_and_back_for_the_update():
+    """A rule with ``predict`` (gradient at ``p - ahead * last delta``): the closure sees the
+    predicted weights (the weights themselves before any state exists), the update moves the
+    original weights, and a missing closure is an error."""
+    from metaopt.rule import UpdateRule
+    rule = UpdateRule(
+        "ahead_sgd", init=lambda p: {"last": torch.zeros_like(p)}, hp={"lr": 0.5, "ahead": 1.0},
+        update=lambda g, p, s, hp, step: (hp["lr"] * g, {"last": hp["lr"] * g}),
+        predict=lambda p, s, hp, step: p - hp["ahead"] * s["last"])
+    a = torch.ones(2, dtype=torch.float64, requires_grad=True)
+    b = torch.full((1,), 2.0, dtype=torch.float64, requires_grad=True)
+    opt = RuleOptimizer([{"params": [a]}, {"params": [b], "ahead": 0.0}], rule)
+    seen = []
+
+    def closure():  # f = (|a|^2 + |b|^2) / 2, gradient = the weights
+        opt.zero_grad()
+        seen.append((a.detach().clone(), b.detach().clone()))
+        loss = 0.5 * ((a * a).sum() + (b * b).sum())
+        loss.backward()
+        return loss
+
+    opt.step(closure)  # no state yet: gradients at (1, 1), (2); a -> 0.5, b -> 1
+    assert seen[0][0].tolist() == [1.0, 1.0] and seen[0][1].tolist() == [2.0]
+    opt.step(closure)  # a's gradient at 0.5 - 0.5 = 0; b (ahead 0) at 1
+    assert seen[1][0].tolist() == [0.0, 0.0] and seen[1][1].tolist() == [1.0]
+    assert a.detach().tolist() == [0.5, 0.5] and b.detach().tolist() == [0.5]
+    with pytest.raises(RuntimeError, match=r"ahead_sgd evaluates gradients at predicted weights"):
+        opt.step()

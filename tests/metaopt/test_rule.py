@@ -132,3 +132,27 @@ def test_reduce_sums_over_param_groups_in_the_optimizer():
                                                         dtype=torch.float64))
     torch.testing.assert_close(b.detach(), torch.tensor([1 - 0.5 * 4 / 5, 1.0],
                                                         dtype=torch.float64))
+
+
+def _predicting_sgd():
+    """A toy rule with ``predict``: the gradient is taken at ``p - ahead * last delta``."""
+    from metaopt.rule import UpdateRule
+    return UpdateRule(
+        "ahead_sgd", init=lambda p: {"last": torch.zeros_like(p)}, hp={"lr": 0.5, "ahead": 1.0},
+        update=lambda g, p, s, hp, step: (hp["lr"] * g, {"last": hp["lr"] * g}),
+        predict=lambda p, s, hp, step: p - hp["ahead"] * s["last"])
+
+
+def test_unroll_takes_gradients_at_the_predicted_point():
+    """f = x^2 / 2 from 1, lr 0.5: step 1 at x = 1 moves to 0.5; step 2's gradient is taken at
+    0.5 - 0.5 = 0, so x stays at 0.5 (0.25 without the prediction)."""
+    from metaopt.rule import predicted_params
+    rule = _predicting_sgd()
+    loss = lambda ps, batch: 0.5 * (ps[0] ** 2).sum()
+    x0 = [torch.ones(1, dtype=torch.float64)]
+    xs, _, losses = unroll(rule, loss, x0, [None, None])
+    assert xs[0].item() == 0.5 and [l.item() for l in losses] == [0.5, 0.0]
+    xs, _, _ = unroll(rule, loss, x0, [None, None], hp={"ahead": 0.0})
+    assert xs[0].item() == 0.25
+    plain = zoo.rule("sgd")
+    assert predicted_params(plain, x0, init_states(plain, x0), 3)[0] is x0[0]
