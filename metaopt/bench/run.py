@@ -54,6 +54,24 @@ def _evaluate(task: Task, params: list[torch.Tensor], step: int, elapsed: float)
     return {"step": step, "time_s": elapsed, **metrics}
 
 
+def _step(opt: RuleOptimizer, rule: UpdateRule, task: Task, params: list, batch,
+          hvp: bool):
+    """One optimizer step on ``batch``; returns the loss. Gradients are computed before the
+    step (the closure only hands the loss over), except for rules with ``predict``, whose
+    closure must compute them at the predicted weights."""
+    def closure():
+        opt.zero_grad(set_to_none=True)
+        loss = task.loss(params, batch)
+        loss.backward(create_graph=hvp)
+        return loss
+
+    if rule.predict is not None:
+        return opt.step(closure)
+    loss = closure()
+    opt.step(lambda: loss)
+    return loss
+
+
 def train_curve(task: Task, rule: UpdateRule, seed: int, steps: int, eval_every: int,
                 impl: str = "auto") -> dict:
     """Train ``task`` from its seeded initialisation for ``steps`` steps of ``rule``.
@@ -76,11 +94,8 @@ def train_curve(task: Task, rule: UpdateRule, seed: int, steps: int, eval_every:
         batch = next(batches)
         hvp = "hvp" in rule.needs(rule.hp, t)
         start = time.perf_counter()
-        opt.zero_grad(set_to_none=True)
-        loss_t = task.loss(params, batch)
-        loss_t.backward(create_graph=hvp)
         try:
-            opt.step(lambda: loss_t)  # gradients exist before step; the closure hands the loss
+            loss_t = _step(opt, rule, task, params, batch, hvp)
         except torch.linalg.LinAlgError:  # a factorisation of non-finite statistics: diverged
             train_loss.append(None)
             diverged = True

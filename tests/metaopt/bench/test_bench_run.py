@@ -91,3 +91,14 @@ def test_linalg_failure_in_a_step_counts_as_divergence():
     rec = train_curve(task, zoo.rule("shampoo", lr=1e12), seed=0, steps=20, eval_every=5)
     assert rec["diverged"]
     assert final_val_loss(rec) == float("inf")
+
+
+def test_weight_prediction_rules_get_gradients_at_the_predicted_point():
+    """xgrad_adam with s = 0 is adam; with s = 1 the closure's gradients (taken at the
+    predicted weights) change the curve, which a gradient computed before the step would not."""
+    task = tasks.get("quadratic", dim=8, cond=10.0)
+    curve = lambda rule: train_curve(task, rule, seed=0, steps=6, eval_every=3)["train_loss"]
+    adam = curve(zoo.rule("adam", lr=0.1))
+    assert curve(zoo.rule("xgrad_adam", lr=0.1, s=0.0)) == adam
+    predicted = curve(zoo.rule("xgrad_adam", lr=0.1, s=1.0))
+    assert predicted[0] == adam[0] and predicted[2:] != adam[2:]
