@@ -26,7 +26,7 @@ run_part() {  # name, cap in seconds, script
 run_part zoo      150 experiments/gpu_zoo.py
 run_part adapter   60 experiments/gpu_adapter.py
 run_part search    75 experiments/gpu_search.py
-run_part learned   75 experiments/gpu_learned.py
+run_part learned  240 experiments/gpu_learned.py  # the fused LO step compiles for 1-2 min
 run_part l2o       60 experiments/gpu_l2o.py
 run_part bilevel   90 experiments/gpu_bilevel.py
 tail -c 6000 "$LOG"

@@ -1,23 +1,25 @@
 """GPU step overhead of MLPLOpt (small_fc_lopt-sized: 17 features, 32-32 MLP) against fused AdamW.
 
     python experiments/gpu_learned.py --out DIR      # writes DIR/learned.md and prints it
+    python experiments/gpu_learned.py --cpu --out DIR    # the CPU version (4 x 1024^2)
 
 A 105M-parameter model as 50 fp32 tensors of [1448 x 1448] with random gradients (the optimizer
-step alone). Measured, each after warm-up, in one run on one GPU:
+step alone). Measured, each after warm-up, in one run on one device:
   * ``torch.optim.AdamW(fused=True)``;
   * the LO eager (``MLPLOpt`` default chunking: features never materialised for a whole tensor);
-  * the LO per-tensor step under ``torch.compile`` (one graph per tensor: moments, feature
-    statistics, features, MLP and update; all 50 tensors share the compiled graph);
-plus optimizer-state memory and the compiled step's agreement with eager; then, if time is left,
-the seconds per PES outer step of a μLO_S-sized meta-training (8 tasks, truncation 20, width-128
-``mlp_digits`` in μP, hidden 32), extrapolated to μLO_S's 5000 outer steps. Designed to finish in
-about a minute (the caller's cap is 75-90 s); every finished row is written at once, so a timeout
-keeps what was measured.
+  * the LO's fused step (``learned/fused_mlp.py``: the MLP written unit by unit so Inductor
+    keeps features and hidden units in registers), hidden 32 and hidden 16, with its
+    agreement with the eager step;
+  * the LO per-tensor step under plain ``torch.compile`` (features and hidden layers
+    materialised as matrices);
+plus optimizer-state memory; then, if time is left, the seconds per PES outer step of a
+μLO_S-sized meta-training (8 tasks, truncation 20, width-128 ``mlp_digits`` in μP, hidden 32),
+extrapolated to μLO_S's 5000 outer steps. Every finished row is written at once, so a timeout
+keeps what was measured (gpu.sh caps this part at 240 s: the fused step compiles for 1-2 min).
 """
 from __future__ import annotations
 
 import argparse
-import datetime
 import os
 import sys
 import time
@@ -39,7 +41,9 @@ def sync() -> None:
 
 
 def timed(fn, reps: int) -> float:
-    """Mean seconds per call of ``fn`` after one warm-up call (synchronised)."""
+    """Mean seconds per call of ``fn`` after two warm-up calls (synchronised; a compiled
+    function's second call still pays one-off costs)."""
+    fn()
     fn()
     sync()
     t0 = time.perf_counter()
@@ -63,11 +67,11 @@ def mem_now() -> int:
 class Report:
     def __init__(self, out: Path):
         self.out, self.rows, self.notes = out, [], []
-        gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "CPU smoke test"
+        from metaopt.bench.machine import machine_line
         self.head = [
-            "# MLPLOpt step overhead on the GPU",
+            "# MLPLOpt step overhead" + (" on the GPU" if torch.cuda.is_available() else ""),
             "",
-            f"{gpu}, torch {torch.__version__}, {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC. "
+            f"{machine_line('cuda' if torch.cuda.is_available() else 'cpu')}. "
             f"Model: {N_TENSORS} fp32 tensors of [{SIDE} x {SIDE}] = "
             f"{N_TENSORS * SIDE * SIDE / 1e6:.1f}M params; optimizer step only, random gradients. "
             "Script: `experiments/gpu_learned.py`.",
@@ -119,6 +123,41 @@ def meta_training_speed(rep: Report, dev, steps: int) -> None:
              f"5000 outer steps would take {5000 * per / 3600:.1f} h on this device.")
 
 
+def fused_rows(rep: Report, params, grads, states, info, dev, lopt, theta) -> None:
+    """The fused step (learned/fused_mlp.py: features, MLP and update in registers) for the
+    same LO (hidden 32) and for hidden 16, checked against the eager step on one tensor."""
+    from learned.fused_mlp import fused_rule_step
+
+    for hidden in (32, 16):
+        lo = lopt if hidden == 32 else MLPLOpt(hidden=16, step_mult=0.01, base_fan_in=128)
+        th = theta if hidden == 32 else {
+            k: v.to(dev) for k, v in lo.init_theta(torch.Generator().manual_seed(0)).items()}
+        fused = fused_rule_step(lo, th)
+        hp = {"info": info}
+        x0, s0 = params[0].clone(), {k: v.clone() for k, v in states[0].items()}
+        x1, s1 = params[0].clone(), {k: v.clone() for k, v in states[0].items()}
+        t0 = time.perf_counter()
+        fused([x1], [grads[0]], [s1], hp, [1])
+        sync()
+        compile_s = time.perf_counter() - t0
+        _eager_step(lo, th, x0, grads[0], s0, info)
+        d0, d1 = params[0] - x0, params[0] - x1
+        rel = float((d0 - d1).abs().max() / d0.abs().max().clamp_min(1e-30))
+        base_mem = mem_now()
+        t = timed(lambda: fused(params, grads, states, hp, [1] * len(params)), 5)
+        peak = peak_since(base_mem)
+        rep.add(f"MLPLOpt fused (learned/fused_mlp.py), hidden {hidden}", t,
+                rep.rows[1][2], f"compile {compile_s:.0f} s; max rel. step diff vs eager "
+                f"{rel:.1e}; transient peak +{peak:.2f} GB")
+
+
+def _eager_step(lo, theta, x, g, s, info) -> None:
+    delta, new = lo.update(theta, g, x, s, 1, info)
+    x.sub_(delta)
+    for k, v in new.items():
+        s[k].copy_(v)
+
+
 T0 = time.perf_counter()
 
 
@@ -126,17 +165,21 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", required=True)
     p.add_argument("--smoke", action="store_true", help="tiny sizes on the CPU (checks the code)")
+    p.add_argument("--cpu", action="store_true",
+                   help="the CPU version: 4 tensors of [1024 x 1024], no meta-training timing")
     a = p.parse_args(argv)
     global N_TENSORS, SIDE
     if a.smoke:
         N_TENSORS, SIDE = 2, 64
+    elif a.cpu:
+        N_TENSORS, SIDE = 4, 1024
     elif not torch.cuda.is_available():
-        print("gpu_learned: CUDA is not available (use --smoke for a CPU check)", file=sys.stderr)
+        print("gpu_learned: CUDA is not available (use --cpu or --smoke)", file=sys.stderr)
         return 2
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    rep = Report(out / "learned.md")
-    dev = torch.device("cpu" if a.smoke else "cuda")
+    rep = Report(out / ("learned_step_cpu.md" if a.cpu else "learned.md"))
+    dev = torch.device("cpu" if (a.smoke or a.cpu) else "cuda")
     gen = torch.Generator(device=dev).manual_seed(0)
     params = [torch.randn(SIDE, SIDE, device=dev, generator=gen) * 0.02 for _ in range(N_TENSORS)]
     grads = [torch.randn(SIDE, SIDE, device=dev, generator=gen) * 1e-3 for _ in range(N_TENSORS)]
@@ -175,6 +218,7 @@ def main(argv=None) -> int:
         rep.add("MLPLOpt eager (chunks of 2^18 coords)", t, state / gb,
                 f"transient peak +{peak:.2f} GB")
 
+        fused_rows(rep, params, grads, states, info, dev, lopt, theta)
         whole = MLPLOpt(hidden=32, step_mult=0.01, base_fan_in=128, chunk_elems=SIDE * SIDE)
         compiled_one = torch.compile(lambda x, g, s: one(whole, x, g, s), dynamic=False)
         # agreement on a copy of one tensor
@@ -199,7 +243,7 @@ def main(argv=None) -> int:
                 f"compile {compile_s:.0f} s; max rel. step diff vs eager {rel:.1e}; "
                 f"transient peak +{peak:.2f} GB")
         del params, grads, states
-        if time.perf_counter() - T0 < 45:
+        if not a.cpu and time.perf_counter() - T0 < 45:
             meta_training_speed(rep, dev, 2 if a.smoke else 3)
     except KeyboardInterrupt:
         rep.rows.append(("(stopped by the time cap here)", float("nan"), 0.0, ""))

@@ -68,7 +68,13 @@ class LOpt:
         def update(g, p, s, hp, step, **ext):
             return self.update(theta, g, p, s, step, as_param_info(hp.get("info")), **ext)
 
-        return UpdateRule(self.name, init, update, hp={"info": None}, elementwise=False)
+        return UpdateRule(self.name, init, update, hp={"info": None}, elementwise=False,
+                          fused=self.fused_rule(theta))
+
+    def fused_rule(self, theta: Theta):
+        """An optional in-place multi-tensor step equal to ``update`` with ``theta`` bound
+        (:class:`UpdateRule`'s ``fused``; run by ``LearnedOptimizer(impl="fused")``), or None."""
+        return None
 
 
 def as_param_info(info: tuple | ParamInfo | None) -> ParamInfo | None:

@@ -29,6 +29,7 @@ from .mlp_lopt import MLPLOpt
 from .sgdm_lopt import SGDMLOpt
 from .task_family import TaskChoice
 from .theta_io import save_theta
+from .unroll import META_LOSSES
 
 LOPTS = ("mlp", "sgdm")
 DEFAULT_OUT = "meta-train-out"
@@ -50,6 +51,10 @@ def build_parser() -> Parser:
     p.add_argument("--step-mult", type=_pos, default=0.01, help="MLPLOpt step_mult (default 0.01)")
     p.add_argument("--base-fan-in", type=int_at_least(1), default=1,
                    help="μLO hidden scale base_fan_in/fan_in (default 1, as μLO)")
+    p.add_argument("--adam-feature", action="store_true",
+                   help="MLPLOpt: also feed Adam's bias-corrected direction (see adam_like_theta)")
+    p.add_argument("--meta-loss", choices=META_LOSSES, default="mean_train_loss",
+                   help="per-truncation meta-loss (default mean_train_loss)")
     p.add_argument("--method", choices=METHODS, default="pes",
                    help="pes | es | tbptt (default pes)")
     p.add_argument("--steps", type=int_at_least(1), default=500, help="outer steps (default 500)")
@@ -86,12 +91,14 @@ def _run(args) -> int:
                          "or choose another --out / --checkpoint-dir")
     family = _family(args, device)
     lopt = (MLPLOpt(hidden=args.hidden, step_mult=args.step_mult, mup=args.param == "mup",
-                    base_fan_in=args.base_fan_in) if args.lopt == "mlp" else SGDMLOpt())
+                    base_fan_in=args.base_fan_in, adam_feature=args.adam_feature)
+            if args.lopt == "mlp" else SGDMLOpt())
     history: list = []
     theta = meta_train(lopt, family, args.steps, method=args.method, truncation=args.truncation,
                        num_tasks=args.num_tasks, outer_lr=args.outer_lr, std=args.std,
                        checkpoint_dir=str(ckpt), checkpoint_every=args.checkpoint_every,
-                       device=device, seed=args.seed, progress=not args.no_progress,
+                       device=device, seed=args.seed, meta_loss=args.meta_loss,
+                       progress=not args.no_progress,
                        resume=args.resume,
                        callback=lambda step, loss, bad: history.append([step, loss, len(bad)]))
     save_theta(out / "theta.safetensors", theta, lopt)

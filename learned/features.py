@@ -17,11 +17,19 @@ and the features of coordinate ``(r, c)`` are (``a = rsqrt(v + eps)``, ``b = rsq
 
 each normalised over the tensor, ``x / sqrt(mean(x^2) + 1e-5)`` (learned_optimization's
 ``_second_moment_normalizer``). Per tensor (not per coordinate), the LO also sees
-``tanh(t / tau - 1)`` for tau in ``TAUS`` and, optionally, the log scales
+``tanh(t / tau - 1)`` for tau in ``TAUS`` (or the LO's own ``taus``) and, optionally, the log scales
 ``log sqrt(mean(g^2) + 1e-5)`` and ``log sqrt(mean(p^2) + 1e-5)`` (VeLO feeds parameter scales
 too); these enter the MLP's first layer as a bias. The scales make the LO's output depend on the
 gradient's size, which can express plain SGD but breaks the width-independence μP relies on, so
 they are off by default.
+
+Optionally (:func:`adam_direction`) the LO also sees Adam's bias-corrected direction
+``m_1 / (1 - b_1^t) / (sqrt(v / (1 - b_v^t)) + eps)`` (Kingma & Ba 2015, with ``b_1 = 0.9``,
+``b_v = 0.999`` as torch's Adam) *without* the per-tensor normalisation: normalising keeps every
+tensor's step RMS fixed, which removes Adam's own annealing (its direction's RMS falls as the
+gradient noise grows relative to the long memory of ``v``), so a normalised "Adam" needs a
+several times smaller learning rate and trains much slower. The raw direction is O(1) per
+coordinate at every width, as μP wants of an LO's input.
 
 Features are produced in row chunks (:func:`feature_chunks`) so a ``[numel x features]`` matrix is
 never built for a large tensor; the normaliser is accumulated in a first pass over the chunks.
@@ -36,6 +44,8 @@ from typing import Iterator, Mapping
 import torch
 from torch import Tensor
 
+from metaopt.zoo._sqrt import sqrt0
+
 DECAYS = (0.9, 0.99, 0.999)
 RMS_DECAY = 0.999
 TAUS = (1, 3, 10, 30, 100, 300, 1000, 3000, 10000, 30000, 100000)
@@ -43,7 +53,6 @@ EPS = 1e-8
 NORM_EPS = 1e-5
 FEATURES = ("g", "p", "m1", "m2", "m3", "rms", "m1*a", "m2*a", "m3*a", "a",
             "b", "g*b", "m1*b", "m2*b", "m3*b", "row", "col")
-TIME_FEATURES = tuple(f"tanh(t/{t}-1)" for t in TAUS)
 SCALE_FEATURES = ("log_rms_g", "log_rms_p")
 N_FEATURES = len(FEATURES)
 
@@ -119,11 +128,27 @@ def normalized_features(g: Tensor, p: Tensor, state: Mapping[str, Tensor]) -> Te
     return torch.cat(list(feature_chunks(g, p, state, g.numel()))) * norm
 
 
-def tensor_features(g: Tensor, p: Tensor, step: int | Tensor, scales: bool = False) -> Tensor:
-    """The per-tensor inputs: ``TIME_FEATURES``, then ``SCALE_FEATURES`` when ``scales``."""
-    t = step.to(g.dtype) if isinstance(step, Tensor) else torch.tensor(float(step), dtype=g.dtype,
-                                                                        device=g.device)
-    taus = torch.tensor(TAUS, dtype=g.dtype, device=g.device)
+def as_time(step: int | Tensor, like: Tensor) -> Tensor:
+    """The step count as a 0-d tensor of ``like``'s dtype and device."""
+    if isinstance(step, Tensor):
+        return step.to(like.dtype)
+    return torch.tensor(float(step), dtype=like.dtype, device=like.device)
+
+
+def adam_direction(state: Mapping[str, Tensor], step: int | Tensor) -> Tensor:
+    """Adam's bias-corrected direction from the *updated* state, exactly as ``zoo.rule("adam")``
+    (torch.optim.Adam): ``(m_1 / (1 - 0.9^t)) / (sqrt(v) / sqrt(1 - 0.999^t) + EPS)``."""
+    t = as_time(step, state["m1"])
+    bc1, bc2 = 1 - DECAYS[0] ** t, 1 - RMS_DECAY ** t
+    return (state["m1"] / bc1) / (sqrt0(state["v"]) / torch.sqrt(bc2) + EPS)
+
+
+def tensor_features(g: Tensor, p: Tensor, step: int | Tensor, scales: bool = False,
+                    taus: tuple[float, ...] = TAUS) -> Tensor:
+    """The per-tensor inputs: ``tanh(t / tau - 1)`` for tau in ``taus``, then
+    ``SCALE_FEATURES`` when ``scales``."""
+    t = as_time(step, g)
+    taus = torch.tensor(taus, dtype=g.dtype, device=g.device)
     time = torch.tanh(t / taus - 1)
     if not scales:
         return time

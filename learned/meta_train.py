@@ -52,7 +52,8 @@ def meta_train(lopt: LOpt, task_family, steps: int, method: str = "pes", truncat
       checkpoint_every: outer steps between checkpoints (one is also written at the end).
       device: where inner training runs.
       seed: seeds every random choice (tasks, inits, batches, perturbations).
-      meta_loss: ``"mean_train_loss"`` | ``"final_train_loss"`` of each truncation.
+      meta_loss: ``"mean_train_loss"`` | ``"final_train_loss"`` | ``"mean_log_train_loss"`` of
+        each truncation (see :mod:`learned.unroll`; the log weighs the late, small losses).
       progress: show a tqdm bar with the meta-loss.
       theta: starting meta-parameters (default ``lopt.init_theta`` seeded with ``seed``).
       resume: continue from ``checkpoint_dir``'s checkpoint when there is one (else start over

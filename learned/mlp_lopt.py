@@ -19,7 +19,9 @@ that width, so the LO is there the same as its SP twin. With ``mup=False`` (the 
 everywhere. Tasks should match: μP parametrization (``mlp_digits(param="mup")``) for the μLO.
 
 With ``scale_features=True`` and a suitable ``theta`` the LO is exactly SGD (see
-:func:`sgd_theta`), which pins down the features, the MLP and the output rule end to end.
+:func:`sgd_theta`), which pins down the features, the MLP and the output rule end to end; with
+``adam_feature=True`` and :func:`adam_like_theta` it is exactly Adam (μAdam under μP), the warm
+start meta-training improves on.
 """
 from __future__ import annotations
 
@@ -32,8 +34,9 @@ from torch import Tensor
 from metaopt.tasks import ParamInfo
 
 from .base import LOpt, Theta
-from .features import (FEATURES, N_FEATURES, SCALE_FEATURES, TIME_FEATURES, feature_chunks,
-                       feature_normalizer, init_state, tensor_features, update_state)
+from .features import (FEATURES, N_FEATURES, SCALE_FEATURES, TAUS, adam_direction,
+                       feature_chunks, feature_normalizer, init_state, tensor_features,
+                       update_state)
 
 
 class MLPLOpt(LOpt):
@@ -48,12 +51,20 @@ class MLPLOpt(LOpt):
       base_fan_in: see the module docstring.
       scale_features: also feed the log RMS of the gradient and the parameter (off by default:
         they make the output depend on the gradient's scale, against μP; needed for SGD).
+      adam_feature: also feed Adam's bias-corrected direction, not normalised
+        (:func:`learned.features.adam_direction`; the last row of ``theta["w0"]``), so that
+        :func:`adam_like_theta` is exactly Adam.
+      taus: time scales of the per-tensor time features ``tanh(t / tau - 1)``. Features with
+        ``tau`` well below the meta-training horizon saturate within it, so they stay in
+        distribution on longer runs; larger ``tau`` tell the LO more about time but go out of
+        distribution beyond the horizon.
       chunk_elems: coordinates per feature block (bounds the feature memory per tensor).
     """
 
     def __init__(self, hidden: int = 32, layers: int = 2, exp_mult: float = 1e-3,
                  step_mult: float = 1e-3, mup: bool = True, base_fan_in: int = 1,
-                 scale_features: bool = False, chunk_elems: int = 1 << 18):
+                 scale_features: bool = False, adam_feature: bool = False,
+                 taus: tuple[float, ...] = TAUS, chunk_elems: int = 1 << 18):
         for name, v in (("hidden", hidden), ("layers", layers), ("base_fan_in", base_fan_in),
                         ("chunk_elems", chunk_elems)):
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
@@ -64,15 +75,20 @@ class MLPLOpt(LOpt):
         self.hidden, self.layers = hidden, layers
         self.exp_mult, self.step_mult = float(exp_mult), float(step_mult)
         self.mup, self.base_fan_in, self.chunk_elems = bool(mup), base_fan_in, chunk_elems
-        self.scale_features = bool(scale_features)
-        self.n_tensor_features = len(TIME_FEATURES) + (len(SCALE_FEATURES) if scale_features else 0)
+        if not taus or not all(isinstance(t, (int, float)) and 0 < t < math.inf for t in taus):
+            raise ValueError(f"MLPLOpt: taus must be positive numbers, got {taus!r}")
+        self.scale_features, self.adam_feature = bool(scale_features), bool(adam_feature)
+        self.taus = tuple(float(t) for t in taus)
+        self.n_features = N_FEATURES + self.adam_feature
+        self.n_tensor_features = len(self.taus) + (len(SCALE_FEATURES) if scale_features else 0)
         self.name = "mu_mlp_lopt" if self.mup else "mlp_lopt"
 
     def config(self) -> dict[str, Any]:
         """The constructor arguments (saved next to theta)."""
         return {"hidden": self.hidden, "layers": self.layers, "exp_mult": self.exp_mult,
                 "step_mult": self.step_mult, "mup": self.mup, "base_fan_in": self.base_fan_in,
-                "scale_features": self.scale_features}
+                "scale_features": self.scale_features, "adam_feature": self.adam_feature,
+                "taus": list(self.taus)}
 
     def init_theta(self, generator: torch.Generator | None = None) -> Theta:
         """Weights ~ N(0, 1/fan_in) (haiku's Linear default, truncation aside), biases 0."""
@@ -80,8 +96,9 @@ class MLPLOpt(LOpt):
             return torch.randn(fan_in, fan_out, generator=generator) / math.sqrt(fan_in)
 
         h = self.hidden
-        first = w(N_FEATURES + self.n_tensor_features, h)
-        theta = {"w0": first[:N_FEATURES].clone(), "wt": first[N_FEATURES:].clone(),
+        n = self.n_features
+        first = w(n + self.n_tensor_features, h)
+        theta = {"w0": first[:n].clone(), "wt": first[n:].clone(),
                  "b0": torch.zeros(h)}
         for i in range(1, self.layers):
             theta[f"w{i}"], theta[f"b{i}"] = w(h, h), torch.zeros(h)
@@ -101,12 +118,21 @@ class MLPLOpt(LOpt):
         theta = {k: v.to(grad.dtype) for k, v in theta.items()}
         new = update_state(grad, state)
         norm = feature_normalizer(grad, param, new, self.chunk_elems)
-        bias0 = theta["b0"] + tensor_features(grad, param, step, self.scale_features) @ theta["wt"]
-        out = torch.cat([self._mlp(theta, blk * norm, bias0)
-                         for blk in feature_chunks(grad, param, new, self.chunk_elems)])
+        tf = tensor_features(grad, param, step, self.scale_features, self.taus)
+        bias0 = theta["b0"] + tf @ theta["wt"]
+        blocks = [blk * norm for blk in feature_chunks(grad, param, new, self.chunk_elems)]
+        if self.adam_feature:
+            adam = adam_direction(new, step).reshape(-1, 1).split([len(b) for b in blocks])
+            blocks = [torch.cat([b, a], 1) for b, a in zip(blocks, adam)]
+        out = torch.cat([self._mlp(theta, x, bias0) for x in blocks])
         mult = self.step_mult * self.scale(info)
         delta = out[:, 0] * torch.exp(out[:, 1] * self.exp_mult) * mult
         return delta.reshape(param.shape), new
+
+    def fused_rule(self, theta: Theta):
+        """The fused step of :mod:`learned.fused_mlp` (``LearnedOptimizer(impl="fused")``)."""
+        from .fused_mlp import fused_rule_step
+        return fused_rule_step(self, theta)
 
     def _mlp(self, theta: Theta, x: Tensor, bias0: Tensor) -> Tensor:
         h = torch.relu(x @ theta["w0"] + bias0)
@@ -126,7 +152,7 @@ def sgd_theta(lopt: MLPLOpt, lr: float) -> Theta:
     if lopt.hidden < 4 or not lopt.scale_features:
         raise ValueError("sgd_theta needs an MLPLOpt with hidden >= 4 and scale_features=True")
     theta = {k: torch.zeros_like(v) for k, v in lopt.init_theta(torch.Generator()).items()}
-    g_index, log_g = 0, len(TIME_FEATURES) + SCALE_FEATURES.index("log_rms_g")
+    g_index, log_g = 0, len(lopt.taus) + SCALE_FEATURES.index("log_rms_g")
     theta["w0"][g_index, 0], theta["w0"][g_index, 1] = 1.0, -1.0
     theta["wt"][log_g, 2], theta["wt"][log_g, 3] = 1.0, -1.0
     for i in range(1, lopt.layers):
@@ -138,16 +164,19 @@ def sgd_theta(lopt: MLPLOpt, lr: float) -> Theta:
 
 def adam_like_theta(lopt: MLPLOpt, lr: float, generator: torch.Generator | None = None,
                     noise: float = 0.01) -> Theta:
-    """A starting theta whose LO is (nearly) Adam: hidden units 0, 1 carry ``relu(+-u)`` of the
-    feature ``u = m_1 / sqrt(v)`` (per-tensor normalised Adam direction, no bias correction)
-    through identity layers, and ``direction = (lr / step_mult) u``; every other weight is
-    ``lopt.init_theta``'s, with the output layer scaled by ``noise`` (small random corrections
-    the meta-training can grow). A warm start for small meta-training budgets; with
-    ``noise=0`` the step is ``lr * u * s(info)`` exactly."""
+    """A starting theta whose LO is Adam with learning rate ``lr`` (times ``s(info)``).
+
+    Hidden units 0, 1 carry ``relu(+-u)`` through identity layers and ``direction =
+    (lr / step_mult) u``, where ``u`` is Adam's bias-corrected direction when
+    ``lopt.adam_feature`` (then, with ``noise=0``, the LO *is* ``zoo.rule("adam", lr=lr)`` with
+    μLO's per-layer scale, i.e. μAdam under μP) and otherwise the per-tensor normalised feature
+    ``m_1 / sqrt(v)`` (no bias correction; a fixed step RMS of ``lr`` per tensor, so it needs a
+    smaller ``lr`` than Adam). Every other weight is ``lopt.init_theta``'s, with the output layer
+    scaled by ``noise``: small random corrections that meta-training can grow."""
     if lopt.hidden < 2:
         raise ValueError(f"adam_like_theta needs hidden >= 2, got {lopt.hidden}")
     theta = lopt.init_theta(generator)
-    u = FEATURES.index("m1*a")
+    u = N_FEATURES if lopt.adam_feature else FEATURES.index("m1*a")
     for key in ("w0", "wt"):
         theta[key][:, :2] = 0.0
     theta["w0"][u, 0], theta["w0"][u, 1] = 1.0, -1.0

@@ -36,7 +36,8 @@ class LearnedOptimizer(RuleOptimizer):
       lopt: a :class:`learned.base.LOpt`.
       theta: its meta-parameters (checked: wrong names or shapes are a ``ValueError``).
       infos: optional ParamInfo per parameter (aligned with ``params``; plain parameters only).
-      impl: :class:`RuleOptimizer`'s implementation path (``"loop"`` or ``"compiled"``).
+      impl: :class:`RuleOptimizer`'s implementation path: ``"loop"``, or ``"fused"`` for the
+        LO's compiled fused step where it has one (MLPLOpt: :mod:`learned.fused_mlp`).
       **hp: hyperparameters of the LO's rule (``lopt.rule(theta).hp``), e.g. Math-L2O's
         problem constants ``l1`` and ``lipschitz``.
     """

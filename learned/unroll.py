@@ -7,7 +7,11 @@ For a truncation of length T starting after ``step`` updates, with batches ``b_0
     l_k = L(p_k, b_k)   for k = 1 .. T            (the loss after k updates, on a fresh batch)
 
 and the truncation's meta-loss is ``mean(l_1 .. l_T)`` ("mean_train_loss", learned_optimization's
-default) or ``l_T`` ("final_train_loss"). Every op is out of place and branch free, so the function
+default), ``l_T`` ("final_train_loss") or ``mean(log l_1 .. log l_T)`` ("mean_log_train_loss").
+Summed over an inner run, the mean loss is dominated by the large early losses, so it rewards
+fast early progress even at the price of a worse final loss; the log counts a relative
+improvement the same at every loss level (``d log l = dl / l``), so the small late losses, and
+the final one, weigh as much as the early ones (an LO must not trade its end for its start). Every op is out of place and branch free, so the function
 is differentiable in ``theta`` (``torch.func.grad`` through it is truncated BPTT) and can be
 ``torch.func.vmap``-ed over particles (perturbed thetas, tasks, inner states).
 """
@@ -21,13 +25,22 @@ from torch import Tensor
 from .base import LOpt, Theta
 from .pytree import tree_index
 
-META_LOSSES = ("mean_train_loss", "final_train_loss")
+META_LOSSES = ("mean_train_loss", "final_train_loss", "mean_log_train_loss")
 
 
 def check_meta_loss(meta_loss: str) -> str:
     if meta_loss not in META_LOSSES:
         raise ValueError(f"unknown meta_loss {meta_loss!r}; allowed: {', '.join(META_LOSSES)}")
     return meta_loss
+
+
+def truncation_meta_loss(losses: Tensor, meta_loss: str) -> Tensor:
+    """The meta-loss of one truncation from its losses ``l_1 .. l_T`` (see the module docstring)."""
+    if meta_loss == "mean_train_loss":
+        return losses.mean()
+    if meta_loss == "final_train_loss":
+        return losses[-1]
+    return torch.log(losses.clamp_min(torch.finfo(losses.dtype).tiny)).mean()  # 0 stays finite
 
 
 def lopt_step(lopt: LOpt, theta: Theta, params: list[Tensor], grads: list[Tensor],
@@ -63,7 +76,7 @@ def make_unroll(lopt: LOpt, loss_fn: Callable[[list[Tensor], Any], Tensor], info
                                        infos)
         after.append(loss_fn(params, tree_index(batches, truncation)))
         losses = torch.stack(after)
-        value = losses.mean() if meta_loss == "mean_train_loss" else losses[-1]
+        value = truncation_meta_loss(losses, meta_loss)
         finite = torch.stack([value.isfinite()] + [p.isfinite().all() for p in params]).all()
         return value, (params, states, step + truncation, finite)
 

@@ -26,6 +26,16 @@ def test_meta_train_cli_writes_a_loadable_mulo_theta(tmp_path):
     assert "'param': 'mup'" in summary["family"] and "'width': 16" in summary["family"]
 
 
+def test_meta_train_cli_adam_feature_and_log_meta_loss(tmp_path):
+    argv = BASE + ["--steps", "1", "--out", str(tmp_path), "--adam-feature",
+                   "--meta-loss", "mean_log_train_loss"]
+    assert main(argv) == 0
+    lopt = MLPLOpt(hidden=8, step_mult=0.01, adam_feature=True)
+    assert load_theta(tmp_path / "theta.safetensors", lopt)["w0"].shape[0] == lopt.n_features
+    assert json.loads((tmp_path / "meta_train.json").read_text())["settings"]["meta_loss"] == (
+        "mean_log_train_loss")
+
+
 def test_meta_train_cli_resumes_exactly(tmp_path):
     from learned import SGDMLOpt
 

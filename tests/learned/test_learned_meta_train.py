@@ -229,3 +229,31 @@ def test_vmapped_tasks_equal_tasks_run_one_by_one(method):
     for k in together:
         torch.testing.assert_close(together[k], apart[k], rtol=1e-5, atol=1e-6)
     assert not torch.equal(together["log_lr"], SGDMLOpt().init_theta()["log_lr"])
+
+
+@pytest.mark.parametrize("meta_loss", ["mean_train_loss", "final_train_loss",
+                                       "mean_log_train_loss"])
+def test_truncation_meta_losses_match_their_definitions(meta_loss):
+    """One truncation's meta-loss against a literal heavy-ball run: mean, last, or mean log of
+    the losses after each update (the log weighs the small late losses as much as early ones)."""
+    from learned.unroll import META_LOSSES
+
+    assert meta_loss in META_LOSSES
+    task = tasks.get("quadratic", dim=4, cond=5.0, noise=0.3, dtype=torch.float64)
+    truncation, theta = 3, _theta64()
+    pool = InnerPool(SGDMLOpt(), SingleTask(task, horizon=100), 1, 1, seed=3,
+                     device=torch.device("cpu"), truncation=truncation, meta_loss=meta_loss)
+    gen = task.generator(0)
+    gen.set_state(pool.slots[0].batch_gen.get_state())
+    window = [task.sample_batch(gen) for _ in range(truncation + 1)]
+    lr, mu = theta["log_lr"].exp(), torch.sigmoid(theta["logit_momentum"])
+    x, m, after = torch.zeros(task.dim, dtype=torch.float64), 0.0, []
+    for k in range(truncation):
+        m = mu * m + task.h * (x - task.x_star - window[k])
+        x = x - lr * m
+        r = x - task.x_star - window[k + 1]
+        after.append(float(0.5 * (task.h * r * r).sum()))
+    want = {"mean_train_loss": sum(after) / truncation, "final_train_loss": after[-1],
+            "mean_log_train_loss": sum(math.log(v) for v in after) / truncation}[meta_loss]
+    est = estimate("tbptt", pool, theta, std=0.01, generator=torch.Generator())
+    assert est.meta_loss == pytest.approx(want, rel=1e-12)

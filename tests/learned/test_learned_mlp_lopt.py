@@ -48,8 +48,10 @@ def test_sgd_theta_makes_the_lo_exactly_sgd(mup):
     assert not torch.equal(ours[0], task.init(task.generator(0))[0])
 
 
-def test_chunked_features_give_the_same_update():
-    lopt_big, lopt_small = MLPLOpt(chunk_elems=1 << 20), MLPLOpt(chunk_elems=7)
+@pytest.mark.parametrize("adam_feature", [False, True])
+def test_chunked_features_give_the_same_update(adam_feature):
+    lopt_big = MLPLOpt(chunk_elems=1 << 20, adam_feature=adam_feature)
+    lopt_small = MLPLOpt(chunk_elems=7, adam_feature=adam_feature)
     theta = {k: v.double() for k, v in lopt_big.init_theta(torch.Generator().manual_seed(1)).items()}
     gen = torch.Generator().manual_seed(2)
     for shape in [(9, 5), (4, 3, 2), (11,)]:
@@ -61,11 +63,12 @@ def test_chunked_features_give_the_same_update():
         assert all(torch.equal(s1[k], s2[k]) for k in s1)
 
 
-def test_mlp_lopt_tbptt_gradient_matches_finite_differences():
+@pytest.mark.parametrize("adam_feature", [False, True])
+def test_mlp_lopt_tbptt_gradient_matches_finite_differences(adam_feature):
     """The meta-gradient through 3 MLPLOpt steps on a float64 μP MLP (vmapped in the pool)
     agrees with central differences along random directions in theta."""
     task = _digits(width=8, param="mup")
-    lopt = MLPLOpt(hidden=8, step_mult=0.05)
+    lopt = MLPLOpt(hidden=8, step_mult=0.05, adam_feature=adam_feature, taus=(1.0, 10.0))
     theta = {k: v.double() for k, v in lopt.init_theta(torch.Generator().manual_seed(0)).items()}
 
     def run(th):
@@ -81,7 +84,8 @@ def test_mlp_lopt_tbptt_gradient_matches_finite_differences():
         up = run({k: v + h * u[k] for k, v in theta.items()}).meta_loss
         down = run({k: v - h * u[k] for k, v in theta.items()}).meta_loss
         directional = sum((est.grad[k] * u[k]).sum() for k in theta).item()
-        assert directional == pytest.approx((up - down) / (2 * h), rel=1e-6, abs=1e-10)
+        # abs: the loss (~2.3) is rounded to ~1e-16, i.e. ~1e-10 in the difference quotient
+        assert directional == pytest.approx((up - down) / (2 * h), rel=1e-6, abs=3e-10)
 
 
 def _coord_slopes(mup, widths):
@@ -111,7 +115,8 @@ def test_mulo_coordinate_check_to_width_2048():
 
 
 @pytest.mark.parametrize("kw,match", [({"hidden": 0}, "hidden"), ({"step_mult": -1.0}, "step_mult"),
-                                      ({"layers": 1.5}, "layers")])
+                                      ({"layers": 1.5}, "layers"), ({"taus": ()}, "taus"),
+                                      ({"taus": (3, -1)}, "taus")])
 def test_bad_mlp_lopt_options_are_one_line_errors(kw, match):
     with pytest.raises(ValueError, match=match):
         MLPLOpt(**kw)
@@ -134,3 +139,52 @@ def test_adam_like_theta_without_noise_steps_along_the_normalised_adam_direction
         expected = 0.3 * (4 / 16) * u / torch.sqrt((u * u).mean() + NORM_EPS)
         torch.testing.assert_close(delta, expected, rtol=1e-10, atol=1e-14)
         g = torch.randn(5, 16, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("mup", [False, True])
+def test_adam_like_theta_with_the_adam_feature_is_exactly_mu_adam(mup):
+    """With the exact Adam feature and no noise, the LO is ``zoo.rule("adam")`` with μP's
+    per-layer learning rates (μLO on a μP task) or one learning rate (SP-LO), in float64."""
+    from learned import adam_like_theta
+    from learned.unroll import lopt_step
+    from metaopt import mup as mup_, zoo
+    from metaopt.rule import apply, init_states
+
+    task = tasks.get("mlp_digits", width=32, depth=3, param="mup" if mup else "sp",
+                     base_width=8, batch_size=16, dtype=torch.float64)
+    lopt = MLPLOpt(hidden=8, mup=mup, base_fan_in=8, adam_feature=True, chunk_elems=50)
+    lr = 0.02
+    theta = {k: v.double() for k, v in
+             adam_like_theta(lopt, lr, torch.Generator().manual_seed(0), noise=0.0).items()}
+    rule = zoo.rule("adam")
+    base = task.base_param_info if mup else None
+    hp = mup_.per_tensor_hp(mup_.lr_multipliers(task.param_info, "adam", base), lr)
+    ours = task.init(task.generator(0))
+    ref = [p.clone() for p in ours]
+    s_ours, s_ref = [lopt.init(p) for p in ours], init_states(rule, ref)
+    gen, grad = task.generator(1), torch.func.grad(task.loss)
+    for t in range(1, 8):
+        batch = task.sample_batch(gen)
+        ours, s_ours = lopt_step(lopt, theta, ours, list(grad(ours, batch)), s_ours, t,
+                                 task.param_info)
+        ref, s_ref = apply(rule, ref, grad(ref, batch), s_ref, t, hp)
+    start = task.init(task.generator(0))
+    for a, b in zip(ours, ref):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    assert not torch.equal(ours[-2], start[-2])
+
+
+def test_taus_set_the_time_features_and_round_trip_through_theta_files(tmp_path):
+    from learned import load_theta, save_theta
+    from learned.features import tensor_features
+
+    lopt = MLPLOpt(hidden=4, taus=(2, 5))
+    theta = lopt.init_theta(torch.Generator().manual_seed(0))
+    assert theta["wt"].shape == (2, 4)
+    tf = tensor_features(torch.ones(3), torch.ones(3), 4, taus=lopt.taus)
+    torch.testing.assert_close(tf, torch.tanh(torch.tensor([4 / 2 - 1, 4 / 5 - 1])))
+    save_theta(tmp_path / "t.safetensors", theta, lopt)
+    back = load_theta(tmp_path / "t.safetensors", lopt)
+    assert all(torch.equal(back[k], theta[k]) for k in theta)
+    with pytest.raises(ValueError, match="taus"):
+        load_theta(tmp_path / "t.safetensors", MLPLOpt(hidden=4, taus=(2, 6)))

@@ -1,0 +1,146 @@
+"""A fused step of :class:`learned.MLPLOpt`: moments, feature statistics, features, MLP and the
+parameter update for one tensor in a few compiled kernels, no ``[numel x features]`` tensor.
+
+The eager step (:meth:`MLPLOpt.update`) builds the 17 features of a block of coordinates as a
+``[rows, 17]`` matrix and runs the MLP as matrix products, so every hidden layer is written to
+and read back from memory: for a ``hidden``-unit MLP that is ``(17 + 2 hidden)`` floats of traffic
+per coordinate and layer, which is why a naive LO step costs ~100x a fused AdamW step
+(PyLO, Thérien et al. 2025, needed hand-written CUDA kernels for its 7.6x).
+
+Here the MLP is written out unit by unit as scalar expressions of the features,
+
+    h^1_j = relu(b_j + sum_i w_ij x_i),   h^{l+1}_j = relu(b^l_j + sum_i w^l_ij h^l_i),
+    direction = sum_j w^out_j0 h_j + b^out_0,  magnitude = sum_j w^out_j1 h_j + b^out_1,
+
+so that ``torch.compile`` (Inductor) emits one pointwise kernel per tensor that loads
+``g, p, m1, m2, m3, v`` (and the row/column factors) once, keeps every feature and hidden unit
+in registers, and writes ``p, m1, m2, m3, v`` once; the per-tensor feature normalisers (17
+sums of squares) are one fused reduction kernel before it, and the Adafactor row/column means
+one more. Memory traffic is then that of an Adam-like step (about 11 floats per coordinate
+plus a 6-float read for the statistics); the MLP's ``17 H + (layers - 1) H^2 + 2 H``
+multiply-adds per coordinate are compute that a GPU hides behind it for small ``H``.
+
+The result equals :meth:`MLPLOpt.update` up to float rounding (the sums are taken in another
+order); ``tests/learned/test_learned_fused_mlp.py`` checks it eagerly and compiled.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Callable, Sequence
+
+import torch
+from torch import Tensor
+
+from .base import Theta, as_param_info
+from .features import DECAYS, EPS, NORM_EPS, RMS_DECAY, matrix_shape
+
+
+def _dot(xs: Sequence[Tensor], w: Tensor, j: int) -> Tensor:
+    """``sum_i xs[i] * w[i, j]`` as a chain of pointwise multiply-adds."""
+    acc = xs[0] * w[0, j]
+    for i in range(1, len(xs)):
+        acc = acc + xs[i] * w[i, j]
+    return acc
+
+
+def _layer(xs: Sequence[Tensor], w: Tensor, bias: Tensor) -> list[Tensor]:
+    """One ReLU layer, unit by unit."""
+    return [torch.relu(_dot(xs, w, j) + bias[j]) for j in range(w.shape[1])]
+
+
+def tensor_step(g: Tensor, p: Tensor, m1: Tensor, m2: Tensor, m3: Tensor, v: Tensor,
+                row: Tensor, col: Tensor, t: Tensor, mult: Tensor, weights: Sequence[Tensor],
+                *, exp_mult: float, scale_features: bool, adam_feature: bool,
+                taus: tuple[float, ...]) -> tuple[Tensor, ...]:
+    """One MLPLOpt step of one tensor, out of place: returns ``(p, m1, m2, m3, v, row, col)``.
+
+    ``weights`` are ``(w0, wt, b0, w1, b1, ..., w_out, b_out)``; ``t`` is the step (0-d),
+    ``mult`` the step multiplier ``step_mult * s(info)`` (0-d); the keywords are the LO's
+    options (see :class:`learned.MLPLOpt`).
+    """
+    shape = p.shape
+    r, c = matrix_shape(shape)
+    g, p = g.reshape(r, c), p.reshape(r, c)
+    g2 = g * g
+    m1 = torch.lerp(m1.reshape(r, c), g, 1 - DECAYS[0])
+    m2 = torch.lerp(m2.reshape(r, c), g, 1 - DECAYS[1])
+    m3 = torch.lerp(m3.reshape(r, c), g, 1 - DECAYS[2])
+    v = torch.lerp(v.reshape(r, c), g2, 1 - RMS_DECAY)
+    row = torch.lerp(row, g2.mean(1), 1 - RMS_DECAY)
+    col = torch.lerp(col, g2.mean(0), 1 - RMS_DECAY)
+
+    a = torch.rsqrt(v + EPS)
+    b = torch.rsqrt(row[:, None] * col[None, :] / (row.mean() + EPS) + EPS)
+    rr, cc = torch.rsqrt(row + EPS), torch.rsqrt(col + EPS)
+    coords = [g, p, m1, m2, m3, torch.sqrt(v + EPS), m1 * a, m2 * a, m3 * a, a,
+              b, g * b, m1 * b, m2 * b, m3 * b]
+    n = r * c
+    # the normalisers rsqrt(mean(x^2) + 1e-5) over the tensor; row/column features are
+    # constant along a dimension, so their means are over the vectors
+    norms = [torch.rsqrt((x * x).sum() / n + NORM_EPS) for x in coords]
+    norms += [torch.rsqrt((rr * rr).mean() + NORM_EPS), torch.rsqrt((cc * cc).mean() + NORM_EPS)]
+    xs = [x * s for x, s in zip(coords, norms)]
+    xs += [(rr * norms[-2])[:, None], (cc * norms[-1])[None, :]]
+    if adam_feature:  # Adam's bias-corrected direction, not normalised (features.adam_direction)
+        bc1, bc2 = 1 - DECAYS[0] ** t, 1 - RMS_DECAY ** t
+        xs.append((m1 / bc1) / (torch.sqrt(v) / torch.sqrt(bc2) + EPS))
+
+    w0, wt, b0 = weights[0], weights[1], weights[2]
+    per_tensor = torch.tanh(t / torch.tensor(taus, dtype=g.dtype, device=g.device) - 1)
+    if scale_features:
+        sq = torch.stack([g2.mean(), (p * p).mean()])
+        per_tensor = torch.cat([per_tensor, 0.5 * torch.log(sq + NORM_EPS)])
+    h = _layer(xs, w0, b0 + per_tensor @ wt)
+    hidden = weights[3:-2]
+    for w, bias in zip(hidden[0::2], hidden[1::2]):
+        h = _layer(h, w, bias)
+    w_out, b_out = weights[-2], weights[-1]
+    direction = _dot(h, w_out, 0) + b_out[0]
+    magnitude = _dot(h, w_out, 1) + b_out[1]
+    new_p = p - direction * torch.exp(magnitude * exp_mult) * mult
+    return tuple(x.reshape(shape) for x in (new_p, m1, m2, m3, v)) + (row, col)
+
+
+def _inplace(step: Callable, g, p, state, t, mult, weights) -> None:
+    keys = ("m1", "m2", "m3", "v", "row", "col")
+    out = step(g, p, *(state[k] for k in keys), t, mult, weights)
+    p.copy_(out[0])
+    for k, x in zip(keys, out[1:]):
+        state[k].copy_(x)
+
+
+def theta_weights(lopt, theta: Theta, dtype: torch.dtype) -> tuple[Tensor, ...]:
+    """``theta`` in :func:`tensor_step`'s order, cast to the parameters' dtype."""
+    keys = ["w0", "wt", "b0"]
+    for i in range(1, lopt.layers):
+        keys += [f"w{i}", f"b{i}"]
+    return tuple(theta[k].to(dtype) for k in keys + ["w_out", "b_out"])
+
+
+def fused_rule_step(lopt, theta: Theta, compile: bool = True) -> Callable[..., None]:
+    """The in-place multi-tensor step ``fused(params, grads, states, hp, steps)`` of
+    ``lopt`` with ``theta`` bound (:class:`metaopt.rule.UpdateRule`'s ``fused`` field).
+
+    With ``compile`` (the point of this path) each tensor's step runs as compiled kernels;
+    shapes recompile once and then run with dynamic sizes. ``compile=False`` runs the same
+    formulation eagerly (for tests).
+    """
+    step = functools.partial(tensor_step, exp_mult=lopt.exp_mult,
+                             scale_features=lopt.scale_features,
+                             adam_feature=lopt.adam_feature, taus=lopt.taus)
+    if compile:
+        step = torch.compile(step, fullgraph=True)
+    cache: dict = {}
+
+    def fused(params, grads, states, hp, steps) -> None:
+        info = as_param_info(hp.get("info"))
+        for p, g, s, st in zip(params, grads, states, steps):
+            key = (p.device, p.dtype)
+            if key not in cache:
+                cache[key] = theta_weights(lopt, theta, p.dtype)
+            weights = cache[key]
+            t = torch.tensor(float(st), dtype=p.dtype, device=p.device)
+            mult = torch.tensor(lopt.step_mult * lopt.scale(info), dtype=p.dtype, device=p.device)
+            _inplace(step, g, p, s, t, mult, weights)
+
+    return fused
