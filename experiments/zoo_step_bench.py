@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from metaopt import zoo  # noqa: E402
 from metaopt.bench.machine import cpu_model
 
-SECOND_ORDER = {"shampoo", "soap", "psgd", "muon"}
+SECOND_ORDER = {"shampoo", "soap", "psgd", "muon", "mfac", "shampoo4bit"}
 # pytorch-optimizer's class for the same rule (its load_optimizer names)
 PYTORCH_OPTIMIZER = {
     "adabelief": "adabelief", "adabound": "adabound", "adadelta": "adadelta",
@@ -151,6 +151,18 @@ def _prepare(name: str, opt, params) -> None:
     opt.step()
     for p in params:
         p.grad = (1e-3 * torch.randn_like(p)).detach()
+
+
+def with_loss_closure(opt):
+    """``opt`` whose ``step()`` hands a constant loss through a closure: members that need
+    the loss (Polyak step sizes) or a closure (weight prediction) are timed on their own work
+    (gradients stay the fixed random ones; the model's forward and backward are not timed)."""
+    rule = opt.rule
+    if rule.predict is None and "loss" not in rule.needs(rule.hp, 1):
+        return opt
+    loss, step = torch.ones((), device=opt.param_groups[0]["params"][0].device), opt.step
+    opt.step = lambda closure=None: step(lambda: loss)
+    return opt
 
 
 def peak_extra_buffers(step, params, device) -> float | None:
@@ -314,8 +326,8 @@ def main(argv=None) -> int:
                     skipped.append(f"{cfg}/{name} (time cap)")
                     continue
                 hp = BENCH_HP.get(name, {})
-                make = lambda ps, name=name, hp=hp: zoo.create(  # noqa: E731
-                    name, ps, impl=args.impl, **hp)
+                make = lambda ps, name=name, hp=hp: with_loss_closure(zoo.create(  # noqa: E731
+                    name, ps, impl=args.impl, **hp))
                 prep = lambda opt, ps, name=name: _prepare(name, opt, ps)  # noqa: E731
                 po = _pytorch_optimizer_step(name, params, side, device, args, skipped, cfg)
                 try:
