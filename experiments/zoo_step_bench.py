@@ -235,7 +235,8 @@ def render(meta: dict, rows: list[dict], skipped: list[str]) -> str:
         "",
         f"- machine: {meta['machine']}; torch {meta['torch']}; date {meta['date']}",
         *[f"- run {r['run']}: `{r['command']}`; copy bandwidth {r['bw'] / 1e9:.1f} GB/s "
-          "(read + write, fp32 copy_)" for r in meta["runs"]],
+          "(read + write, fp32 copy_)" + (f"; {r['note']}" if r.get("note") else "")
+          for r in meta["runs"]],
         "- configs: " + "; ".join(f"({k}) {n} x {s}x{s} fp32 = {n * s * s / 1e6:.2f}M params"
                                   for k, (n, s) in meta["configs"].items()),
         "- floor = 4 (3 + 2 S) bytes/param / copy bandwidth (S = param-sized state tensors); "
