@@ -35,9 +35,12 @@ class CoordCheck:
 
     def slopes(self, step: int = -1) -> dict[str, float]:
         """Each layer's least-squares slope of log(mean |x|) against log(width) after update
-        ``step`` (0-based; -1 is the last): 0 means width-independent."""
+        ``step`` (0-based; -1 is the last): 0 means width-independent. A layer whose
+        activations collapsed to exactly 0 (every ReLU dead) counts as 1e-30, a large finite
+        negative slope rather than log(0)."""
         logw = np.log(np.asarray(self.widths, dtype=np.float64))
-        return {name: float(np.polyfit(logw, np.log(self.values[step, i]), 1)[0])
+        return {name: float(np.polyfit(logw, np.log(np.maximum(self.values[step, i], 1e-30)),
+                                       1)[0])
                 for i, name in enumerate(self.layers)}
 
 
