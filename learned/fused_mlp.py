@@ -32,7 +32,7 @@ import torch
 from torch import Tensor
 
 from .base import Theta, as_param_info
-from .features import DECAYS, EPS, NORM_EPS, RMS_DECAY, matrix_shape
+from .features import EPS, NORM_EPS, adam_direction, matrix_shape, update_state
 
 
 def _dot(xs: Sequence[Tensor], w: Tensor, j: int) -> Tensor:
@@ -60,14 +60,10 @@ def tensor_step(g: Tensor, p: Tensor, m1: Tensor, m2: Tensor, m3: Tensor, v: Ten
     """
     shape = p.shape
     r, c = matrix_shape(shape)
+    new = update_state(g, {"m1": m1, "m2": m2, "m3": m3, "v": v, "row": row, "col": col})
+    m1, m2, m3, v = (new[k].reshape(r, c) for k in ("m1", "m2", "m3", "v"))
+    row, col = new["row"], new["col"]
     g, p = g.reshape(r, c), p.reshape(r, c)
-    g2 = g * g
-    m1 = torch.lerp(m1.reshape(r, c), g, 1 - DECAYS[0])
-    m2 = torch.lerp(m2.reshape(r, c), g, 1 - DECAYS[1])
-    m3 = torch.lerp(m3.reshape(r, c), g, 1 - DECAYS[2])
-    v = torch.lerp(v.reshape(r, c), g2, 1 - RMS_DECAY)
-    row = torch.lerp(row, g2.mean(1), 1 - RMS_DECAY)
-    col = torch.lerp(col, g2.mean(0), 1 - RMS_DECAY)
 
     a = torch.rsqrt(v + EPS)
     b = torch.rsqrt(row[:, None] * col[None, :] / (row.mean() + EPS) + EPS)
@@ -81,14 +77,13 @@ def tensor_step(g: Tensor, p: Tensor, m1: Tensor, m2: Tensor, m3: Tensor, v: Ten
     norms += [torch.rsqrt((rr * rr).mean() + NORM_EPS), torch.rsqrt((cc * cc).mean() + NORM_EPS)]
     xs = [x * s for x, s in zip(coords, norms)]
     xs += [(rr * norms[-2])[:, None], (cc * norms[-1])[None, :]]
-    if adam_feature:  # Adam's bias-corrected direction, not normalised (features.adam_direction)
-        bc1, bc2 = 1 - DECAYS[0] ** t, 1 - RMS_DECAY ** t
-        xs.append((m1 / bc1) / (torch.sqrt(v) / torch.sqrt(bc2) + EPS))
+    if adam_feature:  # Adam's bias-corrected direction, not normalised
+        xs.append(adam_direction(new, t).reshape(r, c))
 
     w0, wt, b0 = weights[0], weights[1], weights[2]
     per_tensor = torch.tanh(t / torch.tensor(taus, dtype=g.dtype, device=g.device) - 1)
     if scale_features:
-        sq = torch.stack([g2.mean(), (p * p).mean()])
+        sq = torch.stack([(g * g).mean(), (p * p).mean()])
         per_tensor = torch.cat([per_tensor, 0.5 * torch.log(sq + NORM_EPS)])
     h = _layer(xs, w0, b0 + per_tensor @ wt)
     hidden = weights[3:-2]
