@@ -116,7 +116,7 @@ class RuleOptimizer(torch.optim.Optimizer):
                 if p.grad.is_sparse:
                     raise RuntimeError(f"{self.rule.name} does not support sparse gradients")
             if params:
-                step = int(self._init_state(params[0])["step"].item()) + 1
+                step = _next_step(self._init_state(params[0]))
                 jobs.append((group, params, set(self.rule.needs(self._hp(group), step))))
         needs = set().union(*(n for _, _, n in jobs)) if jobs else set()
         if closure is None and "loss" in needs:
@@ -144,8 +144,7 @@ class RuleOptimizer(torch.optim.Optimizer):
                 state = self.state[p]
                 if not state:
                     continue
-                rule_state = {k: v for k, v in state.items() if k != "step"}
-                predicted = self.rule.predict(p, rule_state, hp, int(state["step"].item()) + 1)
+                predicted = self.rule.predict(p, _rule_state(state), hp, _next_step(state))
                 originals.append((p, p.clone()))
                 p.copy_(predicted)
         try:
@@ -163,10 +162,9 @@ class RuleOptimizer(torch.optim.Optimizer):
             hp = self._hp(group)
             for i, p in enumerate(params):
                 state = self._init_state(p)
-                s = {k: v for k, v in state.items() if k != "step"}
                 extra = {k: v[i] for k, v in ext.items()}
-                step = int(state["step"].item()) + 1
-                total = total + self.rule.reduce(p.grad, p, s, hp, step, **extra)
+                total = total + self.rule.reduce(p.grad, p, _rule_state(state), hp,
+                                                 _next_step(state), **extra)
         for (_, params, _), ext in zip(jobs, exts):
             ext["total"] = [total] * len(params)
 
@@ -187,7 +185,7 @@ class RuleOptimizer(torch.optim.Optimizer):
         # under no_grad neither a gradient built with create_graph nor the parameter records
         # a graph, so both are used as they are (no per-tensor detach on the hot path)
         grads = [p.grad for p in params]
-        rule_states = [{k: v for k, v in s.items() if k != "step"} for s in states]
+        rule_states = [_rule_state(s) for s in states]
         impl = self._choose_impl(params, needs)
         if impl == "compiled" and not all(rule_states):  # state created by the first update
             impl = "loop"
@@ -253,6 +251,16 @@ class RuleOptimizer(torch.optim.Optimizer):
         hp_t = {k: _as_tensor(v, dev, dtype) for k, v in hp.items()}
         step_t = torch.full((), float(step), device=dev, dtype=dtype)
         layout.step(self.rule, params, grads, hp_t, step_t)
+
+
+def _rule_state(state: dict) -> dict:
+    """A tensor's optimizer state as its rule sees it: everything but the step counter."""
+    return {k: v for k, v in state.items() if k != "step"}
+
+
+def _next_step(state: dict) -> int:
+    """The 1-based count of the update about to be made from ``state``."""
+    return int(state["step"].item()) + 1
 
 
 class _Counters:
