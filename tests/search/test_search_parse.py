@@ -6,16 +6,7 @@ import pytest
 import search
 from search import ParseError, parse
 from search.functions import CALLABLE, CONSTANTS, FUNCTIONS
-
-ADAMW = """def train(w, g, m, v, lr):
-    g2 = square(g)
-    m = interp(g, m, 0.9)
-    v = interp(g2, v, 0.999)
-    update = m / (sqrt(v) + eps)
-    update = update + w * 0.01
-    update = update * lr
-    return update, m, v
-"""
+from search.warm import ADAMW  # the paper's AdamW program, as the search's warm start
 
 
 def test_canonical_text_round_trips():
