@@ -101,6 +101,22 @@ def parse_names(text: str, choices: list[str], flag: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(items))
 
 
+def bench_optimizers(text: str, zoo) -> tuple[str, ...]:
+    """``--optimizer`` for bench. Members that need per-layer statistics of an ``nn.Module``
+    (``zoo.LayerStatistics``: AdaFisher, MKOR) cannot run on bench's functional tasks: ``all``
+    leaves them out with a note on stderr, naming one is a usage error."""
+    names = parse_names(text, zoo.names(), "--optimizer")
+    layered = [n for n in names if zoo.needs_layer_statistics(zoo.rule(n))]
+    if not layered:
+        return names
+    why = ("per-layer statistics of an nn.Module model are needed (zoo.LayerStatistics); bench "
+           "tasks are functional")
+    if [t.strip() for t in text.split(",") if t.strip()] != ["all"]:
+        raise UsageError(f"--optimizer {', '.join(layered)} cannot be benchmarked: {why}")
+    print(f"metaopt bench: skipping {', '.join(layered)}: {why}", file=sys.stderr)
+    return tuple(n for n in names if n not in layered)
+
+
 def run_zoo(args: argparse.Namespace) -> int:
     from . import zoo
 
@@ -132,7 +148,7 @@ def run_bench_command(args: argparse.Namespace) -> int:
 
     config = BenchConfig(
         tasks=parse_names(args.task, tasks.names(), "--task"),
-        optimizers=parse_names(args.optimizer, zoo.names(), "--optimizer"),
+        optimizers=bench_optimizers(args.optimizer, zoo),
         out=args.out or DEFAULT_OUT, seeds=args.seeds, steps=args.steps,
         eval_every=args.eval_every, tune_trials=args.tune_trials, storage=args.storage,
         device=str(resolve_device(args.device)), seed=args.seed, target_tol=args.target_tol,

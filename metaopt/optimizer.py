@@ -91,12 +91,15 @@ class RuleOptimizer(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Tensor] | None = None,
-             logits: Tensor | None = None) -> Tensor | None:
+             logits: Tensor | None = None, layer_stats: Any = None) -> Tensor | None:
         """One update of every parameter that has a gradient. Returns the closure's loss.
 
         ``logits`` (with their autograd graph) are needed only by rules that ask for ``"gnb"``
-        (Sophia-G's Gauss-Newton-Bartlett estimate) on the steps they ask for it. A rule with
-        ``predict`` requires ``closure`` (it computes the gradients at the predicted weights).
+        (Sophia-G's Gauss-Newton-Bartlett estimate) on the steps they ask for it.
+        ``layer_stats`` (a :class:`metaopt.zoo.LayerStatistics` of the model, created before
+        the forward pass) is needed only by rules that ask for ``"layer"`` or ``"layer_grad"``
+        (AdaFisher, MKOR). A rule with ``predict`` requires ``closure`` (it computes the
+        gradients at the predicted weights).
         """
         loss = None
         if self.rule.predict is not None:
@@ -125,7 +128,8 @@ class RuleOptimizer(torch.optim.Optimizer):
             )
         # every extra input is computed before any parameter moves (an in-place update would
         # invalidate the graph that Hessian-vector products of later groups differentiate)
-        exts = _extras([(ps, n) for _, ps, n in jobs], loss, logits, self.rule.name)
+        exts = _extras([(ps, n) for _, ps, n in jobs], loss, logits, self.rule.name,
+                       layer_stats)
         if self.rule.reduce is not None:
             self._add_total(jobs, exts)
         for (group, params, group_needs), ext in zip(jobs, exts):
@@ -435,7 +439,7 @@ def _inplace_group_step(update, params, grads, states, hp, steps) -> None:
 
 
 def _extras(jobs: list[tuple[list[Tensor], set]], loss: Tensor | None,
-            logits: Tensor | None, name: str) -> list[dict]:
+            logits: Tensor | None, name: str, layer_stats: Any = None) -> list[dict]:
     """Extra inputs each group's rule asked for, as lists aligned with the group's params:
       * ``"loss"``: the closure's loss;
       * ``"hvp"``: Hessian-vector products ``H u`` with Rademacher probes ``u`` (Hutchinson),
@@ -443,9 +447,20 @@ def _extras(jobs: list[tuple[list[Tensor], set]], loss: Tensor | None,
         ``backward(create_graph=True)``), probes drawn group by group, tensor by tensor;
       * ``"gnb"``: Sophia-G's Gauss-Newton-Bartlett estimate ``B * g_hat**2`` with
         ``g_hat = grad (1/B) sum_b CE(logits_b, y_b)``, ``y_b ~ softmax(logits_b)``, over the
-        ``B`` rows of ``logits`` (Liu et al. 2023, Algorithm 2).
+        ``B`` rows of ``logits`` (Liu et al. 2023, Algorithm 2);
+      * ``"layer"`` / ``"layer_grad"``: ``layer_in`` and ``layer_grad_out`` / ``layer_grad``
+        of each tensor's layer from ``layer_stats.extras`` (``None`` for a tensor that no
+        captured layer owns; see :mod:`metaopt.zoo.layer_stats`).
     """
     exts: list[dict] = [{} for _ in jobs]
+    layer_jobs = [i for i, (_, n) in enumerate(jobs) if n & {"layer", "layer_grad"}]
+    if layer_jobs and layer_stats is None:
+        raise RuntimeError(
+            f"{name} needs per-layer statistics: create stats = metaopt.zoo.LayerStatistics("
+            "model) before the forward pass and call step(layer_stats=stats)"
+        )
+    for i in layer_jobs:
+        exts[i].update(layer_stats.extras(*jobs[i]))
     if any("loss" in n for _, n in jobs):
         for ext, (ps, n) in zip(exts, jobs):
             if "loss" in n:

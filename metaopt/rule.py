@@ -9,8 +9,13 @@ An update rule is a pure, per-tensor function
 and the new parameter is ``param - delta``. ``hp`` is a mapping of hyperparameters (floats,
 or 0-d tensors when they are to be differentiated or vmapped), ``step`` is the 1-based count
 of this update (an int or a 0-d tensor). ``ext`` carries extra inputs a rule declares it
-needs through ``needs(hp, step)``: ``"loss"`` (the closure's loss) or ``"hvp"`` (a Hessian-
-vector product ``hvp`` with a Rademacher probe ``u``; supplied by :class:`RuleOptimizer`).
+needs through ``needs(hp, step)``: ``"loss"`` (the closure's loss), ``"hvp"`` (a Hessian-
+vector product ``hvp`` with a Rademacher probe ``u``), ``"gnb"`` (Sophia-G's estimate),
+``"layer"`` (``layer_in``, the input rows of the tensor's layer with a column of ones for a
+bias, and ``layer_grad_out``, the gradient of the loss with respect to the layer's output rows)
+or ``"layer_grad"`` (``layer_grad``, the layer's joint ``[dW, db]``); :class:`RuleOptimizer`
+supplies them, the per-layer ones from a :class:`metaopt.zoo.LayerStatistics` of the model
+(``None`` for a tensor that no captured layer owns).
 A rule whose step depends on a sum over every tensor (a Polyak step size divides by the whole
 gradient's squared norm) gives a per-tensor ``reduce(grad, param, state, hp, step, **ext)``;
 the sum of its values over all tensors stepped together arrives in ``update`` as ``total``.
@@ -54,7 +59,8 @@ class UpdateRule:
       update: ``(grad, param, state, hp, step, **ext) -> (delta, state)``; pure.
       hp: default (or bound) hyperparameters; ``with_hp`` rebinds them.
       check: raises ``ValueError`` naming a bad hyperparameter and its allowed range.
-      needs: ``(hp, step) -> frozenset`` of extra inputs (``"loss"``, ``"hvp"``) this step.
+      needs: ``(hp, step) -> frozenset`` of extra inputs (``"loss"``, ``"hvp"``, ``"gnb"``,
+        ``"layer"``, ``"layer_grad"``) this step.
       fused: optional in-place multi-tensor step
         ``fused(params, grads, states, hp, steps) -> None`` equal to ``update``; used by
         :class:`RuleOptimizer` as the fast path.
