@@ -1,25 +1,30 @@
 """μLO on the CPU, scaled down: meta-training, width and horizon generalization, step time.
 
-    python experiments/learned_cpu.py [--quick] [--stage all|meta-mu|meta-sp] [--work DIR]
-        [--out experiments/results/learned.md]
+    python experiments/learned_cpu.py [--quick] [--task mlp_digits|charlm] [--adam-scale]
+        [--stage all|meta-mu|meta-sp] [--work DIR] [--out experiments/results/learned.md]
 
-Setting: ``mlp_digits`` (depth 2), batch 32, horizon H = 100 steps (about 2 epochs of the 1437
-training images): tuned Adam then ends near train loss 0.06 with validation loss close to it,
-so the comparison is not a ratio of two interpolating runs (at batch 128 the tuned baselines
-reach train loss ~0.002 and every ratio is a ratio of near-zeros).
+Setting (``--task mlp_digits``, the default): ``mlp_digits`` (depth 2), batch 32, horizon
+H = 100 steps (about 2 epochs of the 1437 training images): tuned Adam then ends near train
+loss 0.06 with validation loss close to it, so the comparison is not a ratio of two
+interpolating runs (at batch 128 the tuned baselines reach train loss ~0.002 and every ratio
+is a ratio of near-zeros). Beyond about 500 steps every optimizer memorises the digits, so the
+horizon test is repeated on ``--task charlm`` (a one-block byte transformer, base width 64,
+batch 16 windows of 32 bytes; 25 H steps read 1.3 MB of its 1.8 MB of training text, so it
+never interpolates).
 
 1. Tuned baselines: AdamW (SP task) and μAdam (μP task, per-layer lr), learning rate tuned per
    width and per horizon by Optuna (:func:`metaopt.bench.tune.tune_lr`, TPE, the same trial
    budget for both; objective: mean final train loss over the evaluation seeds).
 2. Meta-train a μLO (μP task, per-layer scales) and an SP-LO (SP task, no scales) with PES at
-   width 128, both warm-started from :func:`learned.adam_like_theta` with the exact Adam feature
-   (with noise 0 it *is* μAdam resp. Adam at μAdam's tuned lr at width 128), meta-objective
+   the base width, both warm-started from :func:`learned.adam_like_theta` with the exact Adam feature
+   (with noise 0 it *is* μAdam resp. Adam at μAdam's tuned lr at the base width), meta-objective
    ``mean_log_train_loss``, time features with taus <= H / 3 (saturated by the end of the
    horizon, so in distribution on longer runs). Meta-validation: every ``--val-every`` outer
    steps theta is scored by its final train loss (geometric mean) on held-out seeds; the best
    theta seen (the warm start included) is kept.
-3. Width generalization: final losses after H steps at widths 128..4096; horizon
-   generalization: the same at width 128 after 5 H and 25 H steps (baselines re-tuned).
+3. Width generalization: final losses after H steps at widths up to 32x (digits) / 8x
+   (charlm) the base; horizon generalization: the same at the base width after 5 H and 25 H
+   steps (baselines re-tuned).
 4. Step time of one LO step against torch's AdamW on the CPU.
 
 Every finished measurement is cached in ``--work`` (JSON, Optuna SQLite, checkpoints), so a
@@ -33,6 +38,7 @@ import math
 import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -47,24 +53,56 @@ from metaopt.bench.machine import machine_line  # noqa: E402
 from metaopt.bench.tune import open_storage, tune_lr  # noqa: E402
 from metaopt.rule import apply, init_states  # noqa: E402
 
-BASE, BATCH = 128, 32
 VAL_SEEDS = (100, 101)  # meta-validation: never used for evaluation
+CHARLM_WINDOWS = 256  # fixed training / validation windows scored after a charlm run
 
 
-def make_task(width: int, param: str):
-    return tasks.get("mlp_digits", width=width, depth=2, param=param, base_width=BASE,
-                     batch_size=BATCH)
+@dataclass(frozen=True)
+class Setting:
+    """One task of the experiment: its μP base width, batch size and default widths."""
+    name: str
+    base: int
+    batch: int
+    widths: str
+    about: str
+
+
+SETTINGS = {
+    "mlp_digits": Setting("mlp_digits", 128, 32, "128,256,512,1024,2048,4096",
+                          "`mlp_digits` (64 -> width -> width -> 10, ReLU)"),
+    "charlm": Setting("charlm", 64, 16, "64,128,256,512",
+                      "`charlm` (byte-level transformer on the Python standard library's source, "
+                      "1 block, 4 heads, context 32; train loss on 256 fixed training windows, "
+                      "validation on 256 held-out windows)"),
+}
+
+
+def make_task(a, width: int, param: str):
+    if a.task == "charlm":
+        return tasks.get("charlm", width=width, depth=1, heads=4, context=32, param=param,
+                         base_width=a.base, batch_size=a.batch, eval_windows=CHARLM_WINDOWS)
+    return tasks.get("mlp_digits", width=width, depth=2, param=param, base_width=a.base,
+                     batch_size=a.batch)
 
 
 def make_lopt(a, which: str) -> MLPLOpt:
-    return MLPLOpt(hidden=a.hidden, step_mult=0.01, mup=which == "mu", base_fan_in=BASE,
-                   adam_feature=True, taus=a.taus)
+    return MLPLOpt(hidden=a.hidden, step_mult=0.01, mup=which == "mu", base_fan_in=a.base,
+                   adam_feature=True, adam_scale=a.adam_scale, taus=a.taus)
+
+
+def train_data(task):
+    """The data a run's final train loss is scored on: the whole training set (digits) or
+    ``CHARLM_WINDOWS`` evenly spaced windows of the training text (charlm)."""
+    if hasattr(task, "x_train"):
+        return task.x_train, task.y_train
+    stride = (len(task.train_text) - task.context - 1) // CHARLM_WINDOWS
+    return task._windows(task.train_text, torch.arange(CHARLM_WINDOWS) * stride)
 
 
 def final_losses(task, params) -> list[float]:
-    """[loss on the full training set, validation loss]; inf when not finite."""
+    """[final train loss, validation loss]; inf when not finite."""
     with torch.no_grad():
-        train = float(task.loss(params, (task.x_train, task.y_train)))
+        train = float(task.loss(params, train_data(task)))
         val = task.evaluate(params)["val_loss"]
     return [x if math.isfinite(x) else float("inf") for x in (train, val)]
 
@@ -121,7 +159,7 @@ def mean_runs(runs: list[list[float]]) -> list[float]:
 def tuned(cache, storage, a, name, width, steps) -> tuple[list[float], float]:
     """([train, val] loss, lr) of AdamW (SP) or μAdam at the Optuna-tuned lr (``a.trials``
     trials in [3e-4, 0.1], objective the mean final train loss over ``a.seeds``)."""
-    task = make_task(width, "sp" if name == "adamw" else "mup")
+    task = make_task(a, width, "sp" if name == "adamw" else "mup")
     rule = zoo.rule("adamw" if name == "adamw" else "adam")
     mults = (mup.lr_multipliers(task.param_info, "adam", task.base_param_info)
              if name == "muadam" else [1.0] * len(task.param_info))
@@ -147,7 +185,7 @@ def meta_train_lo(work: Path, which: str, lr0: float, a) -> tuple[dict, dict]:
     """Meta-train in chunks of ``a.val_every`` outer steps (resuming the checkpoint) and keep the
     best theta on the held-out seeds. Returns (best theta, log)."""
     lopt = make_lopt(a, which)
-    task = make_task(BASE, "mup" if which == "mu" else "sp")
+    task = make_task(a, a.base, "mup" if which == "mu" else "sp")
     log_path, best_path = work / f"meta_{which}.json", work / f"theta_{which}.safetensors"
     log = json.loads(log_path.read_text()) if log_path.exists() else {"val": [], "seconds": 0.0}
     start = adam_like_theta(lopt, lr0, torch.Generator().manual_seed(0))
@@ -211,7 +249,7 @@ def settings(a) -> None:
     a.taus = (1, 3) if q else (1, 3, 10, 30)
     a.meta_steps, a.val_every = (4, 2) if q else (a.meta_steps, a.val_every)
     a.truncation, a.num_tasks, a.outer_lr = (5, 2, 1e-3) if q else (10, 8, 1e-3)
-    a.widths = (128, 256) if q else tuple(int(w) for w in a.widths.split(","))
+    a.widths = (a.base, 2 * a.base) if q else tuple(int(w) for w in a.widths.split(","))
     a.horizons = (a.horizon, 2 * a.horizon) if q else (a.horizon, 5 * a.horizon, 25 * a.horizon)
     a.trials = 2 if q else a.trials
     a.seeds = (0,) if q else (0, 1)
@@ -224,13 +262,21 @@ def main(argv=None) -> int:
     p.add_argument("--meta-steps", type=int, default=150)
     p.add_argument("--val-every", type=int, default=15)
     p.add_argument("--trials", type=int, default=10, help="Optuna trials per baseline study")
-    p.add_argument("--widths", default="128,256,512,1024,2048,4096")
+    p.add_argument("--task", choices=sorted(SETTINGS), default="mlp_digits")
+    p.add_argument("--widths", default=None, help="comma-separated (default: the task's)")
     p.add_argument("--fused-from", type=int, default=2048,
                    help="evaluate the LOs with their fused step from this width on")
+    p.add_argument("--adam-scale", action="store_true",
+                   help="MLPLOpt(adam_scale=True): steps scaled by the RMS of Adam's direction")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--work", default="/tmp/learned_cpu_work")
-    p.add_argument("--out", default="experiments/results/learned.md")
+    p.add_argument("--out", default=None, help="default experiments/results/learned.md "
+                   "(mlp_digits) or learned_charlm.md")
     a = p.parse_args(argv)
+    setting = SETTINGS[a.task]
+    a.base, a.batch, a.widths = setting.base, setting.batch, a.widths or setting.widths
+    a.out = a.out or ("experiments/results/learned.md" if a.task == "mlp_digits"
+                      else f"experiments/results/learned_{a.task}.md")
     settings(a)
     torch.set_num_threads(a.threads)
     work = Path(a.work)
@@ -238,7 +284,7 @@ def main(argv=None) -> int:
     cache = Cache(work / f"cache_{a.stage}.json")
     storage = open_storage(f"sqlite:///{work / 'optuna.sqlite3'}")
 
-    base0, lr0 = tuned(cache, storage, a, "muadam", BASE, a.horizon)  # the warm start's lr
+    base0, lr0 = tuned(cache, storage, a, "muadam", a.base, a.horizon)  # the warm start's lr
     if a.stage != "all":
         meta_train_lo(work, a.stage.split("-")[1], lr0, a)
         return 0
@@ -251,7 +297,7 @@ def main(argv=None) -> int:
         lopt = make_lopt(a, which)
         if theta is None:
             theta = adam_like_theta(lopt, lr0, torch.Generator().manual_seed(0))
-        task = make_task(width, "mup" if which == "mu" else "sp")
+        task = make_task(a, width, "mup" if which == "mu" else "sp")
         fused = width >= a.fused_from
         return mean_runs([cache.get(f"{label}/w{width}/T{steps}/s{s}",
                                     lambda s=s: run_lo(task, lopt, theta, steps, s, fused))
@@ -260,7 +306,7 @@ def main(argv=None) -> int:
     rows = {"width": [], "horizon": []}
     for kind, points in (("width", a.widths), ("horizon", a.horizons)):
         for x in points:
-            width, steps = (x, a.horizon) if kind == "width" else (BASE, x)
+            width, steps = (x, a.horizon) if kind == "width" else (a.base, x)
             base = {n: tuned(cache, storage, a, n, width, steps) for n in ("adamw", "muadam")}
             rows[kind].append((x, base, {lab: lo_loss(lab, width, steps) for lab in los}))
             print(kind, x, rows[kind][-1], flush=True)
@@ -275,23 +321,26 @@ def write_report(out, a, lr0, base0, metas, rows, times, curves):
     L = [f"# Learned optimizers (μLO) on the CPU: {'QUICK SMOKE TEST, ' if a.quick else ''}results",
          "", f"Machine: {machine_line()}. Script: `experiments/learned_cpu.py`.", "",
          "## Setup",
-         f"- Task: `mlp_digits` (64 -> width -> width -> 10, ReLU), batch {BATCH}, horizon "
-         f"H = {a.horizon} steps; μP tasks use base width {BASE} (readout x {BASE}/width, "
-         "zero-init readout). Tuned baselines end near train loss 0.06 at H (not interpolating).",
+         f"- Task: {SETTINGS[a.task].about}, batch {a.batch}, horizon "
+         f"H = {a.horizon} steps; μP tasks use base width {a.base} (readout x {a.base}/width, "
+         "zero-init readout).",
          f"- LO: `MLPLOpt(hidden={a.hidden}, layers=2, step_mult=0.01, adam_feature=True, "
-         f"taus={a.taus})`; μLO scales hidden-weight steps by {BASE}/fan_in, SP-LO by 1.",
+         f"adam_scale={a.adam_scale}, taus={a.taus})`; μLO scales hidden-weight steps by "
+         f"{a.base}/fan_in, SP-LO by 1.",
          f"- Warm start: `adam_like_theta(lr={lr0:.3g}, noise=0.01)`: Adam (exact, bias-corrected) "
-         f"at μAdam's tuned lr at width {BASE}, plus 1% random MLP corrections.",
+         f"at μAdam's tuned lr at width {a.base}, plus 1% random MLP corrections.",
          f"- Meta-training: PES, {a.meta_steps} outer steps, truncation {a.truncation}, "
          f"{a.num_tasks} tasks, outer Adam lr {a.outer_lr}, std 0.01, meta-loss "
-         f"`mean_log_train_loss`, width {BASE}; theta kept: the best on held-out seeds "
+         f"`mean_log_train_loss`, width {a.base}; theta kept: the best on held-out seeds "
          f"{list(VAL_SEEDS)} (final train loss after H), checked every {a.val_every} outer steps.",
          f"- Baselines: AdamW (SP task, wd 0.01) and μAdam (μP task, per-layer lr); lr tuned by "
          f"Optuna TPE per width and horizon, {a.trials} trials each in [3e-4, 0.1] (objective: "
          f"mean final train loss over the evaluation seeds {list(a.seeds)}, so the baselines are "
          "tuned on the very runs they are scored on; the LOs get no per-width tuning).",
-         "- Metric: loss on the full 1437-image training set / the 360-image validation set after "
-         "the run, mean over the evaluation seeds. Ratio = LO / tuned baseline.",
+         "- Metric: train loss (" + ("the full 1437-image training set" if a.task == "mlp_digits"
+                                     else f"{CHARLM_WINDOWS} fixed training windows")
+         + ") / validation loss after the run, mean over the evaluation seeds. "
+         "Ratio = LO / tuned baseline.",
          f"- From width {a.fused_from} on, the LOs run their fused step (`learned/fused_mlp.py`, "
          "equal to the eager step up to float rounding; tested) to fit the CPU budget.",
          "", "## Meta-training (CPU)",
@@ -307,8 +356,8 @@ def write_report(out, a, lr0, base0, metas, rows, times, curves):
           *[f"| {row[0][0]} | " + " | ".join(f"{r[1]:.4f}" for r in row) + " |"
             for row in zip(*curves.values())]]
     for kind, title in (("width", f"Width generalization ({a.horizon} steps; meta-trained at "
-                                  f"width {BASE})"),
-                        ("horizon", f"Horizon generalization (width {BASE}; meta-trained with "
+                                  f"width {a.base})"),
+                        ("horizon", f"Horizon generalization (width {a.base}; meta-trained with "
                                     f"horizon {a.horizon})")):
         L += ["", f"## {title}", "Cells: final train loss / validation loss (lr).", "",
               f"| {'width' if kind == 'width' else 'steps'} | AdamW | μAdam | "

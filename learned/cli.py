@@ -53,6 +53,9 @@ def build_parser() -> Parser:
                    help="μLO hidden scale base_fan_in/fan_in (default 1, as μLO)")
     p.add_argument("--adam-feature", action="store_true",
                    help="MLPLOpt: also feed Adam's bias-corrected direction (see adam_like_theta)")
+    p.add_argument("--adam-scale", action="store_true",
+                   help="MLPLOpt: scale each tensor's step by the RMS of Adam's direction "
+                        "(needs --adam-feature)")
     p.add_argument("--meta-loss", choices=META_LOSSES, default="mean_train_loss",
                    help="per-truncation meta-loss (default mean_train_loss)")
     p.add_argument("--method", choices=METHODS, default="pes",
@@ -91,7 +94,8 @@ def _run(args) -> int:
                          "or choose another --out / --checkpoint-dir")
     family = _family(args, device)
     lopt = (MLPLOpt(hidden=args.hidden, step_mult=args.step_mult, mup=args.param == "mup",
-                    base_fan_in=args.base_fan_in, adam_feature=args.adam_feature)
+                    base_fan_in=args.base_fan_in, adam_feature=args.adam_feature,
+                    adam_scale=args.adam_scale)
             if args.lopt == "mlp" else SGDMLOpt())
     history: list = []
     theta = meta_train(lopt, family, args.steps, method=args.method, truncation=args.truncation,

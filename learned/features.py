@@ -51,6 +51,7 @@ RMS_DECAY = 0.999
 TAUS = (1, 3, 10, 30, 100, 300, 1000, 3000, 10000, 30000, 100000)
 EPS = 1e-8
 NORM_EPS = 1e-5
+ADAM_RMS_EPS = 1e-16
 FEATURES = ("g", "p", "m1", "m2", "m3", "rms", "m1*a", "m2*a", "m3*a", "a",
             "b", "g*b", "m1*b", "m2*b", "m3*b", "row", "col")
 SCALE_FEATURES = ("log_rms_g", "log_rms_p")
@@ -141,6 +142,12 @@ def adam_direction(state: Mapping[str, Tensor], step: int | Tensor) -> Tensor:
     t = as_time(step, state["m1"])
     bc1, bc2 = 1 - DECAYS[0] ** t, 1 - RMS_DECAY ** t
     return (state["m1"] / bc1) / (sqrt0(state["v"]) / torch.sqrt(bc2) + EPS)
+
+
+def adam_rms(u: Tensor) -> Tensor:
+    """``sqrt(mean(u^2) + 1e-16)`` over the tensor: the Adam feature's normaliser and the step
+    scale of :class:`learned.MLPLOpt` with ``adam_scale``."""
+    return torch.sqrt((u * u).mean() + ADAM_RMS_EPS)
 
 
 def tensor_features(g: Tensor, p: Tensor, step: int | Tensor, scales: bool = False,

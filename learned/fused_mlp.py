@@ -32,7 +32,7 @@ import torch
 from torch import Tensor
 
 from .base import Theta, as_param_info
-from .features import EPS, NORM_EPS, adam_direction, matrix_shape, update_state
+from .features import EPS, NORM_EPS, adam_direction, adam_rms, matrix_shape, update_state
 
 
 def _dot(xs: Sequence[Tensor], w: Tensor, j: int) -> Tensor:
@@ -51,7 +51,7 @@ def _layer(xs: Sequence[Tensor], w: Tensor, bias: Tensor) -> list[Tensor]:
 def tensor_step(g: Tensor, p: Tensor, m1: Tensor, m2: Tensor, m3: Tensor, v: Tensor,
                 row: Tensor, col: Tensor, t: Tensor, mult: Tensor, weights: Sequence[Tensor],
                 *, exp_mult: float, scale_features: bool, adam_feature: bool,
-                taus: tuple[float, ...]) -> tuple[Tensor, ...]:
+                adam_scale: bool, taus: tuple[float, ...]) -> tuple[Tensor, ...]:
     """One MLPLOpt step of one tensor, out of place: returns ``(p, m1, m2, m3, v, row, col)``.
 
     ``weights`` are ``(w0, wt, b0, w1, b1, ..., w_out, b_out)``; ``t`` is the step (0-d),
@@ -77,8 +77,12 @@ def tensor_step(g: Tensor, p: Tensor, m1: Tensor, m2: Tensor, m3: Tensor, v: Ten
     norms += [torch.rsqrt((rr * rr).mean() + NORM_EPS), torch.rsqrt((cc * cc).mean() + NORM_EPS)]
     xs = [x * s for x, s in zip(coords, norms)]
     xs += [(rr * norms[-2])[:, None], (cc * norms[-1])[None, :]]
-    if adam_feature:  # Adam's bias-corrected direction, not normalised
-        xs.append(adam_direction(new, t).reshape(r, c))
+    if adam_feature:  # Adam's bias-corrected direction, normalised only with adam_scale
+        adam = adam_direction(new, t).reshape(r, c)
+        if adam_scale:
+            rms = adam_rms(adam)
+            adam, mult = adam / rms, mult * rms
+        xs.append(adam)
 
     w0, wt, b0 = weights[0], weights[1], weights[2]
     per_tensor = torch.tanh(t / torch.tensor(taus, dtype=g.dtype, device=g.device) - 1)
@@ -122,7 +126,8 @@ def fused_rule_step(lopt, theta: Theta, compile: bool = True) -> Callable[..., N
     """
     step = functools.partial(tensor_step, exp_mult=lopt.exp_mult,
                              scale_features=lopt.scale_features,
-                             adam_feature=lopt.adam_feature, taus=lopt.taus)
+                             adam_feature=lopt.adam_feature, adam_scale=lopt.adam_scale,
+                             taus=lopt.taus)
     if compile:
         step = torch.compile(step, fullgraph=True)
     cache: dict = {}

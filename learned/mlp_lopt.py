@@ -10,6 +10,18 @@ outputs, and the step is
 per-tensor inputs (time features; with ``scale_features``, log gradient and parameter scales)
 enter the first layer as a bias, so they cost nothing per coordinate.
 
+With ``adam_scale`` the Adam feature ``u`` (Adam's bias-corrected direction) is normalised over
+the tensor like the others, ``u / r`` with ``r = sqrt(mean(u^2) + 1e-16)``, and the step is
+multiplied by ``r``:
+
+    delta = direction * exp(magnitude * exp_mult) * step_mult * s(info) * r.
+
+Every input is then O(1) and scale-free, and the step's size per tensor follows Adam's own
+(which shrinks as the gradient noise grows against ``v``'s long memory): without it the MLP's
+corrections have a fixed RMS per coordinate for the whole run, which in a long run kicks the
+model out of a minimum it has reached (measured in ``experiments/results/learned.md``). The
+Adam warm start stays exact: ``(lr / step_mult) (u / r) * step_mult * r = lr u``.
+
 ``s(info)`` is μLO's per-layer scale (Thérien et al., "μLO: Compute-Efficient Meta-Generalization
 of Learned Optimizers", arXiv 2406.00153; ``mup_adafac_mlp_lopt.py``): the LO's output is O(1)
 per coordinate like Adam's, so μP prescribes Adam's rule (Tensor Programs V, Table 8):
@@ -34,7 +46,7 @@ from torch import Tensor
 from metaopt.tasks import ParamInfo
 
 from .base import LOpt, Theta
-from .features import (FEATURES, N_FEATURES, SCALE_FEATURES, TAUS, adam_direction,
+from .features import (FEATURES, N_FEATURES, SCALE_FEATURES, TAUS, adam_direction, adam_rms,
                        feature_chunks, feature_normalizer, init_state, tensor_features,
                        update_state)
 
@@ -54,6 +66,8 @@ class MLPLOpt(LOpt):
       adam_feature: also feed Adam's bias-corrected direction, not normalised
         (:func:`learned.features.adam_direction`; the last row of ``theta["w0"]``), so that
         :func:`adam_like_theta` is exactly Adam.
+      adam_scale: normalise the Adam feature and scale the step by its per-tensor RMS (see the
+        module docstring); needs ``adam_feature``.
       taus: time scales of the per-tensor time features ``tanh(t / tau - 1)``. Features with
         ``tau`` well below the meta-training horizon saturate within it, so they stay in
         distribution on longer runs; larger ``tau`` tell the LO more about time but go out of
@@ -64,7 +78,8 @@ class MLPLOpt(LOpt):
     def __init__(self, hidden: int = 32, layers: int = 2, exp_mult: float = 1e-3,
                  step_mult: float = 1e-3, mup: bool = True, base_fan_in: int = 1,
                  scale_features: bool = False, adam_feature: bool = False,
-                 taus: tuple[float, ...] = TAUS, chunk_elems: int = 1 << 18):
+                 adam_scale: bool = False, taus: tuple[float, ...] = TAUS,
+                 chunk_elems: int = 1 << 18):
         for name, v in (("hidden", hidden), ("layers", layers), ("base_fan_in", base_fan_in),
                         ("chunk_elems", chunk_elems)):
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
@@ -77,7 +92,11 @@ class MLPLOpt(LOpt):
         self.mup, self.base_fan_in, self.chunk_elems = bool(mup), base_fan_in, chunk_elems
         if not taus or not all(isinstance(t, (int, float)) and 0 < t < math.inf for t in taus):
             raise ValueError(f"MLPLOpt: taus must be positive numbers, got {taus!r}")
+        if adam_scale and not adam_feature:
+            raise ValueError("MLPLOpt: adam_scale=True needs adam_feature=True (it scales the "
+                             "step by the Adam feature's RMS)")
         self.scale_features, self.adam_feature = bool(scale_features), bool(adam_feature)
+        self.adam_scale = bool(adam_scale)
         self.taus = tuple(float(t) for t in taus)
         self.n_features = N_FEATURES + self.adam_feature
         self.n_tensor_features = len(self.taus) + (len(SCALE_FEATURES) if scale_features else 0)
@@ -88,7 +107,7 @@ class MLPLOpt(LOpt):
         return {"hidden": self.hidden, "layers": self.layers, "exp_mult": self.exp_mult,
                 "step_mult": self.step_mult, "mup": self.mup, "base_fan_in": self.base_fan_in,
                 "scale_features": self.scale_features, "adam_feature": self.adam_feature,
-                "taus": list(self.taus)}
+                "adam_scale": self.adam_scale, "taus": list(self.taus)}
 
     def init_theta(self, generator: torch.Generator | None = None) -> Theta:
         """Weights ~ N(0, 1/fan_in) (haiku's Linear default, truncation aside), biases 0."""
@@ -121,11 +140,15 @@ class MLPLOpt(LOpt):
         tf = tensor_features(grad, param, step, self.scale_features, self.taus)
         bias0 = theta["b0"] + tf @ theta["wt"]
         blocks = [blk * norm for blk in feature_chunks(grad, param, new, self.chunk_elems)]
+        mult = self.step_mult * self.scale(info)
         if self.adam_feature:
-            adam = adam_direction(new, step).reshape(-1, 1).split([len(b) for b in blocks])
+            adam = adam_direction(new, step)
+            if self.adam_scale:
+                rms = adam_rms(adam)
+                adam, mult = adam / rms, mult * rms
+            adam = adam.reshape(-1, 1).split([len(b) for b in blocks])
             blocks = [torch.cat([b, a], 1) for b, a in zip(blocks, adam)]
         out = torch.cat([self._mlp(theta, x, bias0) for x in blocks])
-        mult = self.step_mult * self.scale(info)
         delta = out[:, 0] * torch.exp(out[:, 1] * self.exp_mult) * mult
         return delta.reshape(param.shape), new
 
@@ -169,7 +192,7 @@ def adam_like_theta(lopt: MLPLOpt, lr: float, generator: torch.Generator | None 
     Hidden units 0, 1 carry ``relu(+-u)`` through identity layers and ``direction =
     (lr / step_mult) u``, where ``u`` is Adam's bias-corrected direction when
     ``lopt.adam_feature`` (then, with ``noise=0``, the LO *is* ``zoo.rule("adam", lr=lr)`` with
-    μLO's per-layer scale, i.e. μAdam under μP) and otherwise the per-tensor normalised feature
+    μLO's per-layer scale, i.e. μAdam under μP, with or without ``adam_scale``) and otherwise the per-tensor normalised feature
     ``m_1 / sqrt(v)`` (no bias correction; a fixed step RMS of ``lr`` per tensor, so it needs a
     smaller ``lr`` than Adam). Every other weight is ``lopt.init_theta``'s, with the output layer
     scaled by ``noise``: small random corrections that meta-training can grow."""

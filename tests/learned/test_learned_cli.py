@@ -36,6 +36,18 @@ def test_meta_train_cli_adam_feature_and_log_meta_loss(tmp_path):
         "mean_log_train_loss")
 
 
+def test_meta_train_cli_adam_scale(tmp_path, capsys):
+    argv = BASE + ["--steps", "1", "--out", str(tmp_path), "--adam-feature", "--adam-scale"]
+    assert main(argv) == 0
+    lopt = MLPLOpt(hidden=8, step_mult=0.01, adam_feature=True, adam_scale=True)
+    load_theta(tmp_path / "theta.safetensors", lopt)
+    with pytest.raises(ValueError, match="adam_scale"):  # trained with the scale: not loadable
+        load_theta(tmp_path / "theta.safetensors", MLPLOpt(hidden=8, step_mult=0.01,
+                                                           adam_feature=True))
+    assert main(BASE + ["--steps", "1", "--out", str(tmp_path / "b"), "--adam-scale"]) == 2
+    assert "adam_scale=True needs adam_feature=True" in capsys.readouterr().err
+
+
 def test_meta_train_cli_resumes_exactly(tmp_path):
     from learned import SGDMLOpt
 

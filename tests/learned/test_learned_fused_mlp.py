@@ -34,7 +34,8 @@ def _run_both(lopt, steps=4, dtype=torch.float64, compile=False):
 
 @pytest.mark.parametrize("kw", [{}, {"layers": 3, "hidden": 5}, {"scale_features": True},
                                 {"mup": False, "step_mult": 0.3, "exp_mult": 0.5},
-                                {"adam_feature": True, "taus": (2.0, 50.0)}])
+                                {"adam_feature": True, "taus": (2.0, 50.0)},
+                                {"adam_feature": True, "adam_scale": True}])
 def test_fused_formulation_equals_the_eager_update(kw):
     lopt = MLPLOpt(**{"hidden": 6, "step_mult": 0.1, "base_fan_in": 3, **kw})
     eager_p, eager_s, fused_p, fused_s = _run_both(lopt)

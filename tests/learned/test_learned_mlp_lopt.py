@@ -141,8 +141,8 @@ def test_adam_like_theta_without_noise_steps_along_the_normalised_adam_direction
         g = torch.randn(5, 16, dtype=torch.float64)
 
 
-@pytest.mark.parametrize("mup", [False, True])
-def test_adam_like_theta_with_the_adam_feature_is_exactly_mu_adam(mup):
+@pytest.mark.parametrize("mup,adam_scale", [(False, False), (True, False), (True, True)])
+def test_adam_like_theta_with_the_adam_feature_is_exactly_mu_adam(mup, adam_scale):
     """With the exact Adam feature and no noise, the LO is ``zoo.rule("adam")`` with μP's
     per-layer learning rates (μLO on a μP task) or one learning rate (SP-LO), in float64."""
     from learned import adam_like_theta
@@ -152,7 +152,8 @@ def test_adam_like_theta_with_the_adam_feature_is_exactly_mu_adam(mup):
 
     task = tasks.get("mlp_digits", width=32, depth=3, param="mup" if mup else "sp",
                      base_width=8, batch_size=16, dtype=torch.float64)
-    lopt = MLPLOpt(hidden=8, mup=mup, base_fan_in=8, adam_feature=True, chunk_elems=50)
+    lopt = MLPLOpt(hidden=8, mup=mup, base_fan_in=8, adam_feature=True, adam_scale=adam_scale,
+                   chunk_elems=50)
     lr = 0.02
     theta = {k: v.double() for k, v in
              adam_like_theta(lopt, lr, torch.Generator().manual_seed(0), noise=0.0).items()}
@@ -188,3 +189,33 @@ def test_taus_set_the_time_features_and_round_trip_through_theta_files(tmp_path)
     assert all(torch.equal(back[k], theta[k]) for k in theta)
     with pytest.raises(ValueError, match="taus"):
         load_theta(tmp_path / "t.safetensors", MLPLOpt(hidden=4, taus=(2, 6)))
+
+
+def test_adam_scale_makes_the_step_follow_the_size_of_adams_direction():
+    """With ``adam_scale`` every input is normalised per tensor and the step is multiplied by the
+    RMS of Adam's direction. With a zero gradient, scaling the momenta by c scales Adam's
+    direction by c and leaves every normalised feature unchanged (up to the normalisers' 1e-5,
+    negligible at these sizes), so the step scales by c; without ``adam_scale`` (raw Adam
+    feature) it does not."""
+    gen = torch.Generator().manual_seed(0)
+    p = torch.randn(6, 5, generator=gen, dtype=torch.float64)
+    ratios = {}
+    for adam_scale in (True, False):
+        lopt = MLPLOpt(hidden=8, step_mult=0.1, adam_feature=True, adam_scale=adam_scale)
+        theta = {k: v.double() for k, v in lopt.init_theta(gen).items()}
+        state = {k: 100 * torch.rand(v.shape, generator=gen, dtype=torch.float64) + 10
+                 for k, v in lopt.init(p).items()}
+        deltas = []
+        for c in (1.0, 10.0):
+            scaled = {k: v * c if k.startswith("m") else v for k, v in state.items()}
+            delta, _ = lopt.update(theta, torch.zeros_like(p), p, scaled, 7)
+            deltas.append(delta)
+        ratios[adam_scale] = deltas
+    torch.testing.assert_close(ratios[True][1], 10 * ratios[True][0], rtol=1e-4, atol=0)
+    off = (ratios[False][1] - 10 * ratios[False][0]).abs().max()
+    assert off > 0.1 * ratios[False][0].abs().max()
+
+
+def test_adam_scale_needs_the_adam_feature():
+    with pytest.raises(ValueError, match="adam_scale=True needs adam_feature=True"):
+        MLPLOpt(adam_scale=True)
