@@ -28,7 +28,8 @@ never interpolates).
 4. Step time of one LO step against torch's AdamW on the CPU.
 
 Every finished measurement is cached in ``--work`` (JSON, Optuna SQLite, checkpoints), so a
-rerun resumes; ``--stage meta-mu`` / ``meta-sp`` run one meta-training alone (to run both at once).
+rerun resumes; ``--stage meta-mu`` / ``meta-sp`` run one meta-training alone (to run both at once),
+``--stage tune-horizon`` the baselines' learning-rate studies for the horizon test.
 """
 from __future__ import annotations
 
@@ -258,7 +259,8 @@ def settings(a) -> None:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="tiny smoke-test sizes")
-    p.add_argument("--stage", choices=("all", "meta-mu", "meta-sp"), default="all")
+    p.add_argument("--stage", choices=("all", "meta-mu", "meta-sp", "tune-horizon"),
+                   default="all", help="run one part alone, beside others (default all)")
     p.add_argument("--meta-steps", type=int, default=150)
     p.add_argument("--val-every", type=int, default=15)
     p.add_argument("--trials", type=int, default=10, help="Optuna trials per baseline study")
@@ -285,6 +287,11 @@ def main(argv=None) -> int:
     storage = open_storage(f"sqlite:///{work / 'optuna.sqlite3'}")
 
     base0, lr0 = tuned(cache, storage, a, "muadam", a.base, a.horizon)  # the warm start's lr
+    if a.stage == "tune-horizon":  # the baselines' Optuna studies, shared through the storage
+        for steps in a.horizons:
+            for name in ("adamw", "muadam"):
+                print("tuned", name, steps, tuned(cache, storage, a, name, a.base, steps), flush=True)
+        return 0
     if a.stage != "all":
         meta_train_lo(work, a.stage.split("-")[1], lr0, a)
         return 0
