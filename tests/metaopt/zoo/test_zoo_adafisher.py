@@ -1,7 +1,6 @@
 """adafisher (AdaFisher / AdaFisherW) against a transcription of the official code, its
-diagonal Fisher against an explicitly built Kronecker product, its fallback, hyperparameter
-checks, state_dict, bf16 and convergence on a small MLP."""
-import copy
+diagonal Fisher against an explicitly built Kronecker product, its fallback and hyperparameter
+checks (state_dict, bf16 and convergence: test_zoo_layer_members_common.py)."""
 import math
 
 import pytest
@@ -10,44 +9,14 @@ from torch import nn
 
 from metaopt import apply, zoo
 
+from layer_toy import (toy_batches as _batches, toy_groups as _groups,  # noqa: I001
+                       toy_loss as _loss, toy_model as _model)
+
 RTOL = 1e-6
 # the transcription's hooks are the official code's: full backward hooks on the first layer
 pytestmark = pytest.mark.filterwarnings("ignore:Full backward hook is firing")
 
 
-class Scale(nn.Module):
-    """An elementwise learnable scale: a parameter that no captured layer owns."""
-
-    def __init__(self, n):
-        super().__init__()
-        self.s = nn.Parameter(torch.linspace(0.5, 1.5, n))
-
-    def forward(self, x):
-        return x * self.s
-
-
-def _model(dtype=torch.float64):
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(6, 10), nn.Tanh(), Scale(10),
-                         nn.Linear(10, 3, bias=False)).to(dtype)
-
-
-def _batches(steps, n=16, dtype=torch.float64):
-    gen = torch.Generator().manual_seed(1)
-    teacher = torch.randn(6, 3, generator=gen, dtype=torch.float64)
-    for _ in range(steps):
-        x = torch.randn(n, 6, generator=gen, dtype=torch.float64)
-        yield x.to(dtype), torch.tanh(x @ teacher).to(dtype)
-
-
-def _loss(model, batch):
-    x, y = batch
-    return ((model(x) - y) ** 2).mean()
-
-
-def _groups(model, first, second):
-    return [{"params": [model[0].weight, model[0].bias, model[2].s], **first},
-            {"params": [model[3].weight], **second}]
 
 
 class OfficialAdaFisher:
@@ -227,49 +196,3 @@ def test_bad_hyperparameters_are_one_line_errors(hp, message):
         zoo.rule("adafisher", **hp)
     with pytest.raises(ValueError, match=message):
         zoo.create("adafisher", [{"params": [torch.zeros(2, requires_grad=True)], **hp}])
-
-
-def _train(model, opt, stats, batches):
-    for batch in batches:
-        model.zero_grad()
-        _loss(model, batch).backward()
-        opt.step(layer_stats=stats)
-
-
-def test_state_dict_round_trip_is_exact():
-    hp = {"stat_period": 3, "weight_decay": 0.01}
-    a = _model()
-    opt_a = zoo.create("adafisher", a.parameters(), **hp)
-    stats_a = zoo.LayerStatistics(a)
-    batches = list(_batches(8))
-    _train(a, opt_a, stats_a, batches[:4])
-    b = copy.deepcopy(a)
-    opt_b = zoo.create("adafisher", b.parameters(), **hp)
-    opt_b.load_state_dict(copy.deepcopy(opt_a.state_dict()))
-    stats_b = zoo.LayerStatistics(b)
-    _train(a, opt_a, stats_a, batches[4:])
-    _train(b, opt_b, stats_b, batches[4:])
-    for p, q in zip(a.parameters(), b.parameters()):
-        assert torch.equal(p, q)
-
-
-def test_bf16_parameters_stay_bf16_with_float32_statistics():
-    model = _model(torch.bfloat16)
-    stats = zoo.LayerStatistics(model)
-    opt = zoo.create("adafisher", model.parameters(), stat_period=2, weight_decay=0.01)
-    _train(model, opt, stats, _batches(3, dtype=torch.bfloat16))
-    for p in model.parameters():
-        assert p.dtype == torch.bfloat16 and torch.isfinite(p).all()
-        assert opt.state[p]["exp_avg"].dtype == torch.bfloat16
-        for k in ("h_diag", "s_diag"):
-            assert k not in opt.state[p] or opt.state[p][k].dtype == torch.float32
-
-
-def test_trains_a_small_mlp():
-    model = _model()
-    stats = zoo.LayerStatistics(model)
-    opt = zoo.create("adafisher", model.parameters())
-    batches = list(_batches(300, n=32))
-    start = _loss(model, batches[0]).item()
-    _train(model, opt, stats, batches)
-    assert _loss(model, batches[0]).item() < 0.1 * start
