@@ -6,9 +6,10 @@ import copy
 
 import pytest
 import torch
-from torch.func import vmap
 
 from metaopt import apply, init_states, tasks, zoo
+
+from zoo_support import assert_lr_vmap_equals_loop, rosenbrock_grad  # noqa: I001
 
 MEMBERS = ["adabelief", "adabound", "adadelta", "adafactor", "adagrad", "adagrad_sn",
            "adagrad_snsm", "adam", "adamax", "adamp", "adamw", "adamw_sn", "adamw_snsm",
@@ -110,12 +111,7 @@ def test_tensor_step_and_hp_under_vmap_equal_float_path(name):
             params, states = apply(rule, params, grads, states, steps[t - 1], {"lr": lr})
         return params
 
-    steps_t = [torch.tensor(float(t), dtype=torch.float64) for t in range(1, 4)]
-    batched = vmap(run, in_dims=(0, None, None, None))(lrs, p0, s0, steps_t)
-    for i in range(3):
-        single = run(float(lrs[i]), p0, s0, [1, 2, 3])
-        for x, y in zip(batched, single):
-            torch.testing.assert_close(x[i], y, rtol=1e-10, atol=1e-12)
+    assert_lr_vmap_equals_loop(run, lrs, p0, s0)
 
 
 @pytest.mark.parametrize("name", MEMBERS)
@@ -219,11 +215,6 @@ def test_converges_on_quadratic(name):
     assert task.loss([x], batch) < 1e-3 * task.loss([x0], batch)
 
 
-def _rosenbrock_grad(x):
-    a, b = x[0], x[1]
-    return torch.stack([-2 * (1 - a) - 400 * a * (b - a * a), 200 * (b - a * a)])
-
-
 ROSEN_HP = {"adabelief": {"lr": 3e-3}, "adabound": {"lr": 1e-2, "final_lr": 3e-3},
             "adadelta": {"lr": 0.1}, "adafactor": {"lr": 1e-2}, "adagrad": {"lr": 0.03},
             "adam": {"lr": 0.01}, "adamax": {"lr": 0.01}, "adamp": {"lr": 0.01},
@@ -245,7 +236,7 @@ ROSEN_HP = {"adabelief": {"lr": 3e-3}, "adabound": {"lr": 1e-2, "final_lr": 3e-3
 @pytest.mark.parametrize("name", MEMBERS)
 def test_converges_on_rosenbrock(name):
     x = _run_rule(zoo.rule(name, **ROSEN_HP[name]), torch.zeros(2, dtype=torch.float64),
-                  _rosenbrock_grad, 10_000)
+                  rosenbrock_grad, 10_000)
     torch.testing.assert_close(x, torch.ones(2, dtype=torch.float64), rtol=3e-2, atol=3e-2)
 
 

@@ -14,11 +14,12 @@ import math
 
 import pytest
 import torch
-from torch.func import vmap
 
 from metaopt import apply, init_states, tasks, zoo
 from metaopt.zoo.equivalence import make_problem
 from metaopt.zoo.polyak import STATE_KEY
+
+from zoo_support import assert_lr_vmap_equals_loop, rosenbrock_grad  # noqa: I001
 
 # Hessian-vector products differentiate gradients built with create_graph on purpose
 pytestmark = pytest.mark.filterwarnings("ignore:Using backward\\(\\) with create_graph")
@@ -419,12 +420,7 @@ def test_tensor_step_and_hp_under_vmap_equal_float_path(name, hp):
     p0 = _params()
     s0 = init_states(rule, p0)
     run = lambda lr, ps, ss, steps: _functional_run(rule, lr, ps, ss, steps, _hutchinson(hp))
-    steps_t = [torch.tensor(float(t), dtype=torch.float64) for t in range(1, 4)]
-    batched = vmap(run, in_dims=(0, None, None, None))(lrs, p0, s0, steps_t)
-    for i in range(3):
-        single = run(float(lrs[i]), p0, s0, [1, 2, 3])
-        for x, y in zip(batched, single):
-            torch.testing.assert_close(x[i], y, rtol=1e-10, atol=1e-12)
+    assert_lr_vmap_equals_loop(run, lrs, p0, s0)
 
 
 @pytest.mark.parametrize("name,hp", CONFIGS, ids=IDS)
@@ -558,11 +554,6 @@ def _rosenbrock(x):
     return (1 - x[0]) ** 2 + 100 * (x[1] - x[0] ** 2) ** 2
 
 
-def _rosenbrock_grad(x):
-    a, b = x[0], x[1]
-    return torch.stack([-2 * (1 - a) - 400 * a * (b - a * a), 200 * (b - a * a)])
-
-
 def _rosenbrock_hvp(x, u):
     a, b = x[0], x[1]
     return torch.stack([(2 - 400 * (b - 3 * a * a)) * u[0] - 400 * a * u[1],
@@ -578,5 +569,5 @@ def test_converges_on_rosenbrock(name, hp, steps):
     """From (0, 0) to (1, 1) within 3e-2 (f* = 0). SANIA AdaGrad-SQR at lr 1 stalls in the
     valley (its B^-1 g shrinks as the squared gradients pile up); at lr 0.5 it gets there."""
     x = _run_functional(zoo.rule(name, **hp), torch.zeros(2, dtype=torch.float64), _rosenbrock,
-                        _rosenbrock_grad, _rosenbrock_hvp, steps)
+                        rosenbrock_grad, _rosenbrock_hvp, steps)
     torch.testing.assert_close(x, torch.ones(2, dtype=torch.float64), rtol=3e-2, atol=3e-2)

@@ -25,6 +25,8 @@ from metaopt import init_states, tasks, unroll, zoo
 from metaopt.rule import predicted_params
 from metaopt.zoo.equivalence import make_problem
 
+from zoo_support import rosenbrock_grad  # noqa: I001
+
 MEMBERS = ["xgrad_sgd", "xgrad_adam", "xgrad_adamw"]
 BASE = {"xgrad_sgd": "sgd", "xgrad_adam": "adam", "xgrad_adamw": "adamw"}
 GROUPS = {
@@ -282,14 +284,9 @@ def test_converges_on_quadratic(name):
     assert task.loss([x], batch) < 1e-3 * task.loss([x0], batch)
 
 
-def _rosenbrock_grad(x):
-    a, b = x[0], x[1]
-    return torch.stack([-2 * (1 - a) - 400 * a * (b - a * a), 200 * (b - a * a)])
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("name", MEMBERS)
 def test_converges_on_rosenbrock(name):
     x = _run_predicted(zoo.rule(name, **ROSEN_HP[name]), torch.zeros(2, dtype=torch.float64),
-                       _rosenbrock_grad, 10_000)
+                       rosenbrock_grad, 10_000)
     torch.testing.assert_close(x, torch.ones(2, dtype=torch.float64), rtol=3e-2, atol=3e-2)
