@@ -53,7 +53,7 @@ from torch import Tensor
 from ..rule import UpdateRule
 from .checks import check_int, check_min, check_unit
 from .registry import register
-from .sgd import sgd
+from .sgd import check_sgd_hp, sgd
 from .shampoo import stat_dtype
 
 _BACKEND = sgd()
@@ -66,10 +66,14 @@ def sherman_morrison(inv: Tensor, u: Tensor) -> Tensor:
     return inv - torch.outer(left, right) / (1 + right @ u)
 
 
+def identity_like(vec: Tensor) -> Tensor:
+    """The identity matrix of ``vec``'s length, dtype and device."""
+    return torch.eye(vec.numel(), dtype=vec.dtype, device=vec.device)
+
+
 def next_inverse(inv: Tensor, u: Tensor, gamma) -> Tensor:
     """``SM(gamma J + (1 - gamma) I, u)``: the package's update of an inverse factor."""
-    eye = torch.eye(inv.shape[0], dtype=inv.dtype, device=inv.device)
-    return sherman_morrison(gamma * inv + (1 - gamma) * eye, u)
+    return sherman_morrison(gamma * inv + (1 - gamma) * identity_like(u), u)
 
 
 def rank1_vectors(layer_in: Tensor, layer_grad_out: Tensor, clip, dtype: torch.dtype
@@ -79,11 +83,6 @@ def rank1_vectors(layer_in: Tensor, layer_grad_out: Tensor, clip, dtype: torch.d
     u = layer_in.to(dtype).clamp(-clip, clip).mean(0)
     v = (n * layer_grad_out.to(dtype)).clamp(-clip, clip).mean(0)
     return u, v
-
-
-def identity_like(vec: Tensor) -> Tensor:
-    """The identity matrix of ``vec``'s length, dtype and device."""
-    return torch.eye(vec.numel(), dtype=vec.dtype, device=vec.device)
 
 
 def refreshed_factors(state: dict, u: Tensor, v: Tensor, hp) -> dict:
@@ -147,17 +146,12 @@ def _needs(hp, step):
 
 
 def _check(hp):
-    check_min(hp, "lr", name="mkor")
-    check_unit(hp, "momentum", name="mkor", closed=True)
-    check_unit(hp, "dampening", name="mkor", closed=True)
-    check_min(hp, "weight_decay", name="mkor")
+    check_sgd_hp(hp, name="mkor")  # the backend's hyperparameters
     check_unit(hp, "stat_decay", name="mkor", closed=True)
     check_min(hp, "clipping_value", strict=True, name="mkor")
     check_min(hp, "reset_threshold", strict=True, name="mkor")
     check_int(hp, "inv_freq", 1, name="mkor")
     check_int(hp, "warmup_steps", 0, name="mkor")
-    if hp["nesterov"] and (hp["momentum"] == 0 or hp["dampening"] != 0):
-        raise ValueError("mkor: nesterov=True requires momentum > 0 and dampening = 0")
 
 
 @register("mkor")

@@ -47,13 +47,15 @@ def _update(g, p, state, hp, step):
     return lr * d, {"momentum_buffer": buf}
 
 
-def _check(hp):
-    check_min(hp, "lr", name="sgd")
-    check_unit(hp, "momentum", name="sgd", closed=True)
-    check_min(hp, "weight_decay", name="sgd")
-    check_unit(hp, "dampening", name="sgd", closed=True)
+def check_sgd_hp(hp, name: str = "sgd") -> None:
+    """SGD's hyperparameters (``lr``, ``momentum``, ``weight_decay``, ``dampening``,
+    ``nesterov``), errors naming member ``name`` (rules built on SGD's step check them too)."""
+    check_min(hp, "lr", name=name)
+    check_unit(hp, "momentum", name=name, closed=True)
+    check_min(hp, "weight_decay", name=name)
+    check_unit(hp, "dampening", name=name, closed=True)
     if hp["nesterov"] and (not nonzero(hp["momentum"]) or hp["dampening"] != 0):
-        raise ValueError("sgd: nesterov=True requires momentum > 0 and dampening = 0")
+        raise ValueError(f"{name}: nesterov=True requires momentum > 0 and dampening = 0")
 
 
 @register("sgd")
@@ -62,5 +64,5 @@ def sgd() -> UpdateRule:
         "sgd", _init, _update,
         hp={"lr": 1e-3, "momentum": 0.0, "dampening": 0.0, "weight_decay": 0.0, "nesterov": False,
             "cautious": False},
-        check=_check,
+        check=check_sgd_hp,
     )
