@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 
+from learned import estimators
 from learned.estimators import estimate
 from learned.meta_train import meta_train
 from learned.pool import InnerPool
@@ -93,10 +94,11 @@ def test_pes_estimate_is_unbiased_for_the_full_unroll_gradient():
     within 5 standard errors; TBPTT's truncated gradient is measurably different."""
     task = tasks.get("quadratic", dim=3, cond=4.0, noise=0.0, dtype=torch.float64)
     truncation, n = 2, 2000
-    pool = _pool(SingleTask(task, horizon=100), n, 2, truncation)
     theta, std, gen = _theta64(lr=0.3, momentum=0.5), 0.01, torch.Generator().manual_seed(0)
-    estimate("pes", pool, theta, std, gen)
-    est = estimate("pes", pool, theta, std, gen)
+    pes = estimators.get("pes")(SGDMLOpt(), SingleTask(task, horizon=100), n, seed=3,
+                                truncation=truncation, std=std)
+    pes.estimate(theta, gen)
+    est = pes.estimate(theta, gen)
     zeros = [torch.zeros(3, dtype=torch.float64)] * (2 * (truncation + 1))
     th = {k: v.clone().requires_grad_(True) for k, v in theta.items()}
     true = torch.autograd.grad(reference_windows(task, th, 2, truncation, zeros), list(th.values()))
