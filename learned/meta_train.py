@@ -19,6 +19,7 @@ when the run is interrupted (Ctrl-C finishes the current outer step, saves, and 
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -29,7 +30,7 @@ from metaopt.rule import apply
 
 from . import estimators
 from .base import LOpt, Theta
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import LATEST, CheckpointError, load_checkpoint, save_checkpoint
 from .distributed import Comm, current
 from .interrupt import deferred_interrupt
 from .pytree import fill_named, flatten_named
@@ -84,7 +85,8 @@ def meta_train(lopt: LOpt, task_family, steps: int, method: str = "pes", truncat
     start, history = 0, []
     ckpt = load_checkpoint(checkpoint_dir) if (checkpoint_dir and resume) else None
     if ckpt is not None:
-        theta, adam_states, start, history = _restore(ckpt, cfg, theta, adam_states, gen, est)
+        theta, adam_states, start, history = _restore(ckpt, checkpoint_dir, cfg, theta,
+                                                      adam_states, gen, est)
 
     def save(step):
         if checkpoint_dir:
@@ -150,15 +152,29 @@ def _save(folder, step, cfg, theta, adam_states, gen, est, history, comm: Comm) 
     comm.barrier()
 
 
-def _restore(ckpt, cfg, theta, adam_states, gen, est):
+def _restore(ckpt, folder, cfg, theta, adam_states, gen, est):
     tensors, meta = ckpt
+    where = Path(folder) / LATEST
+    slots = meta.get("slots")
+    if not (isinstance(meta.get("config"), dict) and isinstance(meta.get("history"), list)
+            and isinstance(slots, list) and all(_good_slot(m) for m in slots)):
+        raise CheckpointError(f"checkpoint {where} is not a meta-training checkpoint (needs a "
+                              "config object, a history list and a list of slots with resets)")
     for key, want in cfg.items():
         have = meta["config"].get(key)
         if have != want:
-            raise ValueError(f"checkpoint was made with {key}={have!r}, this run has {want!r}; "
-                             "use the same settings or another checkpoint folder")
-    theta = fill_named(theta, tensors, "theta")
-    adam_states = fill_named(adam_states, tensors, "outer")
-    gen.set_state(tensors["gen/perturb"])
-    est.load_state(meta["slots"], tensors, theta)
+            raise ValueError(f"checkpoint {where} was made with {key}={have!r}, this run has "
+                             f"{want!r}; use the same settings or another checkpoint folder")
+    try:
+        theta = fill_named(theta, tensors, "theta")
+        adam_states = fill_named(adam_states, tensors, "outer")
+        gen.set_state(tensors["gen/perturb"])
+        est.load_state(slots, tensors, theta)
+    except (KeyError, ValueError, RuntimeError, TypeError) as e:
+        raise CheckpointError(f"checkpoint {where}: {' '.join(str(e).split())}") from None
     return theta, adam_states, int(meta["outer_step"]), meta["history"]
+
+
+def _good_slot(m) -> bool:
+    return (isinstance(m, dict) and isinstance(m.get("resets"), int)
+            and not isinstance(m.get("resets"), bool) and m["resets"] >= 0)
