@@ -1,13 +1,16 @@
 """Meta-training across processes with ``torch.distributed`` (gloo on CPU, NCCL on GPU).
 
-Each of the ``world`` processes (ranks) holds the slots ``s`` with ``s % world == rank`` of
-the ``num_tasks`` inner trainings. Every rank draws the same perturbations from the same seed
+Each of the ``world`` processes (ranks) holds some of the ``num_tasks`` inner trainings
+(slots): consecutive chunks of ``tasks_per_vmap`` slots (one ``torch.func.vmap`` batch each; by
+default one chunk per rank) dealt round-robin. Every rank draws the same perturbations from the same seed
 (the draws for all slots, using its own), so no randomness is sent. After a truncation the
 ranks exchange only, per slot, the scalar meta-loss and the gradient estimate (an
 ``all_gather`` of float64 rows, exact for every float dtype); every rank then averages all
 slots in slot order, exactly as one process does, and applies the same outer step. Thetas stay
 identical on every rank without ever being sent, and the result equals the single-process run
-with the same seed (bit for bit where the per-slot computations are, e.g. float64 tasks).
+with the same seed: bit for bit when the vmapped batches are the same (the same
+``tasks_per_vmap``, or a family that is not vmappable), else to rounding (a CPU kernel may
+round a batch of 6 rows differently from one of 10).
 
 Checkpoints gather every slot's state on rank 0, which alone writes them; each rank of a
 resumed run (with any number of ranks) loads the slots it now holds.
@@ -41,16 +44,21 @@ class Comm:
     def is_root(self) -> bool:
         return self.rank == 0
 
-    def owned(self, n: int) -> list[int]:
+    def owners(self, n: int, chunk: int | None = None) -> list[int]:
+        """The rank holding each of ``n`` slots: consecutive chunks of ``chunk`` slots (one
+        ``vmap`` batch each) dealt round-robin; ``None`` gives each rank one chunk."""
+        return [(s // (chunk or -(-n // self.world))) % self.world for s in range(n)]
+
+    def owned(self, n: int, chunk: int | None = None) -> list[int]:
         """The slots of ``n`` this rank holds."""
-        return [s for s in range(n) if s % self.world == self.rank]
+        return [s for s, r in enumerate(self.owners(n, chunk)) if r == self.rank]
 
     def any(self, flags: list[bool]) -> list[bool]:
         """Each flag, raised on any rank (so all ranks save or stop at the same step)."""
         return list(flags)
 
-    def gather_slot_estimates(self, mine: dict, n: int, theta) -> list:
-        return [mine[s] for s in range(n)]
+    def gather_slot_estimates(self, mine: dict, owners: list[int], theta) -> list:
+        return [mine[s] for s in range(len(owners))]
 
     def gather_slot_states(self, est: Estimator, theta) -> tuple[list[dict], dict[str, Tensor]]:
         metas, tensors = [], {}
@@ -75,8 +83,9 @@ class TorchComm(Comm):
         self.device = torch.device("cuda", torch.cuda.current_device()) if nccl else \
             torch.device("cpu")
 
-    def gather_rows(self, rows: dict[int, Tensor], n: int) -> list[Tensor]:
-        """Every rank's float64 vectors ``rows[s]`` (for its own slots) -> all ``n`` rows."""
+    def gather_rows(self, rows: dict[int, Tensor], owners: list[int]) -> list[Tensor]:
+        """Every rank's float64 vectors ``rows[s]`` (for its own slots) -> every slot's row."""
+        n = len(owners)
         lengths = torch.zeros(n, dtype=torch.int64, device=self.device)
         for s, r in rows.items():
             lengths[s] = r.numel()
@@ -86,25 +95,25 @@ class TorchComm(Comm):
             buf[s, :r.numel()] = r.to(self.device)
         parts = [torch.empty_like(buf) for _ in range(self.world)]
         dist.all_gather(parts, buf)
-        return [parts[s % self.world][s, :int(lengths[s])] for s in range(n)]
+        return [parts[owners[s]][s, :int(lengths[s])] for s in range(n)]
 
     def any(self, flags: list[bool]) -> list[bool]:
         t = torch.tensor([int(f) for f in flags], dtype=torch.int64, device=self.device)
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
         return [bool(v) for v in t.tolist()]
 
-    def gather_slot_estimates(self, mine: dict, n: int, theta) -> list:
-        rows = self.gather_rows({s: _encode_estimate(e, theta) for s, e in mine.items()}, n)
+    def gather_slot_estimates(self, mine: dict, owners: list[int], theta) -> list:
+        rows = self.gather_rows({s: _encode_estimate(e, theta) for s, e in mine.items()}, owners)
         return [mine[s] if s in mine else _decode_estimate(r, theta) for s, r in enumerate(rows)]
 
     def gather_slot_states(self, est: Estimator, theta):
-        n, keys = est.num_tasks, est.slot_meta_keys
+        keys = est.slot_meta_keys
         rows = {}
-        for s in self.owned(n):
+        for s in est.pool.slots:
             meta = est.slot_meta(s)
             rows[s] = torch.cat([torch.tensor([float(meta[k]) for k in keys], dtype=torch.float64),
                                  _flat(est.slot_tensors(s)).cpu()])
-        rows = self.gather_rows(rows, n)
+        rows = self.gather_rows(rows, est.owners)
         if not self.is_root:
             return None
         metas, tensors = [], {}

@@ -44,7 +44,7 @@ def meta_train(lopt: LOpt, task_family, steps: int, method: str = "pes", truncat
                meta_loss: str = "mean_train_loss", progress: bool = True,
                theta: Theta | None = None, resume: bool = True,
                callback: Callable[[int, float, list[int]], None] | None = None,
-               checkpoint_seconds: float = 300.0) -> Theta:
+               checkpoint_seconds: float = 300.0, tasks_per_vmap: int | None = None) -> Theta:
     """Meta-train ``lopt`` on ``task_family`` for ``steps`` outer steps; returns ``theta``.
 
     Args:
@@ -70,9 +70,12 @@ def meta_train(lopt: LOpt, task_family, steps: int, method: str = "pes", truncat
         and overwrite it).
       callback: called as ``callback(outer_step, meta_loss, bad_slots)`` after every step.
       checkpoint_seconds: wall-clock seconds between checkpoints (besides ``checkpoint_every``).
+      tasks_per_vmap: slots run in one ``torch.func.vmap`` batch (vmappable families; default:
+        all of a process's slots). Runs with the same value give the same bits in any number
+        of processes (:mod:`learned.distributed`).
     """
     cfg = _config(lopt, task_family, steps, method, truncation, num_tasks, outer_lr, std,
-                  checkpoint_every, checkpoint_seconds, seed, meta_loss)
+                  checkpoint_every, checkpoint_seconds, seed, meta_loss, tasks_per_vmap)
     device, comm = torch.device(device), current()
     if theta is None:
         theta = lopt.init_theta(torch.Generator().manual_seed(seed))
@@ -81,7 +84,8 @@ def meta_train(lopt: LOpt, task_family, steps: int, method: str = "pes", truncat
     adam_states = [outer.init(v) for v in theta.values()]
     gen = torch.Generator().manual_seed(seed)
     est = estimators.get(method)(lopt, task_family, num_tasks, seed=seed, device=device,
-                                 truncation=truncation, meta_loss=meta_loss, std=std, comm=comm)
+                                 truncation=truncation, meta_loss=meta_loss, std=std, comm=comm,
+                                 tasks_per_vmap=tasks_per_vmap)
     start, history = 0, []
     ckpt = load_checkpoint(checkpoint_dir) if (checkpoint_dir and resume) else None
     if ckpt is not None:
@@ -120,7 +124,7 @@ def meta_train(lopt: LOpt, task_family, steps: int, method: str = "pes", truncat
 
 
 def _config(lopt, family, steps, method, truncation, num_tasks, outer_lr, std, every, seconds,
-            seed, meta_loss) -> dict:
+            seed, meta_loss, tasks_per_vmap) -> dict:
     if not isinstance(lopt, LOpt):
         raise ValueError(f"meta_train needs a learned.base.LOpt, got {type(lopt).__name__}")
     if not (hasattr(family, "sample") and hasattr(family, "horizon")):
@@ -133,6 +137,10 @@ def _config(lopt, family, steps, method, truncation, num_tasks, outer_lr, std, e
                          ("num_tasks", num_tasks, 1), ("checkpoint_every", every, 1)):
         if not isinstance(v, int) or isinstance(v, bool) or v < low:
             raise ValueError(f"meta_train: {name} must be an integer >= {low}, got {v!r}")
+    if tasks_per_vmap is not None and (not isinstance(tasks_per_vmap, int) or
+                                       isinstance(tasks_per_vmap, bool) or tasks_per_vmap < 1):
+        raise ValueError(f"meta_train: tasks_per_vmap must be None or an integer >= 1, got "
+                         f"{tasks_per_vmap!r}")
     for name, v in (("outer_lr", outer_lr), ("std", std), ("checkpoint_seconds", seconds)):
         if not (isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < float("inf")):
             raise ValueError(f"meta_train: {name} must be a positive number, got {v!r}")

@@ -1,7 +1,8 @@
 """The population of inner trainings that meta-training advances one truncation at a time.
 
 The pool holds the *slots* ``owned`` by this process (all ``num_tasks`` of them when training
-in one process; a share of them per rank under :mod:`learned.distributed`). Each slot holds one
+in one process; a share of them per rank under :mod:`learned.distributed`), run through
+``torch.func.vmap`` in consecutive chunks of ``chunk`` slots. Each slot holds one
 sampled task, its batch stream, and ``particles`` copies of the inner state (parameters, LO
 state, step count) stacked on a leading axis: 2 for PES (the antithetic pair keeps separate
 trajectories), 1 for ES and TBPTT. Slots whose family is ``vmappable`` are run together through
@@ -17,6 +18,7 @@ The pool knows nothing of estimators: it runs thetas it is given and returns the
 from __future__ import annotations
 
 import hashlib
+import itertools
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
@@ -57,10 +59,10 @@ class InnerPool:
 
     def __init__(self, lopt: LOpt, family: TaskFamily, num_tasks: int, particles: int,
                  seed: int, device: torch.device, truncation: int, meta_loss: str,
-                 owned: Sequence[int] | None = None):
+                 owned: Sequence[int] | None = None, chunk: int | None = None):
         self.lopt, self.family, self.seed, self.device = lopt, family, seed, device
         self.particles, self.truncation, self.meta_loss = particles, truncation, meta_loss
-        self.num_tasks = num_tasks
+        self.num_tasks, self.chunk = num_tasks, chunk
         self._fns: dict[tuple, Callable] = {}
         owned = range(num_tasks) if owned is None else owned
         self.slots: dict[int, Slot] = {s: self.fresh_slot(s, 0) for s in owned}
@@ -90,8 +92,13 @@ class InnerPool:
         return bool(self.slots[s].inner[2].max() >= self.family.horizon)
 
     def groups(self) -> list[list[int]]:
-        owned = list(self.slots)
-        return [owned] if self.family.vmappable else [[s] for s in owned]
+        """Slots run in one ``vmap``: consecutive chunks of ``chunk`` (None: all) when the
+        family is vmappable, else one by one."""
+        if not self.family.vmappable:
+            return [[s] for s in self.slots]
+        if self.chunk is None:
+            return [list(self.slots)]
+        return [list(g) for _, g in itertools.groupby(self.slots, key=lambda s: s // self.chunk)]
 
     def window_batches(self, s: int) -> Any:
         """``truncation + 1`` batches of slot ``s`` stacked on a leading axis."""

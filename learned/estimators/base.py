@@ -56,17 +56,19 @@ class Estimator:
     def __init__(self, lopt: LOpt, family: TaskFamily, num_tasks: int, *, seed: int = 0,
                  device: torch.device | str = "cpu", truncation: int = 20,
                  meta_loss: str = "mean_train_loss", std: float = 0.01, comm: Comm = LOCAL,
-                 pool: InnerPool | None = None):
+                 tasks_per_vmap: int | None = None, pool: InnerPool | None = None):
         self.std, self.comm, self.num_tasks = std, comm, num_tasks
+        self.owners = comm.owners(num_tasks, tasks_per_vmap)
+        chunk = tasks_per_vmap or -(-num_tasks // comm.world)
         self.pool = pool or InnerPool(lopt, family, num_tasks, self.particles, seed,
                                       torch.device(device), truncation, meta_loss,
-                                      owned=comm.owned(num_tasks))
+                                      owned=comm.owned(num_tasks, tasks_per_vmap), chunk=chunk)
 
     # ----------------------------------------------------------------- estimating
     def estimate(self, theta: Theta, generator: torch.Generator) -> Estimate:
         """One meta-gradient estimate; advances (and resets) this process's slots."""
         mine = self.slot_estimates(theta, generator)
-        every = self.comm.gather_slot_estimates(mine, self.num_tasks, theta)
+        every = self.comm.gather_slot_estimates(mine, self.owners, theta)
         return average(every, theta)
 
     def slot_estimates(self, theta: Theta, generator: torch.Generator
@@ -119,7 +121,7 @@ class Estimator:
         if len(metas) != self.num_tasks:
             raise ValueError(f"checkpoint holds {len(metas)} slots, this run has "
                              f"num_tasks={self.num_tasks}")
-        for s in self.comm.owned(self.num_tasks):
+        for s in self.pool.slots:
             prefix = f"slot/{s}/"
             mine = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
             self.load_slot(s, metas[s], mine, theta)
