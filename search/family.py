@@ -158,7 +158,9 @@ class Family:
         return [m.label for m in self.members]
 
     def member_cfg(self, cfg: FitnessConfig, i: int) -> FitnessConfig:
-        return replace(cfg, steps=self.members[i].steps)
+        """``cfg`` with the member's steps (the time limit grows with them)."""
+        steps = self.members[i].steps
+        return replace(cfg, steps=steps, time_limit=cfg.time_limit * max(1.0, steps / cfg.steps))
 
     def prepare(self, cfg: FitnessConfig, evaluator: str = "batched") -> None:
         """Train the baseline (tuned AdamW) on every member; a member on which AdamW itself
@@ -173,8 +175,9 @@ class Family:
         for i, m in enumerate(self.members):
             fit = evaluate_local([adamw], m.task, self.member_cfg(cfg, i), evaluator)[0]
             if not math.isfinite(fit.value):
-                raise ValueError(f"family {self.name!r}: tuned AdamW diverges on {m.label} at "
-                                 f"every lr of {list(cfg.lrs)}; fix the member or the grid")
+                raise ValueError(f"family {self.name!r}: tuned AdamW diverges (or runs past the "
+                                 f"time limit) on {m.label} at every lr of {list(cfg.lrs)}; fix "
+                                 "the member, the grid or the time limit")
             self.baselines.append(fit.value)
             self.baseline_lrs.append(fit.best_lr)
 
