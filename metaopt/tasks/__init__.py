@@ -6,9 +6,11 @@
 Every module in this package registers its tasks on import.
 """
 from .._autoload import import_submodules
-from .base import ROLES, ParamInfo, Task
-from .registry import get, names, register
+from ..params import ROLES, ParamInfo, infer_param_info
+from .base import Task
+from .registry import doc, factory, get, names, options, register
 
 import_submodules(__name__, __path__)
 
-__all__ = ["ParamInfo", "ROLES", "Task", "get", "names", "register"]
+__all__ = ["ParamInfo", "ROLES", "Task", "doc", "factory", "get", "infer_param_info", "names",
+           "options", "register"]
