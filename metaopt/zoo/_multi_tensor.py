@@ -109,15 +109,17 @@ def blocks(params: list[Tensor], grads: list[Tensor], states: list[dict], keys: 
     small: list[int] = []
     size = 0
     for i, p in enumerate(params):
-        tensors = [p, grads[i], *(states[i][k] for k in keys)]
-        if p.numel() > block and all(t.is_contiguous() and t.shape == p.shape for t in tensors):
-            flat = [t.view(-1) for t in tensors]
-            for start in range(0, p.numel(), block):
-                views = [t[start:start + block] for t in flat]
-                yield [views[0]], [views[1]], {k: [v] for k, v in zip(keys, views[2:])}
-            continue
+        n = p.numel()
+        if n > block:
+            tensors = [p, grads[i], *(states[i][k] for k in keys)]
+            if all(t.is_contiguous() and t.shape == p.shape for t in tensors):
+                flat = [t.view(-1) for t in tensors]
+                for start in range(0, n, block):
+                    views = [t[start:start + block] for t in flat]
+                    yield [views[0]], [views[1]], dict(zip(keys, ([v] for v in views[2:])))
+                continue
         small.append(i)
-        size += p.numel()
+        size += n
         if size >= block:
             yield _batch(small, params, grads, states, keys)
             small, size = [], 0
