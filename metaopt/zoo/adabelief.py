@@ -99,7 +99,7 @@ def _check(hp):
     check_min(hp, "weight_decay", name="adabelief")
 
 
-@register("adabelief")
+@register("adabelief", sample={"weight_decay": 0.05})
 def adabelief() -> UpdateRule:
     return UpdateRule(
         "adabelief", _init, _update,

@@ -81,7 +81,7 @@ def _check(hp):
     check_min(hp, "weight_decay", name="adabound")
 
 
-@register("adabound")
+@register("adabound", sample={"weight_decay": 0.05})
 def adabound() -> UpdateRule:
     return UpdateRule(
         "adabound", _init, _update,

@@ -59,7 +59,7 @@ def _check(hp):
     check_min(hp, "weight_decay", name="adadelta")
 
 
-@register("adadelta")
+@register("adadelta", sample={"weight_decay": 0.05})
 def adadelta() -> UpdateRule:
     return UpdateRule(
         "adadelta", _init, _update,

@@ -55,7 +55,7 @@ def _check(hp):
         check_min(hp, key, name="adagrad")
 
 
-@register("adagrad")
+@register("adagrad", sample={"weight_decay": 0.05})
 def adagrad() -> UpdateRule:
     return UpdateRule(
         "adagrad", _init, _update,

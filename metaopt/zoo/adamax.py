@@ -52,7 +52,7 @@ def _check(hp):
     check_min(hp, "weight_decay", name="adamax")
 
 
-@register("adamax")
+@register("adamax", sample={"weight_decay": 0.05})
 def adamax() -> UpdateRule:
     return UpdateRule(
         "adamax", _init, _update,

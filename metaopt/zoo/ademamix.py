@@ -100,7 +100,7 @@ def _check(hp):
             check_min(hp, key, 0.0, strict=True, name="ademamix")
 
 
-@register("ademamix")
+@register("ademamix", sample={"weight_decay": 0.05})
 def ademamix() -> UpdateRule:
     return UpdateRule(
         "ademamix", _init, _update,

@@ -65,7 +65,7 @@ def _check(hp):
     check_min(hp, "weight_decay", name="diffgrad")
 
 
-@register("diffgrad")
+@register("diffgrad", sample={"weight_decay": 0.05})
 def diffgrad() -> UpdateRule:
     return UpdateRule(
         "diffgrad", _init, _update,

@@ -55,7 +55,7 @@ def _check(hp):
     check_min(hp, "weight_decay", name="grams")
 
 
-@register("grams")
+@register("grams", sample={"weight_decay": 0.05})
 def grams() -> UpdateRule:
     return UpdateRule(
         "grams", _init, _update,

@@ -54,7 +54,7 @@ def check(name):
     return check_hp
 
 
-@register("lion")
+@register("lion", sample={"weight_decay": 0.05})
 def lion() -> UpdateRule:
     return UpdateRule("lion", init, update,
                       hp={"lr": 1e-4, "betas": (0.9, 0.99), "weight_decay": 0.0, "cautious": False},

@@ -94,7 +94,7 @@ def _check(hp):
     check_min(hp, "momentum_decay", name="nadam")
 
 
-@register("nadam")
+@register("nadam", sample={"weight_decay": 0.05})
 def nadam() -> UpdateRule:
     return UpdateRule(
         "nadam", _init, _update,

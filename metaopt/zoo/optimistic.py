@@ -72,7 +72,7 @@ def _check(hp):
     check_min(hp, "eps", 0.0, strict=True, name="optimistic_amsgrad")
 
 
-@register("optimistic_amsgrad")
+@register("optimistic_amsgrad", sample={})
 def optimistic_amsgrad() -> UpdateRule:
     return UpdateRule("optimistic_amsgrad", _init, _update,
                       hp={"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8}, check=_check,

@@ -71,7 +71,7 @@ def _check(hp):
     check_min(hp, "weight_decay", name="radam")
 
 
-@register("radam")
+@register("radam", sample={"weight_decay": 0.05})
 def radam() -> UpdateRule:
     return UpdateRule(
         "radam", _init, _update,

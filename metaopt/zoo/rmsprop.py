@@ -80,7 +80,7 @@ def _check(hp):
     check_min(hp, "momentum", name="rmsprop")
 
 
-@register("rmsprop")
+@register("rmsprop", sample={"momentum": 0.5, "centered": True})
 def rmsprop() -> UpdateRule:
     return UpdateRule(
         "rmsprop", _init, _update,

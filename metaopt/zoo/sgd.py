@@ -80,7 +80,7 @@ def check_sgd_hp(hp, name: str = "sgd") -> None:
         raise ValueError(f"{name}: nesterov=True requires momentum > 0 and dampening = 0")
 
 
-@register("sgd")
+@register("sgd", sample={"momentum": 0.9, "weight_decay": 0.01})
 def sgd() -> UpdateRule:
     return UpdateRule(
         "sgd", _init, _update,
