@@ -18,7 +18,7 @@ from ..rule import UpdateRule
 from ._scalar import select
 from .checks import check_min
 from .registry import register
-from ._multi_tensor import fast_path, multi_tensor, plain_numbers
+from ._multi_tensor import fast_path, multi_tensor, pick, plain_numbers, split_dense
 from ._sqrt import sqrt0
 from ._weight_decay import coupled_weight_decay
 
@@ -57,25 +57,25 @@ def _fused(params, grads, states, hp, steps):
     """torch's fused Adagrad kernel (``torch._fused_adagrad_``, one pass; CPU, contiguous
     tensors) after the step-1 initial accumulator; :func:`_kernel` block by block for the
     other tensors."""
-    fast = hasattr(torch, "_fused_adagrad_") and params[0].device.type == "cpu"
-    dense = [fast and p.is_contiguous() and g.is_contiguous() and s["sum"].is_contiguous()
-             for p, g, s in zip(params, grads, states)]
-    rest = [i for i, d in enumerate(dense) if not d]
+    if hasattr(torch, "_fused_adagrad_") and params[0].device.type == "cpu":
+        idx, rest = split_dense(params, grads, states, ["sum"])
+    else:
+        idx, rest = [], list(range(len(params)))
     if rest:
-        ps, gs, ss, ts = ([x[i] for i in rest] for x in (params, grads, states, steps))
+        ps, gs, ss, ts = pick(rest, params, grads, states, steps)
         _foreach_fused(ps, gs, ss, hp, ts)
-    idx = [i for i, d in enumerate(dense) if d]
     if not idx:
         return
     hp = plain_numbers(hp)
-    sums = [states[i]["sum"] for i in idx]
-    first = [x for x, i in zip(sums, idx) if steps[i] == 1]
+    ps, gs, ss, ts = pick(idx, params, grads, states, steps)
+    sums = [s["sum"] for s in ss]
+    first = [x for x, t in zip(sums, ts) if t == 1]
     if first and hp["initial_accumulator_value"]:
         torch._foreach_add_(first, hp["initial_accumulator_value"])
-    counts = {t: torch.tensor(float(t)) for t in {steps[i] for i in idx}}
-    torch._fused_adagrad_([params[i] for i in idx], [grads[i] for i in idx], sums,
-                          [counts[steps[i]] for i in idx], lr=hp["lr"], lr_decay=hp["lr_decay"],
-                          weight_decay=hp["weight_decay"], eps=hp["eps"], maximize=False)
+    counts = {t: torch.tensor(float(t)) for t in set(ts)}
+    torch._fused_adagrad_(ps, gs, sums, [counts[t] for t in ts], lr=hp["lr"],
+                          lr_decay=hp["lr_decay"], weight_decay=hp["weight_decay"],
+                          eps=hp["eps"], maximize=False)
 
 
 def _check(hp):
