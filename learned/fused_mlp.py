@@ -146,6 +146,7 @@ def fused_rule_step(lopt, theta: Theta, compile: bool = True) -> Callable[..., N
                              scale_features=lopt.scale_features,
                              adam_feature=lopt.adam_feature, adam_scale=lopt.adam_scale,
                              taus=lopt.taus)
+    compile = compile and not torch._dynamo.config.disable  # TORCH_COMPILE_DISABLE=1: eager
     if compile:
         step = torch.compile(step, fullgraph=True, dynamic=True)
     cache: dict = {}
