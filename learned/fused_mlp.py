@@ -119,10 +119,12 @@ def theta_weights(lopt, theta: Theta, dtype: torch.dtype) -> tuple[Tensor, ...]:
     return tuple(theta[k].to(dtype) for k in keys + ["w_out", "b_out"])
 
 
-#: the one-off compile of one kernel family, measured cold (empty Inductor cache) and warm
-#: (a later process: Inductor's on-disk cache, ``TORCHINDUCTOR_CACHE_DIR``); see
-#: experiments/results/zoo_cpu.md ("Learned optimizer")
-COMPILE_COST = "about 1-2 min on a 2-core CPU the first time, seconds once cached"
+#: the one-off compile of one kernel family, for the message (issue 14 measured 227 s for a
+#: model's whole first step on 2 CPU cores, when every new shape could recompile; one family
+#: took over 7 min on a 2-core machine at load average 12-17); a later process loads the
+#: compiled kernels from Inductor's on-disk cache
+COMPILE_COST = ("about 1-2 min per kernel family on a 2-core CPU, longer under load; "
+                "much less from the on-disk cache")
 
 
 def kernel_family(p: Tensor) -> tuple:
