@@ -32,8 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from zoo_step_bench import (  # noqa: E402
-    _prepare, machine, pytorch_optimizer_factory, state_tensors, with_loss_closure,
-    write_atomic)
+    _prepare, chosen_path, machine, pytorch_optimizer_factory, state_tensors,
+    with_loss_closure, write_atomic)
 
 from metaopt import zoo  # noqa: E402
 
@@ -137,7 +137,7 @@ def bench_member(name: str, params, adamw_step, args) -> dict:
         for k, step in steps.items():
             times[k].append(window_ms(step, args.steps))
     row = {k: statistics.median(v) for k, v in times.items()}
-    impl = opt._choose_impl(params, False) if hasattr(opt, "_choose_impl") else opt.impl
+    impl = chosen_path(opt, params)
     return dict(row, member=name, first_s=first_s, S=state_tensors(opt, params), impl=impl)
 
 

@@ -62,9 +62,11 @@ def multi_tensor(kernel: Kernel, keys: Sequence[str], update: Callable | None = 
     return fast_path(fused)
 
 
-def fast_path(fused: Callable[..., None]) -> Callable[..., None]:
-    """``fused`` marked with the devices (``fused.devices``) where it is the fastest path."""
-    fused.devices = DEVICES
+def fast_path(fused: Callable[..., None], devices: Sequence[str] = DEVICES
+              ) -> Callable[..., None]:
+    """``fused`` marked with the device types (``fused.devices``) where it is the fastest
+    path (``"auto"`` should prefer a compiled step elsewhere)."""
+    fused.devices = frozenset(devices)
     return fused
 
 
@@ -89,6 +91,22 @@ def per_tensor_update(update, params, grads, states, hp, steps) -> None:
         for k, v in new.items():
             if s[k] is not v:
                 s[k].copy_(v)
+
+
+def split_dense(params, grads, states, keys: Sequence[str]) -> tuple[list[int], list[int]]:
+    """Indices of the tensors that torch's fused kernels may update (contiguous parameter,
+    gradient and state entries ``keys``: they mis-update a non-contiguous view) and of the
+    others."""
+    dense, rest = [], []
+    for i, (p, g, s) in enumerate(zip(params, grads, states)):
+        ok = p.is_contiguous() and g.is_contiguous() and all(s[k].is_contiguous() for k in keys)
+        (dense if ok else rest).append(i)
+    return dense, rest
+
+
+def pick(idx: Sequence[int], *lists: Sequence) -> tuple[list, ...]:
+    """``[x[i] for i in idx]`` for each of ``lists``."""
+    return tuple([x[i] for i in idx] for x in lists)
 
 
 def by_step(steps: Sequence[int]) -> list[tuple[int, list[int]]]:
