@@ -110,7 +110,10 @@ def heldout_table(optimizers: dict, members: list, lrs, seeds, workers: int) -> 
             for label, (kind, what) in optimizers.items() for i, m in enumerate(members)
             for lr in lrs for s in seeds]
     if workers > 1:
-        with ProcessPoolExecutor(workers, initializer=_init_worker) as pool:
+        import multiprocessing
+
+        ctx = multiprocessing.get_context("spawn")  # the parent may hold a CUDA context
+        with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker) as pool:
             losses = list(pool.map(_final_loss, [j[-1] for j in jobs], chunksize=4))
     else:
         losses = [_final_loss(j[-1]) for j in jobs]
