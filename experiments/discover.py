@@ -4,8 +4,8 @@ reported discovery (raw and simplified) against tuned AdamW, SOAP and Lion.
 
 Arms (straight runs, equal budget of proxy evaluations, >= 5 seeds each):
   * ``evolution``: regularized evolution from AdamW, best by proxy fitness;
-  * ``evolution+metaval``: the same with held-out meta-validation of the top-3 every budget/10
-    evaluations; its pick is the program best on the held-out family (Chen et al. 2023, Sec. 3);
+  * ``evolution+metaval``: the same with held-out meta-validation of the top-3 every budget/4
+    evaluations and at the end; its pick is the program best on the held-out family (Chen et al. 2023, Sec. 3);
   * ``random``: random search, each candidate a chain of 1-8 random mutations of AdamW;
   * ``constants``: only the start program's constants mutate (constants-only tuning).
 
@@ -46,7 +46,7 @@ def arm_kwargs(arm: str, budget: int) -> dict:
     if arm == "evolution":
         return {}
     if arm == "evolution+metaval":
-        return {"validate_every": max(1, budget // 10)}
+        return {"validate_every": max(1, budget // 4)}
     if arm == "random":
         return {"strategy": "random"}
     if arm == "constants":
@@ -54,8 +54,8 @@ def arm_kwargs(arm: str, budget: int) -> dict:
     raise ValueError(f"unknown arm {arm!r}; choose from {ARMS}")
 
 
-def run_arm(arm, seed, budget, proxy, held, cfg, device, batch, population, simplify_tol):
-    """One straight search of ``arm``; returns its pick (raw and simplified) and counters."""
+def run_arm(arm, seed, budget, proxy, held, cfg, device, batch, population):
+    """One straight search of ``arm``; returns its pick and counters."""
     import search
 
     t0 = time.perf_counter()
@@ -65,11 +65,9 @@ def run_arm(arm, seed, budget, proxy, held, cfg, device, batch, population, simp
                      population=population, tournament=min(4, population), progress=False,
                      funnel_top=0, **kw)
     pick = res.validated if arm == "evolution+metaval" and res.validated else res.best_pruned
-    simple, _ = search.simplify(pick, proxy, cfg, simplify_tol, heldout=held)
     return {"arm": arm, "seed": seed, "proxy_fitness": res.fitness, "pick": pick.to_text(),
-            "simplified": simple.to_text(), "evaluated": res.summary["evaluated"],
-            "unique": res.summary["unique"], "ties_at_best": res.summary["ties_at_best"],
-            "seconds": time.perf_counter() - t0}
+            "evaluated": res.summary["evaluated"], "unique": res.summary["unique"],
+            "ties_at_best": res.summary["ties_at_best"], "seconds": time.perf_counter() - t0}
 
 
 # -- held-out table (per-tensor training with the public optimizer API) -------------------
@@ -81,11 +79,12 @@ def _init_worker():
     torch.set_num_threads(1)
 
 
-def _final_loss(job) -> float:
-    """Final validation loss of one (optimizer, task, lr, seed) run."""
+def _final_loss(job) -> tuple[float, float]:
+    """(final validation loss, seconds) of one (optimizer, task, lr, seed) run."""
     from metaopt import tasks, zoo
     from metaopt.bench.run import final_val_loss, train_curve
 
+    t0 = time.perf_counter()
     kind, what, (name, opts, steps), lr, seed = job
     key = (name, json.dumps(opts, sort_keys=True))
     if key not in _TASKS:
@@ -97,48 +96,65 @@ def _final_loss(job) -> float:
 
         rule = search.to_rule(search.parse(what), lr=lr)
     try:
-        rec = train_curve(_TASKS[key], rule, seed, steps, eval_every=steps)
+        loss = final_val_loss(train_curve(_TASKS[key], rule, seed, steps, eval_every=steps))
     except (RuntimeError, ValueError, ArithmeticError):
-        return math.inf
-    return final_val_loss(rec)
+        loss = math.inf
+    return loss, time.perf_counter() - t0
 
 
-def heldout_table(optimizers: dict, members: list, lrs, seeds, workers: int) -> dict:
-    """``optimizers``: label -> ("zoo", name) | ("program", text). Returns per label and
-    member: the tuned lr, its mean final loss, and whether that lr is at a grid edge."""
-    jobs = [(label, i, lr, s, (kind, what, m, lr, s))
+class _Inline:
+    """A stand-in executor that runs each job when it is submitted (one worker)."""
+
+    class _Done:
+        def __init__(self, value):
+            self.value = value
+
+        def result(self):
+            return self.value
+
+    def submit(self, fn, arg):
+        return self._Done(fn(arg))
+
+    def shutdown(self, wait=True):
+        return None
+
+
+def table_pool(workers: int):
+    """CPU processes for the held-out table (spawned: the parent may hold a CUDA context)."""
+    if workers <= 1:
+        return _Inline()
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    return ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker)
+
+
+def submit_table(pool, optimizers: dict, members: list, lrs, seeds) -> list:
+    """Submit every run of ``optimizers`` (label -> ("zoo", name) | ("program", text))."""
+    return [((label, i, lr, s), pool.submit(_final_loss, (kind, what, m, lr, s)))
             for label, (kind, what) in optimizers.items() for i, m in enumerate(members)
             for lr in lrs for s in seeds]
-    if workers > 1:
-        with ProcessPoolExecutor(workers, initializer=_init_worker) as pool:
-            losses = list(pool.map(_final_loss, [j[-1] for j in jobs], chunksize=4))
-    else:
-        losses = [_final_loss(j[-1]) for j in jobs]
+
+
+def collect_table(jobs: list, n_members: int, lrs) -> tuple[dict, dict]:
+    """Per label and member: the tuned lr, its mean final loss, and whether that lr is at a
+    grid edge; and the CPU seconds each label's runs took."""
     per: dict = {}
-    for (label, i, lr, s, _), loss in zip(jobs, losses):
+    secs: dict = {}
+    for (label, i, lr, s), fut in jobs:
+        loss, t = fut.result()
         per.setdefault(label, {}).setdefault(i, {}).setdefault(lr, []).append(loss)
+        secs[label] = secs.get(label, 0.0) + t
     out: dict = {}
     for label, by_member in per.items():
         out[label] = []
-        for i in range(len(members)):
+        for i in range(n_members):
             means = {lr: (statistics.fmean(v) if all(math.isfinite(x) for x in v) else math.inf)
                      for lr, v in by_member[i].items()}
             best = min(lrs, key=lambda lr: (means[lr], lr))
             out[label].append({"lr": best, "loss": means[best],
                                "edge": best in (lrs[0], lrs[-1]) and math.isfinite(means[best])})
-    return out
-
-
-def table_cost(members, n_lrs: int, n_seeds: int, workers: int) -> float:
-    """Estimated seconds of one optimizer's row of the table (zoo SOAP, the slowest baseline,
-    timed once per member at a middle lr)."""
-    torch.set_num_threads(1)
-    total = 0.0
-    for m in members:
-        t0 = time.perf_counter()
-        _final_loss(("zoo", "soap", m, 1e-3, 0))
-        total += time.perf_counter() - t0
-    return total * n_lrs * n_seeds / max(1, workers)
+    return out, secs
 
 
 def ratios(table: dict, ref: str = "adamw") -> dict:
@@ -246,7 +262,14 @@ def main(argv=None, defaults: dict | None = None) -> int:
     held.prepare(cfg)
     print(f"baselines ready in {time.perf_counter() - t0:.1f} s", flush=True)
 
-    # calibration: programs/s on the proxy family (one batch of mutants of AdamW)
+    # the baselines' table rows need no search: they train on CPU processes meanwhile
+    members = [(n, {**o, "device": "cpu"}, s) for n, o, s in _member_specs(args.heldout)]
+    seeds = list(range(args.table_seeds))
+    pool = table_pool(args.workers)
+    base_jobs = submit_table(pool, {b: ("zoo", b) for b in BASELINES}, members, LRS, seeds)
+
+    # calibration: programs/s on the proxy family (one batch of mutants of AdamW) and the
+    # seconds of one held-out scoring of 3 programs
     import random
 
     import search
@@ -259,19 +282,25 @@ def main(argv=None, defaults: dict | None = None) -> int:
     t0 = time.perf_counter()
     evaluate_local(probe, proxy, cfg)
     rate = len(probe) / (time.perf_counter() - t0)
+    t0 = time.perf_counter()
+    evaluate_local(probe[:3], held, cfg)
+    held_call = time.perf_counter() - t0
     budget = args.budget
     if budget is None:
-        search_s = args.minutes * 60 * 0.55 - (time.perf_counter() - t_start)
-        # a run's simplification and meta-validation cost about 30% of its evaluations
-        budget = max(args.batch, int(search_s * rate / (len(arms) * args.seeds) / 1.3))
-    print(f"{rate:.1f} programs/s on the proxy family -> budget {budget} per run "
-          f"({len(arms)} arms x {args.seeds} seeds)", flush=True)
+        # the search gets half the time; per metaval run 5 held-out scorings; each arm's
+        # simplification about 150 proxy evaluations and 6 held-out scorings
+        search_s = args.minutes * 60 * 0.5 - (time.perf_counter() - t_start)
+        fixed = args.seeds * 5 * held_call * ("evolution+metaval" in arms) + \
+            len(arms) * (150 / rate + 6 * held_call)
+        budget = max(args.batch, int((search_s - fixed) * rate / (len(arms) * args.seeds)))
+    print(f"{rate:.1f} programs/s on the proxy family, {held_call:.1f} s per held-out scoring "
+          f"-> budget {budget} per run ({len(arms)} arms x {args.seeds} seeds)", flush=True)
 
     runs = []
     for seed in range(args.seeds):
         for arm in arms:
             r = run_arm(arm, seed, budget, proxy, held, cfg, args.device, args.batch,
-                        args.population, args.simplify_tol)
+                        args.population)
             runs.append(r)
             print(f"{arm} seed {seed}: proxy {r['proxy_fitness']:+.4f} in {r['seconds']:.0f} s",
                   flush=True)
@@ -280,31 +309,38 @@ def main(argv=None, defaults: dict | None = None) -> int:
     arm_heldout = {(r["arm"], r["seed"]): f.value for r, f in zip(runs, held_fits)}
 
     # discoveries: each arm's best pick over seeds (by held-out score for the metaval arm, by
-    # proxy fitness otherwise), raw and simplified
+    # proxy fitness otherwise), raw and simplified (lr kept, held-out score within tolerance)
     programs: dict[str, str] = {}
     for arm in arms:
         rs = [r for r in runs if r["arm"] == arm]
         key = (lambda r: arm_heldout[(r["arm"], r["seed"])]) if arm == "evolution+metaval" else \
             (lambda r: r["proxy_fitness"])
         best = min(rs, key=lambda r: (key(r), r["seed"]))
-        for kind in ("pick", "simplified"):
-            text = best[kind]
+        simple, _ = search.simplify(search.parse(best["pick"]), proxy, cfg, args.simplify_tol,
+                                    heldout=held)
+        for kind, text in (("raw", best["pick"]), ("simplified", simple.to_text())):
             if text not in programs.values():
-                programs[f"{arm} (seed {best['seed']}, {'raw' if kind == 'pick' else 'simplified'})"] = text
-    members = [(n, {**o, "device": "cpu"}, s) for n, o, s in _member_specs(args.heldout)]
-    seeds = list(range(args.table_seeds))
+                programs[f"{arm} (seed {best['seed']}, {kind})"] = text
+    print(f"search and simplification done at {(time.perf_counter() - t_start) / 60:.1f} min",
+          flush=True)
+    base_table, base_secs = collect_table(base_jobs, len(members), LRS)
     if args.minutes is not None:  # fit the table in the time left: fewer discoveries, not seeds
-        left = args.minutes * 60 - (time.perf_counter() - t_start) - 20
-        per_opt = table_cost(members, len(LRS), len(seeds), args.workers)
-        keep = max(1, int(left / per_opt) - len(BASELINES))
+        left = args.minutes * 60 - (time.perf_counter() - t_start) - 15
+        per_opt = max(base_secs.values()) / max(1, args.workers)
+        keep = max(1, int(left / per_opt))
         if keep < len(programs):
             print(f"table: time for {keep} of {len(programs)} discoveries", flush=True)
             programs = dict(list(programs.items())[:keep])
+    all_programs = dict(programs)
     optimizers = {b: ("zoo", b) for b in BASELINES}
     optimizers.update({label: ("program", text) for label, text in programs.items()})
     t0 = time.perf_counter()
-    table = heldout_table(optimizers, members, LRS, seeds, args.workers)
-    print(f"held-out table in {time.perf_counter() - t0:.0f} s", flush=True)
+    table, _ = collect_table(submit_table(pool, {k: v for k, v in optimizers.items()
+                                                 if k not in BASELINES}, members, LRS, seeds),
+                             len(members), LRS)
+    pool.shutdown()
+    table = {**base_table, **table}
+    print(f"held-out table of the discoveries in {time.perf_counter() - t0:.0f} s", flush=True)
     rat = ratios(table)
     member_labels = held.labels()
     setup = (f"Proxy family `{args.proxy}`: {', '.join(proxy.labels())}. Held-out family "
@@ -314,7 +350,7 @@ def main(argv=None, defaults: dict | None = None) -> int:
              f"device {args.device}; table runs on CPU processes ({args.workers}). Total "
              f"{(time.perf_counter() - t_start) / 60:.1f} min.")
     md = markdown(command, machine_line(args.device), setup, runs, arm_heldout, table, rat,
-                  list(optimizers), programs, member_labels, rate)
+                  list(optimizers), all_programs, member_labels, rate)
     with open(os.path.join(args.out, "discovered.md"), "w", encoding="utf-8") as fh:
         fh.write(md)
     with open(os.path.join(args.out, "discovered.json"), "w", encoding="utf-8") as fh:

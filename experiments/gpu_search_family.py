@@ -23,5 +23,5 @@ if __name__ == "__main__":
 
     cpus = os.cpu_count() or 2
     sys.exit(main(defaults={"device": "cuda" if torch.cuda.is_available() else "cpu",
-                            "batch": 64, "population": 64, "seeds": 5, "table_seeds": 3,
+                            "batch": 32, "population": 32, "seeds": 5, "table_seeds": 3,
                             "workers": max(1, cpus - 2)}))

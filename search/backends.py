@@ -71,6 +71,7 @@ class RayBackend:
             opts = dict(include_dashboard=False, log_to_driver=False, configure_logging=False)
             try:
                 if address:
+                    _check_reachable(address)
                     ray.init(address=address, **opts)
                 else:
                     ray.init(num_cpus=workers or 2, **opts)
@@ -98,6 +99,21 @@ class RayBackend:
     def close(self) -> None:
         if self._started:
             self.ray.shutdown()
+
+
+def _check_reachable(address: str, timeout: float = 10.0) -> None:
+    """A ``host:port`` address must accept a TCP connection (Ray itself retries for minutes);
+    ``auto`` and ``ray://`` addresses are left to Ray."""
+    import socket
+
+    if address == "auto" or "://" in address or ":" not in address:
+        return
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout):
+            return
+    except (OSError, ValueError) as err:
+        raise ConnectionError(f"nothing answers at {address} ({err.__class__.__name__})") from None
 
 
 def _on_cuda(task) -> bool:

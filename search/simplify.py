@@ -89,9 +89,9 @@ def simplify(prog: Program, task, cfg: FitnessConfig, tol: float = 0.01,
         ok = sorted((k for k in range(len(progs)) if math.isfinite(fits[k]) and fits[k] <= bound),
                     key=lambda k: (size(progs[k]), fits[k], progs[k].to_text()))
         if held_bound is not None:
-            first = next((k for k in ok[:heldout_checks] if evaluate_local(
-                [progs[k]], heldout, cfg, evaluator)[0].value <= held_bound), None)
-            ok = [] if first is None else [first]
+            tried = ok[:heldout_checks]  # scored together (one batched run)
+            held = evaluate_local([progs[k] for k in tried], heldout, cfg, evaluator)
+            ok = [k for k, f in zip(tried, held) if f.value <= held_bound][:1]
         if not ok:
             break
         best, best_fit = progs[ok[0]], fits[ok[0]]
