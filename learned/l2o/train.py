@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 
 from ..base import LOpt, Theta
 from ..checkpoint import LATEST, CheckpointError, load_checkpoint, save_checkpoint
+from ..pytree import flatten_named
 from .run import l2o_step
 
 
@@ -88,9 +89,8 @@ def _outer_step(lopt, theta, opt, problem, horizon, unroll) -> list[float]:
 def _save(folder, theta, opt, step, history) -> None:
     """The shared checkpoint format (:mod:`learned.checkpoint`): theta and Adam's per-tensor
     state in safetensors, the history in JSON."""
-    tensors = {f"theta/{k}": v.detach() for k, v in theta.items()}
-    for i, state in opt.state_dict()["state"].items():
-        tensors.update({f"adam/{i}/{name}": t for name, t in state.items()})
+    tensors = {**flatten_named({k: v.detach() for k, v in theta.items()}, "theta"),
+               **flatten_named(opt.state_dict()["state"], "adam")}
     save_checkpoint(folder, step, tensors, {"config": {"theta": sorted(theta)},
                                             "history": history})
 
