@@ -7,8 +7,8 @@
 """
 from . import problems
 from .f2sa import F2SAResult, F2SASchedule, f2sa, penalty_hypergrad
-from .implicit import HypergradInfo, hypergrad
+from .implicit import HypergradInfo, NotConvergedError, NotConvergedWarning, hypergrad
 from .unrolled import unrolled_hypergrad
 
-__all__ = ["F2SAResult", "F2SASchedule", "HypergradInfo", "f2sa", "hypergrad", "penalty_hypergrad",
+__all__ = ["F2SAResult", "F2SASchedule", "HypergradInfo", "NotConvergedError", "NotConvergedWarning", "f2sa", "hypergrad", "penalty_hypergrad",
            "problems", "unrolled_hypergrad"]

@@ -78,6 +78,10 @@ def _add_bench(p: Parser) -> None:
     p.add_argument("--impl", choices=IMPLS, default="auto",
                    help="RuleOptimizer implementation path for every rule (default auto)")
     p.add_argument("--resume", action="store_true", help="continue OUT, skipping finished runs")
+    p.add_argument("--shared", action="store_true",
+                   help="join a sweep shared by many workers through --storage (every worker "
+                        "runs the same command with its own --out; tuning trials and seed runs "
+                        "are each done once, and every worker writes the merged table)")
     add_common_flags(p)
     p.set_defaults(run=run_bench_command)
 
@@ -147,7 +151,7 @@ def run_bench_command(args: argparse.Namespace) -> int:
         out=args.out or DEFAULT_OUT, seeds=args.seeds, steps=args.steps,
         eval_every=args.eval_every, tune_trials=args.tune_trials, storage=args.storage,
         device=str(resolve_device(args.device)), seed=args.seed, target_tol=args.target_tol,
-        impl=args.impl, resume=args.resume,
+        impl=args.impl, resume=args.resume, shared=args.shared,
     )
     result = run_bench(config)
     print(open(result.files["table"], encoding="utf-8").read(), end="")

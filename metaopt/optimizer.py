@@ -28,6 +28,7 @@ from typing import Any, Callable, Iterable
 import torch
 from torch import Tensor
 
+from .dtensor import gather, is_sharded, shard_like
 from .rule import UpdateRule
 
 IMPLS = ("auto", "loop", "fused", "compiled")
@@ -86,7 +87,7 @@ class RuleOptimizer(torch.optim.Optimizer):
         state = self.state[p]
         if not state:
             state["step"] = torch.zeros((), dtype=torch.float32)
-            state.update(self.rule.init(p.detach()))
+            state.update(self.rule.init(self._whole(p.detach())))
         return state
 
     @torch.no_grad()
@@ -167,8 +168,9 @@ class RuleOptimizer(torch.optim.Optimizer):
             for i, p in enumerate(params):
                 state = self._init_state(p)
                 extra = {k: v[i] for k, v in ext.items()}
-                total = total + self.rule.reduce(p.grad, p, _rule_state(state), hp,
-                                                 _next_step(state), **extra)
+                g, w = (gather(p.grad), gather(p)) if self._gathers(p) else (p.grad, p)
+                total = total + gather(self.rule.reduce(g, w, _rule_state(state), hp,
+                                                        _next_step(state), **extra))
         for (_, params, _), ext in zip(jobs, exts):
             ext["total"] = [total] * len(params)
 
@@ -202,12 +204,27 @@ class RuleOptimizer(torch.optim.Optimizer):
         self._flat.pop(id(group), None)  # new state tensors replace the flat views
         for i, (p, g, s, st) in enumerate(zip(params, grads, rule_states, steps)):
             extra = {k: v[i] for k, v in ext.items()}
-            delta, new = self.rule.update(g, p, s, hp, st, **extra)
+            if self._gathers(p):  # a sharded tensor for a rule that reads the whole of it
+                extra = {k: gather(v) if torch.is_tensor(v) else v for k, v in extra.items()}
+                delta, new = self.rule.update(gather(g), gather(p), s, hp, st, **extra)
+                delta = shard_like(delta, p)
+            else:
+                delta, new = self.rule.update(g, p, s, hp, st, **extra)
             p.sub_(delta)
             states[i].update(new)
 
+    def _gathers(self, p: Tensor) -> bool:
+        """Whether ``p`` is a shard that this rule updates through the gathered tensor
+        (:mod:`metaopt.dtensor`)."""
+        return not self.rule.elementwise and is_sharded(p)
+
+    def _whole(self, p: Tensor) -> Tensor:
+        return gather(p) if self._gathers(p) else p
+
     def _choose_impl(self, params: list[Tensor], needs: bool) -> str:
         impl = self.impl
+        if any(is_sharded(p) for p in params):  # DTensor shards: the rule's own ops
+            return "loop"
         if impl == "auto":
             if self.rule.fused is not None:
                 impl = "fused"

@@ -18,6 +18,7 @@ from ..rule import UpdateRule
 from ._scalar import select
 from .checks import check_min
 from .registry import register
+from ._multi_tensor import multi_tensor
 from ._sqrt import sqrt0
 from ._weight_decay import coupled_weight_decay
 
@@ -35,6 +36,20 @@ def _update(g, p, state, hp, step):
     return clr * g / (sqrt0(s) + hp["eps"]), {"sum": s}
 
 
+def _kernel(ps, gs, st, hp, step):
+    """:func:`_update` in place on lists of tensors (the multi-tensor fast path)."""
+    acc, wd, acc0 = st["sum"], hp["weight_decay"], hp["initial_accumulator_value"]
+    if wd:
+        gs = torch._foreach_add(gs, ps, alpha=wd)
+    if step == 1 and acc0:
+        torch._foreach_add_(acc, acc0)
+    torch._foreach_addcmul_(acc, gs, gs)
+    denom = torch._foreach_sqrt(acc)
+    torch._foreach_add_(denom, hp["eps"])
+    clr = hp["lr"] / (1 + (step - 1) * hp["lr_decay"])
+    torch._foreach_addcdiv_(ps, gs, denom, value=-clr)
+
+
 def _check(hp):
     for key in ("lr", "lr_decay", "weight_decay", "initial_accumulator_value", "eps"):
         check_min(hp, key, name="adagrad")
@@ -46,5 +61,5 @@ def adagrad() -> UpdateRule:
         "adagrad", _init, _update,
         hp={"lr": 1e-2, "lr_decay": 0.0, "weight_decay": 0.0,
             "initial_accumulator_value": 0.0, "eps": 1e-10},
-        check=_check,
+        check=_check, fused=multi_tensor(_kernel, ["sum"], _update),
     )

@@ -21,6 +21,7 @@ from ._scalar import select
 from .adabelief import rectification
 from .checks import check_betas, check_min
 from .registry import register
+from ._multi_tensor import multi_tensor
 from ._sqrt import sqrt0
 from ._weight_decay import split_weight_decay
 
@@ -41,6 +42,28 @@ def _update(g, p, state, hp, step):
     return lr * d + decay, {"exp_avg": m, "exp_avg_sq": v}
 
 
+def _kernel(ps, gs, st, hp, step):
+    """:func:`_update` in place on lists of tensors (the multi-tensor fast path)."""
+    b1, b2 = hp["betas"]
+    lr, wd = hp["lr"], hp["weight_decay"]
+    m, v = st["exp_avg"], st["exp_avg_sq"]
+    if wd and hp["decoupled_weight_decay"]:
+        torch._foreach_mul_(ps, 1 - lr * wd)
+    elif wd:
+        gs = torch._foreach_add(gs, ps, alpha=wd)
+    torch._foreach_lerp_(m, gs, 1 - b1)
+    torch._foreach_mul_(v, b2)
+    torch._foreach_addcmul_(v, gs, gs, value=1 - b2)
+    bc1 = 1 - b1**step
+    rho, r = rectification(b2, step)
+    if rho > 5:
+        denom = torch._foreach_sqrt(v)
+        torch._foreach_add_(denom, hp["eps"])
+        torch._foreach_addcdiv_(ps, m, denom, value=-lr * r / bc1)
+    else:
+        torch._foreach_add_(ps, m, alpha=-lr / bc1)
+
+
 def _check(hp):
     check_min(hp, "lr", name="radam")
     check_betas(hp, 2, name="radam")
@@ -54,5 +77,5 @@ def radam() -> UpdateRule:
         "radam", _init, _update,
         hp={"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.0,
             "decoupled_weight_decay": False},
-        check=_check,
+        check=_check, fused=multi_tensor(_kernel, ["exp_avg", "exp_avg_sq"], _update),
     )
