@@ -29,6 +29,7 @@ import inspect
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -134,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         return _spawn(args.nproc, argv)
     comm = distributed.init_from_env(device)
     history: list = []
+    started = time.perf_counter()
     theta = meta_train(lopt, family, args.steps, method=args.method, truncation=args.truncation,
                        num_tasks=args.num_tasks, outer_lr=args.outer_lr, std=args.std,
                        checkpoint_dir=str(ckpt), checkpoint_every=args.checkpoint_every,
@@ -147,7 +149,8 @@ def main(argv: list[str] | None = None) -> int:
         save_json(out / "meta_train.json", {
             "settings": {k: v for k, v in vars(args).items()}, "family": repr(family),
             "lopt": {"name": lopt.name, **(lopt.config() if hasattr(lopt, "config") else {})},
-            "history": meta["history"], "history_this_session": history})
+            "history": meta["history"], "history_this_session": history,
+            "seconds_this_session": time.perf_counter() - started, "processes": comm.world})
         report(out)
         print(f"theta written to {out / THETA}")
     return 0

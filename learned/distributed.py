@@ -119,8 +119,8 @@ class TorchComm(Comm):
         metas, tensors = [], {}
         for s, row in enumerate(rows):
             meta = {k: int(v) for k, v in zip(keys, row[:len(keys)].tolist())}
-            own = est.slot_tensors(s) if s in est.pool.slots else None
-            mine = own or _unflat(row[len(keys):], est.slot_skeleton(s, meta, theta))
+            mine = (est.slot_tensors(s) if s in est.pool.slots
+                    else _unflat(row[len(keys):], est.slot_skeleton(s, meta, theta)))
             metas.append(meta)
             tensors.update({f"slot/{s}/{k}": v for k, v in mine.items()})
         return metas, tensors

@@ -47,7 +47,7 @@ def estimate(method: str, pool, theta, std: float, generator: torch.Generator):
     it on a hand-built :class:`~learned.pool.InnerPool`. PES keeps per-slot state between
     estimates: make one ``get("pes")(..., pool=pool)`` and call its ``estimate`` instead."""
     cls = get(method)
-    if cls.slot_meta_keys != ("resets",):
+    if cls.stateful:
         raise ValueError(f"{method} keeps state between estimates; use "
                          f"learned.estimators.get({method!r})(..., pool=pool).estimate")
     return cls(pool.lopt, pool.family, pool.num_tasks, std=std, pool=pool).estimate(theta,
@@ -60,4 +60,3 @@ for _name in [*_FIRST, *sorted(m.name for m in pkgutil.iter_modules(__path__))]:
         importlib.import_module(f"{__name__}.{_name}")
 
 METHODS = methods()  # the built-in and any added estimator (fixed at import)
-PARTICLES = {name: cls.particles for name, cls in ESTIMATORS.items()}

@@ -52,6 +52,7 @@ class Estimator:
     name: ClassVar[str] = "estimator"
     particles: ClassVar[int] = 1
     slot_meta_keys: ClassVar[tuple[str, ...]] = ("resets",)  # integers saved per slot
+    stateful: ClassVar[bool] = False  # keeps state of its own between estimates
 
     def __init__(self, lopt: LOpt, family: TaskFamily, num_tasks: int, *, seed: int = 0,
                  device: torch.device | str = "cpu", truncation: int = 20,

@@ -27,6 +27,7 @@ class PES(Estimator):
     name = "pes"
     particles = 2  # the antithetic pair keeps separate trajectories
     slot_meta_keys = ("resets", "acc")
+    stateful = True
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)

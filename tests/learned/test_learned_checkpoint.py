@@ -110,3 +110,23 @@ def test_a_checkpoint_missing_a_tensor_is_a_one_line_error(tmp_path):
         meta_train(SGDMLOpt(), _fam(), steps=3, truncation=2, num_tasks=1,
                    checkpoint_dir=tmp_path, progress=False)
     assert str(tmp_path / LATEST) in str(e.value)
+
+
+def test_the_l2o_trainer_writes_the_same_checkpoint_format(tmp_path):
+    """meta_train_l2o's checkpoint is a learned.checkpoint folder (theta/..., adam/..., JSON
+    history), its files 0644, and a corrupt one is the same one-line error."""
+    from learned.l2o import MathL2O, meta_train_l2o
+
+    lopt = MathL2O()
+    make = lambda i: tasks.get("lasso", m=8, n=16, sparsity=3, instances=4, seed=i)  # noqa: E731
+    theta, hist = meta_train_l2o(lopt, make, 2, horizon=4, unroll=2, checkpoint=str(tmp_path),
+                                 checkpoint_every=1, progress=False)
+    tensors, meta = load_checkpoint(tmp_path)
+    assert meta["outer_step"] == 2 and meta["history"] == pytest.approx(hist)
+    assert all(torch.equal(tensors[f"theta/{k}"], v) for k, v in theta.items())
+    assert any(k.startswith("adam/") for k in tensors)
+    assert all(stat.S_IMODE(os.stat(p).st_mode) == 0o644 for p in tmp_path.iterdir())
+    _json(tmp_path, [1])
+    with pytest.raises(CheckpointError, match="latest.json"):
+        meta_train_l2o(lopt, make, 3, horizon=4, unroll=2, checkpoint=str(tmp_path),
+                       progress=False)
