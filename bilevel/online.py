@@ -125,7 +125,7 @@ def online_tune(task, space: TrainingSpace, h0: dict | None = None, *, rule: str
                 batch_size: int | None = None, data: Examples | None = None,
                 callback: Callable[[int, dict], Any] | None = None) -> OnlineResult:
     """One training run of ``space.steps`` steps that tunes ``h`` by truncated hypergradients
-    every ``window`` steps (Adam with ``outer_lr`` on ``h``). Returns the trained model, which
+    every ``window`` steps (Adam with ``outer_lr`` on ``h``, projected onto the space's box). Returns the trained model, which
     is the product: it was trained under the hyperparameters as they were being tuned."""
     if window < 1:
         raise ValueError(f"window={window}; it must be >= 1")
@@ -142,13 +142,47 @@ def online_tune(task, space: TrainingSpace, h0: dict | None = None, *, rule: str
         draws = [draw(data, space, size, gen) for _ in range(min(window, space.steps - s))]
         val = data.batch("val", data.indices("val", val_batch_size, gen))
         g, value, params, states = window_hypergrad(task, space, the_rule, h, params, states, draws, val, s)
-        h = outer.step(h, g)
+        h = space.clip(outer.step(h, g))
         result.seconds.append(time.perf_counter() - start)
         result.window_losses.append(float(value))
         if callback is not None:
             callback(s + len(draws), h)
     result.h, result.params = h, params
     return result
+
+
+@dataclass
+class TuneRecord:
+    """One finished run of :func:`tune_runs`: seconds since the start, the validation loss of
+    the model it trained, and the ``h`` it ended with."""
+
+    seconds: float
+    val_loss: float
+    h: dict
+
+
+def tune_runs(task, space: TrainingSpace, *, budget_s: float, max_runs: int | None = None,
+              outer_lr: float = 0.3, seed: int = 0, on_run: Callable[[TuneRecord], Any] | None = None,
+              **online: Any) -> list[TuneRecord]:
+    """Repeated :func:`online_tune` runs within ``budget_s`` seconds (at least one run). Each
+    run starts from the ``h`` that ended the best run so far (lowest validation loss of its
+    trained model, ``task.evaluate``); a run that does not improve on the best halves the outer
+    step for the next one (backtracking, so greedy truncated hypergradients cannot run away)."""
+    records: list[TuneRecord] = []
+    best, h, lr, start = None, None, outer_lr, time.perf_counter()
+    while not records or (time.perf_counter() - start < budget_s and len(records) < (max_runs or 10**9)):
+        result = online_tune(task, space, h, outer_lr=lr, seed=seed, **online)
+        value = task.evaluate(result.params)["val_loss"]
+        value = value if value == value else float("inf")  # NaN: a diverged run
+        records.append(TuneRecord(time.perf_counter() - start, value, result.h))
+        if best is None or value < best.val_loss:
+            best = records[-1]
+        else:
+            lr *= 0.5
+        h = best.h
+        if on_run is not None:
+            on_run(records[-1])
+    return records
 
 
 class _AdamTree:

@@ -93,6 +93,12 @@ class TrainingSpace:
         return {"log_lr": logs(self.lr_box), "log_wd": logs(self.wd_box), "data": self.data_box,
                 "log_noise": logs(self.noise_box)}
 
+    def clip(self, h: dict) -> dict:
+        """``h`` projected onto the search box (the gradient tuner's feasible set)."""
+        box = self.bounds()
+        return {k: ([t.clamp(*box[k]) for t in v] if isinstance(v, list) else v.clamp(*box[k]))
+                for k, v in h.items()}
+
     def rule_hp(self, h: dict, step: int, base: dict | None = None) -> list[dict]:
         """Per-tensor hyperparameters of the rule at 0-based ``step``."""
         hp = [dict(base or {}) for _ in self.shapes]
