@@ -225,22 +225,22 @@ def tune_shared(objective: Callable[[float], float], *, study_name: str, storage
             with _heartbeat(study, trial._trial_id):
                 loss = objective(trial.params["lr"])
             study.tell(trial, loss if math.isfinite(loss) else math.inf)
+        elif _busy(study):  # other workers' trials still running (or re-queued if they died)
+            time.sleep(POLL_S)
+            continue
         else:
             break
         if on_trial is not None:
             on_trial()
-    _wait_finished(study)
     return float(study.best_params["lr"])
 
 
-def _wait_finished(study) -> None:
-    """Block until no trial of ``study`` is queued or running (failing stale ones)."""
+def _busy(study) -> bool:
+    """Whether some trial of ``study`` is still queued or running."""
     import optuna
 
     busy = (optuna.trial.TrialState.WAITING, optuna.trial.TrialState.RUNNING)
-    while study.get_trials(deepcopy=False, states=busy):
-        _fail_stale(study)
-        time.sleep(POLL_S)
+    return bool(study.get_trials(deepcopy=False, states=busy))
 
 
 def run_seeds_shared(run: Callable[[int], dict], *, study_name: str, storage: Any,
@@ -257,14 +257,16 @@ def run_seeds_shared(run: Callable[[int], dict], *, study_name: str, storage: An
         _fail_stale(study)
         trial = _claim(study)
         if trial is None:
-            break
+            if not _busy(study):
+                break
+            time.sleep(POLL_S)  # wait for the others' runs (re-queued if their worker died)
+            continue
         seed = int(_param(study, trial, "seed", seed_dist))
         with _heartbeat(study, trial._trial_id):
             record = run(seed)
         _finish(study, trial._trial_id, value(record), {"record": json.dumps(record)})
         if on_run is not None:
             on_run(record)
-    _wait_finished(study)
 
 
 def shared_records(storage: Any, study_names: list[str]) -> list[dict]:

@@ -81,3 +81,40 @@ def test_merged_table_equals_a_single_worker(tmp_path):
 def test_startup_sequence_is_the_same_in_every_worker():
     a, b = startup_lrs(5, 1e-3, 1e-1, seed=3), startup_lrs(5, 1e-3, 1e-1, seed=3)
     assert a == b and len(set(a)) == 5 and all(1e-3 <= x <= 1e-1 for x in a)
+
+
+def test_a_killed_worker_costs_one_run_which_another_redoes(tmp_path):
+    import signal
+    import time
+
+    import optuna
+
+    url = f"sqlite:///{tmp_path}/sweep.sqlite3"
+    args = [sys.executable, "-m", "metaopt", "bench", "--task", "mlp_digits", "--optimizer",
+            "sgd", "--seeds", "3", "--steps", "300", "--tune-trials", "0", "--shared",
+            "--device", "cpu", "--storage", url]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    doomed = subprocess.Popen([*args, "--out", str(tmp_path / "doomed")], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    store = open_shared_storage(url)
+    running = optuna.trial.TrialState.RUNNING
+    deadline = time.time() + 300
+    while time.time() < deadline:  # wait until it holds a seed run
+        names = [s.study_name for s in optuna.get_all_study_summaries(store)]
+        runs = [n for n in names if n.endswith("/runs")]
+        if runs and optuna.load_study(study_name=runs[0], storage=store).get_trials(
+                states=(running,)):
+            break
+        time.sleep(0.05)
+    doomed.send_signal(signal.SIGKILL)
+    doomed.wait()
+    done = subprocess.run([*args, "--out", str(tmp_path / "rest")], env=env,
+                          capture_output=True, timeout=600)
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    study = optuna.load_study(study_name=runs[0], storage=store)
+    complete = [t for t in study.get_trials() if t.state == optuna.trial.TrialState.COMPLETE]
+    failed = [t for t in study.get_trials() if t.state == optuna.trial.TrialState.FAIL]
+    assert sorted(t.params["seed"] for t in complete) == [0, 1, 2]
+    assert len(failed) == 1  # the killed worker's run, failed by heartbeat and redone
+    killed_seed = failed[0].params["seed"]
+    assert killed_seed in {r["seed"] for r in records(str(tmp_path / "rest"))}
