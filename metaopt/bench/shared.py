@@ -41,6 +41,8 @@ import numpy as np
 #: seconds between heartbeats of a running trial, and after which a silent one is failed
 HEARTBEAT_S = 5
 GRACE_S = 30
+#: errors of workers that create a new RDB storage's tables at the same moment (retried)
+_SCHEMA_RACE = ("already exists", "UNIQUE constraint failed", "database is locked")
 #: poll interval while waiting for other workers' trials
 POLL_S = 0.2
 
@@ -68,7 +70,7 @@ def open_shared_storage(url: str) -> Any:
                 return open_storage(url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
                                     heartbeat_stale_trial_callback=retry())
             except ValueError as err:
-                if "already exists" not in str(err) or attempt == 2:
+                if not any(m in str(err) for m in _SCHEMA_RACE) or attempt == 2:
                     raise
                 time.sleep(POLL_S)
 
