@@ -95,8 +95,10 @@ class RuleOptimizer(torch.optim.Optimizer):
         super().add_param_group(param_group)
         group = self.param_groups[-1]
         check_hp_types(self.rule.name, {**self.rule.hp, **ADAPTER_DEFAULTS}, group)
-        for k, v in group.items():
-            if torch.is_tensor(v) and v.numel() != 1:
+        for k, v in group.items():  # scalar hyperparameters (as torch's lr) take 1-element
+            # tensors; one whose default is None may be per-problem (Math-L2O's lipschitz)
+            if torch.is_tensor(v) and v.numel() != 1 and isinstance(self.rule.hp.get(k),
+                                                                    (int, float)):
                 self.param_groups.pop()
                 raise ValueError(f"{self.rule.name}: Tensor {k} must be 1-element, "
                                  f"got shape {tuple(v.shape)}")
