@@ -60,6 +60,9 @@ class RuleOptimizer(torch.optim.Optimizer):
         if impl == "fused" and rule.fused is None:
             raise ValueError(f"{rule.name} has no fused implementation; use impl='loop'")
         own = {k: hp.pop(k) for k in list(hp) if k in ADAPTER_DEFAULTS}
+        #: hyperparameters whose default is a number: a tensor for one must be 1-element
+        self.scalar_hyperparameters = frozenset(
+            k for k, v in rule.hp.items() if isinstance(v, (int, float)) and not isinstance(v, bool))
         self.rule = rule.with_hp(**hp)
         self.impl = impl
         self._reset_caches()
@@ -97,8 +100,7 @@ class RuleOptimizer(torch.optim.Optimizer):
         check_hp_types(self.rule.name, {**self.rule.hp, **ADAPTER_DEFAULTS}, group)
         for k, v in group.items():  # scalar hyperparameters (as torch's lr) take 1-element
             # tensors; one whose default is None may be per-problem (Math-L2O's lipschitz)
-            if torch.is_tensor(v) and v.numel() != 1 and isinstance(self.rule.hp.get(k),
-                                                                    (int, float)):
+            if torch.is_tensor(v) and v.numel() != 1 and k in self.scalar_hyperparameters:
                 self.param_groups.pop()
                 raise ValueError(f"{self.rule.name}: Tensor {k} must be 1-element, "
                                  f"got shape {tuple(v.shape)}")
