@@ -228,11 +228,17 @@ def main(argv=None) -> int:
                    help="evaluate: more theta files (meta-training checkpoints), default lr only")
     p.add_argument("--workers", type=int, default=1, help="evaluate: processes")
     p.add_argument("--eval-steps", type=int, default=400)
+    p.add_argument("--eval-width", type=int, default=1024,
+                   help="evaluate: width of the held-out problems (see pretrained_eval.py)")
+    p.add_argument("--lo-grid", default=",".join(f"{10 ** (e / 2):.6g}" for e in range(-2, 3)),
+                   help="evaluate: the LO's lr multipliers tried (comma-separated)")
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--problems", default="gru_markov,ae_digits,resmlp_synth,mlp_diabetes")
     p.add_argument("--no-width", dest="width", action="store_false",
                    help="evaluate: skip the width-transfer runs")
     p.add_argument("--width-size", type=int, default=2048)
+    p.add_argument("--no-soap", dest="soap", action="store_false",
+                   help="evaluate: skip the SOAP reference")
     p.add_argument("--command", nargs="*", default=[],
                    help="report: the exact command lines that produced the results")
     p.add_argument("--width-steps", type=int, default=100)

@@ -126,7 +126,9 @@ def _standard(x):
     return (x - x.mean(0)) / x.std(0).clamp_min(1e-8)
 
 
-def make_problem(name: str, device) -> Problem:
+def make_problem(name: str, device, width: int = 1024) -> Problem:
+    """Problem ``name`` at ``width`` (GRU hidden units, autoencoder and MLP hidden layers;
+    the residual MLP at half of it)."""
     import numpy as np
     ce, mse = nn.functional.cross_entropy, nn.functional.mse_loss
     if name == "gru_markov":
@@ -135,14 +137,15 @@ def make_problem(name: str, device) -> Problem:
         def loss(model, batch):
             x, y = batch
             return ce(model(x).reshape(-1, 32), y.reshape(-1))
-        return Problem(name, lambda: GRULM(), loss, text, None, 32, windows=32)
+        return Problem(name, lambda: GRULM(hidden=width // 2), loss, text, None, 32, windows=32)
     if name == "ae_digits":
         from metaopt.tasks.digits_data import digits_arrays
         x = torch.as_tensor(digits_arrays()[0], dtype=torch.float32, device=device)
 
         def build():
-            return nn.Sequential(nn.Linear(64, 1024), nn.ReLU(), nn.Linear(1024, 32), nn.ReLU(),
-                                 nn.Linear(32, 1024), nn.ReLU(), nn.Linear(1024, 64))
+            return nn.Sequential(nn.Linear(64, width), nn.ReLU(), nn.Linear(width, 32),
+                                 nn.ReLU(), nn.Linear(32, width), nn.ReLU(),
+                                 nn.Linear(width, 64))
         return Problem(name, build, lambda m, b: mse(m(b[0]), b[1]), x, None, 64)
     if name == "resmlp_synth":
         from sklearn.datasets import make_classification
@@ -150,7 +153,7 @@ def make_problem(name: str, device) -> Problem:
                                      n_classes=10, flip_y=0.05, random_state=0)
         x = _standard(torch.as_tensor(xs, dtype=torch.float32)).to(device)
         y = torch.as_tensor(ys, dtype=torch.long, device=device)
-        return Problem(name, lambda: ResMLP(40, 512, 10), lambda m, b: ce(m(b[0]), b[1]),
+        return Problem(name, lambda: ResMLP(40, width // 2, 10), lambda m, b: ce(m(b[0]), b[1]),
                        x, y, 64)
     if name == "mlp_diabetes":
         from sklearn.datasets import load_diabetes
@@ -159,8 +162,8 @@ def make_problem(name: str, device) -> Problem:
         y = _standard(torch.as_tensor(np.asarray(ys), dtype=torch.float32)[:, None]).to(device)
 
         def build():
-            return nn.Sequential(nn.Linear(10, 1024), nn.GELU(), nn.Linear(1024, 1024),
-                                 nn.GELU(), nn.Linear(1024, 1))
+            return nn.Sequential(nn.Linear(10, width), nn.GELU(), nn.Linear(width, width),
+                                 nn.GELU(), nn.Linear(width, 1))
         return Problem(name, build, lambda m, b: mse(m(b[0]), b[1]), x, y, 32)
     raise ValueError(f"unknown held-out problem {name!r}")
 
@@ -229,10 +232,11 @@ def run_job(job: dict, device: str, problems: dict) -> float:
     if job["problem"] == "width":
         return run_width(job["kind"], job["lr"], job["seed"], device, job.get("theta"),
                          job["width"], job["steps"])
-    if job["problem"] not in problems:
-        problems[job["problem"]] = make_problem(job["problem"], device)
-    return run_problem(problems[job["problem"]], job["kind"], job["lr"], job["seed"],
-                       job["steps"], job.get("theta"))
+    key = (job["problem"], job["pwidth"])
+    if key not in problems:
+        problems[key] = make_problem(job["problem"], device, job["pwidth"])
+    return run_problem(problems[key], job["kind"], job["lr"], job["seed"], job["steps"],
+                       job.get("theta"))
 
 
 def job_key(job: dict) -> str:
@@ -351,13 +355,15 @@ def evaluate_stage(work: Path, a) -> int:
     cache_path = out / "eval.json"
     cache = json.loads(cache_path.read_text()) if cache_path.exists() else {}
     device, workers = a.device, a.workers
-    steps = a.eval_steps
+    steps, pw = a.eval_steps, a.eval_width
+    lo_grid = tuple(float(x) for x in a.lo_grid.split(","))
     seeds = SEEDS[:a.seeds]
     problems = a.problems.split(",")
     theta = str(a.theta)
     t0 = time.time()
     meta = {"device": device, "torch": torch.__version__, "seeds": list(seeds),
             "steps": steps, "problems": problems, "theta": theta, "width": a.width,
+            "pwidth": pw, "soap": a.soap,
             "width_size": a.width_size, "width_steps": a.width_steps,
             "snapshots": list(a.snapshots), "seconds": None,
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
@@ -367,13 +373,14 @@ def evaluate_stage(work: Path, a) -> int:
     pool = Pool(device, workers)
     run = dict(cache=cache, cache_path=cache_path, pool=pool, seeds=seeds)
     # every default-lr run first (the LO and its snapshots), then the grids
-    run_jobs([dict(problem=p, kind="lo", lr=1.0, seed=s, steps=steps, theta=th)
+    run_jobs([dict(problem=p, kind="lo", lr=1.0, seed=s, steps=steps, theta=th, pwidth=pw)
               for th in [theta, *a.snapshots] for p in problems for s in seeds],
              cache, cache_path, pool)
     for p in problems:
-        for kind, grid in (("adamw", LR_GRID), ("lo", MULT_GRID), ("soap", LR_GRID)):
+        kinds = (("adamw", LR_GRID), ("lo", lo_grid)) + ((("soap", LR_GRID),) if a.soap else ())
+        for kind, grid in kinds:
             best, _ = tune(lambda x, s, p=p, kind=kind: dict(
-                problem=p, kind=kind, lr=x, seed=s, steps=steps,
+                problem=p, kind=kind, lr=x, seed=s, steps=steps, pwidth=pw,
                 **({"theta": theta} if kind == "lo" else {})), grid, **run)
             print(f"{p} {kind}: best lr {best:.3g} ({time.time() - t0:.0f} s)", flush=True)
     if a.width:
@@ -414,7 +421,7 @@ def report_stage(work: Path, a) -> int:
     out_dir = Path(a.results)
     cache = json.loads((out_dir / "eval.json").read_text())
     meta = json.loads((out_dir / "eval_meta.json").read_text())
-    seeds, steps, theta = meta["seeds"], meta["steps"], meta["theta"]
+    seeds, steps, theta, pw = meta["seeds"], meta["steps"], meta["theta"], meta["pwidth"]
     lines = [f"`{' '.join(a.command)}`" if a.command else "", ""]
     took = "cut short" if meta["seconds"] is None else f"{meta['seconds']:.0f} s"
     lines += [f"Evaluation: {meta['gpu'] or meta['device']}, torch {meta['torch']}, "
@@ -448,11 +455,13 @@ def report_stage(work: Path, a) -> int:
 
     rows, ratios_default, ratios_tuned, ratios_soap = [], [], [], []
     for p in meta["problems"]:
-        aw_lr, aw, aw_grid = best_of(p, "adamw", LR_GRID, steps=steps)
-        so_lr, so, _ = best_of(p, "soap", LR_GRID, steps=steps)
-        lo_m, lo_t, lo_grid = best_of(p, "lo", MULT_GRID, theta, steps=steps)
-        lo_d = scores(p, "lo", 1.0, theta, steps=steps)
-        if None in (aw, so, lo_t, lo_d):
+        aw_lr, aw, aw_grid = best_of(p, "adamw", LR_GRID, steps=steps, pwidth=pw)
+        so_lr, so, _ = best_of(p, "soap", LR_GRID, steps=steps, pwidth=pw)
+        lo_m, lo_t, lo_grid = best_of(p, "lo", MULT_GRID, theta, steps=steps, pwidth=pw)
+        lo_d = scores(p, "lo", 1.0, theta, steps=steps, pwidth=pw)
+        if so is None:
+            so_lr, so = float("nan"), float("nan")
+        if None in (aw, lo_t, lo_d):
             rows.append(f"| {p} | incomplete (evaluation cut short) | | | | | | |")
             continue
         grid_runs[p] = (aw_grid, lo_grid)
@@ -465,8 +474,9 @@ def report_stage(work: Path, a) -> int:
     if not ratios_default:
         ratios_default = ratios_tuned = ratios_soap = [float("nan")]
     gm = [geomean(r) for r in (ratios_default, ratios_tuned, ratios_soap)]
-    lines += [f"## Held-out problems ({steps} steps = 4x the meta-training horizon, "
-              f"{len(seeds)} seeds)", "",
+    lines += [f"## Held-out problems ({steps} steps = {steps // 100}x the meta-training horizon, "
+              f"width {pw} = {pw // 64}-{pw // 32}x the meta-training widths, {len(seeds)} seeds)",
+              "",
               "Cells: final training loss, geometric mean over seeds (tuned lr; for the LO its "
               "multiplier). Ratios to tuned AdamW.", "",
               "| problem | AdamW tuned | SOAP tuned | μLO default lr | μLO tuned lr | "
@@ -490,8 +500,8 @@ def report_stage(work: Path, a) -> int:
         label, n, secs = _snapshot_compute(th, work)
         rs = []
         for p in meta["problems"]:
-            _, aw, _ = best_of(p, "adamw", LR_GRID, steps=steps)
-            d = scores(p, "lo", 1.0, th, steps=steps)
+            _, aw, _ = best_of(p, "adamw", LR_GRID, steps=steps, pwidth=pw)
+            d = scores(p, "lo", 1.0, th, steps=steps, pwidth=pw)
             if d is not None and aw is not None:
                 rs.append(d / aw)
         if len(rs) < len(meta["problems"]):
