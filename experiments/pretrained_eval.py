@@ -188,15 +188,22 @@ def run_problem(problem: Problem, kind: str, lr: float, seed: int, steps: int,
     model = problem.build().to(problem.x.device)
     opt = make_optimizer(kind, model, lr, theta_file)
     gen = torch.Generator().manual_seed(1000 + seed)
+    return train_and_score(opt, lambda: problem.loss(model, problem.sample(gen)),
+                           lambda: problem.loss(model, problem.score_batch()), steps)
+
+
+def train_and_score(opt, batch_loss, final_loss, steps: int) -> float:
+    """``steps`` optimizer steps on ``batch_loss()``, then ``final_loss()``; inf as soon as a
+    loss is not finite."""
     for _ in range(steps):
         opt.zero_grad(set_to_none=True)
-        loss = problem.loss(model, problem.sample(gen))
+        loss = batch_loss()
         if not torch.isfinite(loss):
             return float("inf")
         loss.backward()
         opt.step()
     with torch.no_grad():
-        final = float(problem.loss(model, problem.score_batch()))
+        final = float(final_loss())
     return final if math.isfinite(final) else float("inf")
 
 
@@ -216,16 +223,8 @@ def run_width(kind: str, lr: float, seed: int, device, theta_file: str | None, w
         opt = learned.LearnedOptimizer(params, lopt, theta, lr=lr,
                                        infos=task.param_info if kind == "mulo" else None)
     gen = task.generator(1000 + seed)
-    for _ in range(steps):
-        opt.zero_grad(set_to_none=True)
-        loss = task.loss(params, task.sample_batch(gen))
-        if not torch.isfinite(loss):
-            return float("inf")
-        loss.backward()
-        opt.step()
-    with torch.no_grad():
-        final = float(task.loss(params, (task.x_train, task.y_train)))
-    return final if math.isfinite(final) else float("inf")
+    return train_and_score(opt, lambda: task.loss(params, task.sample_batch(gen)),
+                           lambda: task.loss(params, (task.x_train, task.y_train)), steps)
 
 
 def run_job(job: dict, device: str, problems: dict) -> float:

@@ -337,6 +337,7 @@ def good_theta():
 
 
 @pytest.mark.parametrize("config", ["null", "[1, 2]", '"hidden"', "7", "{", "[" * 5000,
+                                    '{"a": ' * 3000 + "1" + "}" * 3000,
                                     '{"hidden": {"a": 1}}', '{"exp_mult": NaN}'])
 def test_malformed_config_metadata_is_a_one_line_error_naming_the_file(tmp_path, good_theta,
                                                                        config):
