@@ -42,7 +42,7 @@ from metaopt import tasks  # noqa: E402
 
 #: the shipped LO's configuration (learned/pretrained/mulo_small.safetensors carries it)
 LOPT_CONFIG = dict(hidden=16, layers=2, step_mult=0.01, exp_mult=1e-3, mup=True, base_fan_in=64,
-                   adam_feature=True, adam_scale=True, taus=(1, 3, 10, 30))
+                   adam_feature=True, adam_scale=True, taus=(1, 3, 10, 30), readout_scale=True)
 HORIZON = 100          # inner steps of a meta-training run
 TRUNCATION = 10
 NUM_TASKS = 8
@@ -95,10 +95,11 @@ def lr0_problems(device: str = "cpu") -> list:
 
 
 def validation_problems(device: str = "cpu") -> list:
-    """Meta-validation: the training kinds, 4x wider and 2x longer (seeds ``VAL_SEEDS``)."""
-    return [tasks.get("mlp_digits", width=256, depth=2, param="mup", base_width=64,
+    """Meta-validation: the training kinds in SP (as users' modules), 4x wider and 2x longer
+    (seeds ``VAL_SEEDS``)."""
+    return [tasks.get("mlp_digits", width=256, depth=2, param="sp", base_width=64,
                       batch_size=32, device=device),
-            tasks.get("charlm", width=128, param="mup", batch_size=16, device=device, **CHARLM)]
+            tasks.get("charlm", width=128, param="sp", batch_size=16, device=device, **CHARLM)]
 
 
 def run_lo(task, lopt, theta, steps: int, seed: int) -> float:
@@ -135,7 +136,8 @@ def geomean(xs) -> float:
     return math.exp(sum(math.log(max(x, 1e-30)) for x in xs) / len(xs))
 
 
-def validate(lopt, theta, device: str, steps: int = 2 * HORIZON) -> float:
+def validate(lopt, theta, device: str, steps: int | None = None) -> float:
+    steps = 2 * HORIZON if steps is None else steps
     return geomean(run_lo(t, lopt, theta, steps, s) for t in validation_problems(device)
                    for s in VAL_SEEDS)
 
@@ -150,9 +152,12 @@ def pick_lr0(lopt, device: str) -> tuple[float, dict]:
 
 
 def meta_train_stage(work: Path, minutes: float, meta_steps: int, val_every: int,
-                     device: str = "cpu") -> dict:
-    """Meta-train (resuming ``work``), validating every ``val_every`` outer steps; returns
-    the log. ``work/best.safetensors`` is the selected theta."""
+                     device: str = "cpu", init: str | None = None) -> dict:
+    """Meta-train (resuming ``work``), validating every ``val_every`` outer steps, for at
+    most ``minutes`` from now (a chunk of outer steps and its validation start only when
+    their measured time still fits); returns the log. ``work/best.safetensors`` is the
+    selected theta. ``init``: a theta file to start from instead of the Adam warm start."""
+    deadline = time.time() + 60 * minutes
     work.mkdir(parents=True, exist_ok=True)
     lopt = make_lopt()
     log_path = work / "meta.json"
@@ -164,15 +169,21 @@ def meta_train_stage(work: Path, minutes: float, meta_steps: int, val_every: int
         log["lr0"], log["lr0_scores"] = pick_lr0(lopt, device)
         log["lr0_seconds"] = time.perf_counter() - t0
     start = adam_like_theta(lopt, log["lr0"], torch.Generator().manual_seed(0))
+    if init is not None:
+        start = load_theta(init, lopt)
     if not log["val"]:
+        t0 = time.perf_counter()
         log["val"].append([0, validate(lopt, start, device), 0.0])
+        log["val_seconds"] = time.perf_counter() - t0
         save_theta(work / "best.safetensors", start, lopt)
         save_theta(work / "theta_0.safetensors", start, lopt)
         _write(log_path, log)
     family = train_family(device)
-    deadline = time.time() + 60 * minutes
-    while log["val"][-1][0] < meta_steps and time.time() < deadline:
+    while log["val"][-1][0] < meta_steps:
         upto = log["val"][-1][0] + val_every
+        per_step = log["seconds"] / log["val"][-1][0] if log["val"][-1][0] else 0.0
+        if time.time() + val_every * per_step + log.get("val_seconds", 0.0) > deadline:
+            break
         t0 = time.perf_counter()
         theta = meta_train(lopt, family, upto, method="pes", truncation=TRUNCATION,
                            num_tasks=NUM_TASKS, outer_lr=OUTER_LR, std=0.01,
@@ -200,7 +211,7 @@ def _write(path: Path, data: dict) -> None:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--stage", choices=("meta-train", "evaluate"), required=True)
+    p.add_argument("--stage", choices=("meta-train", "evaluate", "report"), required=True)
     p.add_argument("--work", default="/tmp/pretrained_work")
     p.add_argument("--minutes", type=float, default=45.0)
     p.add_argument("--meta-steps", type=int, default=10_000)
@@ -208,14 +219,39 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default="experiments/results/pretrained.md")
+    p.add_argument("--init", default=None, help="start from this theta file (meta-train)")
+    p.add_argument("--results", default="/tmp/pretrained_results",
+                   help="evaluate/report: folder of the evaluation's runs (eval.json)")
+    p.add_argument("--theta", default="learned/pretrained/mulo_small.safetensors",
+                   help="evaluate: the theta file evaluated")
+    p.add_argument("--snapshots", nargs="*", default=[],
+                   help="evaluate: more theta files (meta-training checkpoints), default lr only")
+    p.add_argument("--workers", type=int, default=1, help="evaluate: processes")
+    p.add_argument("--eval-steps", type=int, default=400)
+    p.add_argument("--eval-width", type=int, default=1024,
+                   help="evaluate: width of the held-out problems (see pretrained_eval.py)")
+    p.add_argument("--lo-grid", default=",".join(f"{10 ** (e / 2):.6g}" for e in range(-2, 3)),
+                   help="evaluate: the LO's lr multipliers tried (comma-separated)")
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--problems", default="gru_markov,ae_digits,resmlp_synth,mlp_diabetes")
+    p.add_argument("--no-width", dest="width", action="store_false",
+                   help="evaluate: skip the width-transfer runs")
+    p.add_argument("--width-size", type=int, default=2048)
+    p.add_argument("--no-soap", dest="soap", action="store_false",
+                   help="evaluate: skip the SOAP reference")
+    p.add_argument("--command", nargs="*", default=[],
+                   help="report: the exact command lines that produced the results")
+    p.add_argument("--width-steps", type=int, default=100)
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
     work = Path(a.work)
     if a.stage == "meta-train":
-        meta_train_stage(work, a.minutes, a.meta_steps, a.val_every, a.device)
+        meta_train_stage(work, a.minutes, a.meta_steps, a.val_every, a.device, a.init)
         return 0
-    from pretrained_eval import evaluate_stage  # written after the meta-training started
-    return evaluate_stage(work, a)
+    from pretrained_eval import evaluate_stage, report_stage
+    if a.stage == "evaluate":
+        return evaluate_stage(work, a)
+    return report_stage(work, a)
 
 
 if __name__ == "__main__":

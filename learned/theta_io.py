@@ -29,6 +29,8 @@ from .mlp_lopt import MLPLOpt
 
 #: LO classes a theta file may name (rebuilt as ``cls(**config)``; never an import by name)
 LOPT_CLASSES: dict[str, type] = {"MLPLOpt": MLPLOpt}
+#: files saved before the class was recorded name only the LO (``lopt.name``)
+LOPT_BY_NAME: dict[str, type] = {"mu_mlp_lopt": MLPLOpt, "mlp_lopt": MLPLOpt}
 FLOAT_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 MAX_CONFIG_CHARS = 100_000
 
@@ -113,7 +115,8 @@ def load_theta(path: str | os.PathLike, lopt: LOpt, device: str | torch.device =
 def load_lopt(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[LOpt, Theta]:
     """The LO a theta file was saved from (its class and configuration) and its theta."""
     meta, _ = _read(path, device)
-    cls = LOPT_CLASSES.get(meta.get("class", ""))
+    cls = LOPT_CLASSES.get(meta["class"]) if "class" in meta else \
+        LOPT_BY_NAME.get(meta.get("lopt", ""))
     if cls is None:
         raise ValueError(f"{str(path)!r} names LO class {meta.get('class')!r}; loadable: "
                          f"{', '.join(sorted(LOPT_CLASSES))}")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 import io
+import json
 import pickle
 
 import pytest
@@ -149,9 +150,10 @@ def _mlp_loss(model, gen):
     return nn.functional.cross_entropy(model(x), (x[:, 0] > 0).long() + (x[:, 1] > 0).long())
 
 
-def _adam_lo(base_fan_in=8, lr0=0.01):
+def _adam_lo(base_fan_in=8, lr0=0.01, readout_scale=False):
     """An LO that is exactly Adam(lr0) with μLO's per-layer scale (adam_like_theta, noise 0)."""
-    lopt = MLPLOpt(hidden=4, step_mult=0.01, adam_feature=True, base_fan_in=base_fan_in)
+    lopt = MLPLOpt(hidden=4, step_mult=0.01, adam_feature=True, base_fan_in=base_fan_in,
+                   readout_scale=readout_scale)
     return lopt, adam_like_theta(lopt, lr0, noise=0.0)
 
 
@@ -166,19 +168,21 @@ def _train_module(model, opt, loss_fn, steps, scheduler=None):
     return [p.detach().clone() for p in model.parameters()]
 
 
-def test_from_module_gives_each_parameter_its_mulo_scale_from_inferred_roles():
+@pytest.mark.parametrize("readout_scale", [False, True])
+def test_from_module_gives_each_parameter_its_mulo_scale_from_inferred_roles(readout_scale):
     """Embedding, attention, LayerNorm, Conv1d and Linear tensors get μLO's step scale
     (base_fan_in / fan_in for hidden weights, 1 otherwise) from their inferred roles: with an
     Adam-exact theta the LO equals torch's Adam with those per-tensor learning rates (taken
-    from the hand-written table above)."""
+    from the hand-written table above); ``readout_scale`` scales the readout like them."""
     torch.manual_seed(0)
     model = _SeqModel()
     ref = copy.deepcopy(model)
-    lopt, theta = _adam_lo(base_fan_in=8, lr0=0.01)
+    lopt, theta = _adam_lo(base_fan_in=8, lr0=0.01, readout_scale=readout_scale)
+    scaled = ("hidden", "output") if readout_scale else ("hidden",)
     opt = LearnedOptimizer.from_module(model, lopt, theta)
     infos = {g["info"][0]: g["info"] for g in opt.param_groups}
     assert {k: (v[1], v[2]) for k, v in infos.items()} == _SEQ_ROLES
-    groups = [{"params": [p], "lr": 0.01 * (8 / _SEQ_ROLES[n][1] if _SEQ_ROLES[n][0] == "hidden"
+    groups = [{"params": [p], "lr": 0.01 * (8 / _SEQ_ROLES[n][1] if _SEQ_ROLES[n][0] in scaled
                                             else 1.0)} for n, p in ref.named_parameters()]
     ours = _train_module(model, opt, _seq_loss, 4)
     theirs = _train_module(ref, torch.optim.Adam(groups), _seq_loss, 4)
@@ -333,6 +337,7 @@ def good_theta():
 
 
 @pytest.mark.parametrize("config", ["null", "[1, 2]", '"hidden"', "7", "{", "[" * 5000,
+                                    '{"a": ' * 3000 + "1" + "}" * 3000,
                                     '{"hidden": {"a": 1}}', '{"exp_mult": NaN}'])
 def test_malformed_config_metadata_is_a_one_line_error_naming_the_file(tmp_path, good_theta,
                                                                        config):
@@ -388,3 +393,12 @@ def test_fused_step_with_lr_weight_decay_and_low_precision_equals_the_loop(dtype
     torch.testing.assert_close(p_fused, p_loop, **tol)
     for k in s_loop:
         torch.testing.assert_close(s_fused[k], s_loop[k], rtol=1e-5, atol=1e-7)
+
+
+def test_a_theta_file_without_its_class_loads_by_the_lo_name(tmp_path, good_theta):
+    lopt, theta = good_theta
+    path = tmp_path / "old.safetensors"
+    _write(path, theta, {"lopt": lopt.name, "config": json.dumps(lopt.config())})
+    loaded, back = learned.load_lopt(path)
+    assert loaded.config() == lopt.config()
+    assert all(torch.equal(back[k], theta[k]) for k in theta)
