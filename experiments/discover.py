@@ -323,6 +323,7 @@ def main(argv=None, defaults: dict | None = None) -> int:
                 programs[f"{arm} (seed {best['seed']}, {kind})"] = text
     print(f"search and simplification done at {(time.perf_counter() - t_start) / 60:.1f} min",
           flush=True)
+    all_programs = dict(programs)
     base_table, base_secs = collect_table(base_jobs, len(members), LRS)
     if args.minutes is not None:  # fit the table in the time left: fewer discoveries, not seeds
         left = args.minutes * 60 - (time.perf_counter() - t_start) - 15
@@ -331,7 +332,6 @@ def main(argv=None, defaults: dict | None = None) -> int:
         if keep < len(programs):
             print(f"table: time for {keep} of {len(programs)} discoveries", flush=True)
             programs = dict(list(programs.items())[:keep])
-    all_programs = dict(programs)
     optimizers = {b: ("zoo", b) for b in BASELINES}
     optimizers.update({label: ("program", text) for label, text in programs.items()})
     t0 = time.perf_counter()
