@@ -44,9 +44,14 @@ BUILTIN: dict[str, list[tuple[str, dict, int]]] = {
                     "corpus_bytes": 400_000, "eval_windows": 32}, 300),
         ("logreg_digits", {"batch_size": 256, "l2": 1e-3}, 400),
     ],
-    "tiny": [  # for tests and smoke runs: seconds on one core
+    "tiny": [  # for tests, smoke runs and CPU searches: seconds on one core
         ("logreg_digits", {"batch_size": 32}, 20),
         ("mlp_digits", {"width": 8, "depth": 1, "batch_size": 32}, 20),
+    ],
+    "tiny_heldout": [  # held out from "tiny": 4x wider, 2 layers, 4x longer, other batches
+        ("mlp_digits", {"width": 32, "depth": 2, "batch_size": 64}, 80),
+        ("logreg_digits", {"batch_size": 128, "l2": 1e-3}, 80),
+        ("cnn_digits", {"channels": 4, "batch_size": 32}, 60),
     ],
 }
 

@@ -123,3 +123,16 @@ def test_export_cli_bad_folder_exits_2(tmp_path, capsys):
 
     assert main([str(tmp_path / "missing")]) == 2
     assert "not a search run folder" in capsys.readouterr().err
+
+
+def test_interrupt_says_search_and_exits_130(tmp_path, monkeypatch, capsys):
+    import search.evolve as evolve
+    from search.cli import main
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(evolve, "run", interrupted)
+    assert main(["--task", "quadratic", "--budget", "4", "--out", str(tmp_path / "r")]) == 130
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "metaopt search: interrupted" in err and "bench" not in err
