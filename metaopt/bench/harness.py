@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import re
 import sys
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +57,8 @@ class BenchConfig:
     ``sqlite:///<out>/optuna.sqlite3``; ``lr_range`` scales each rule's default lr; ``impl`` is
     the RuleOptimizer path for every rule (``"fused"`` needs every rule to have one).
     ``tasks`` are registered names or ``pkg.module:factory`` plugins, all built with
-    ``task_options``; ``skip_unrunnable`` skips (with a note) the optimizer/task pairs that
+    ``task_options``, or task objects (e.g. from :func:`metaopt.tasks.from_module`), named by
+    their ``name`` in the records; ``skip_unrunnable`` skips (with a note) the optimizer/task pairs that
     cannot run instead of refusing the whole benchmark."""
 
     tasks: tuple[str, ...]
@@ -84,7 +85,11 @@ class BenchConfig:
             if not got:
                 raise ValueError(f"no {what} given; choose from: {', '.join(choices)}")
             for name in got:
-                if what == "task" and ":" in name:
+                if what == "task" and isinstance(name, Task):
+                    if self.task_options:
+                        raise ValueError("task_options apply to tasks given by name; build the "
+                                         f"task object {name.name!r} with its options instead")
+                elif what == "task" and ":" in name:
                     task_registry.factory(name)  # a plugin: importable, else a one-line error
                 elif name not in choices:
                     raise ValueError(f"unknown {what} {name!r}; choose from: {', '.join(choices)}")
@@ -106,12 +111,17 @@ class BenchConfig:
             raise ValueError(f"target_tol must be >= 0, got {self.target_tol}")
         out = str(Path(self.out).resolve())
         return BenchConfig(**{
-            **asdict(self), "out": out, "tasks": tuple(self.tasks),
+            **shallow_fields(self), "out": out, "tasks": tuple(self.tasks),
             "optimizers": tuple(self.optimizers), "lr_range": tuple(self.lr_range),
             "task_options": dict(self.task_options),
             "eval_every": self.eval_every or max(1, self.steps // 20),
             "storage": self.storage or f"sqlite:///{out}/optuna.sqlite3",
         })
+
+
+def shallow_fields(cfg: BenchConfig) -> dict[str, Any]:
+    """``cfg``'s fields without copying them (``asdict`` would deep-copy task objects)."""
+    return {f.name: getattr(cfg, f.name) for f in fields(cfg)}
 
 
 @dataclass(frozen=True)
@@ -129,7 +139,7 @@ def run_bench(config: BenchConfig) -> BenchResult:
     out = Path(cfg.out)
     check_out_dir(out, resume=True, marker=CONFIG_FILE, flag="out")  # a file / unwritable
     _check_resume(cfg)
-    built = {t: _build_task(t, cfg) for t in cfg.tasks}
+    built = {task_label(t): _build_task(t, cfg) for t in cfg.tasks}
     seeds = [cfg.seed + i for i in range(cfg.seeds)]
     done = _finished_keys(out)
     pairs, skipped = _runnable_pairs(cfg, built, seeds, done)
@@ -159,8 +169,15 @@ def run_bench(config: BenchConfig) -> BenchResult:
     return write_report(cfg, store.load(), skipped, machine)
 
 
-def _build_task(spec: str, cfg: BenchConfig) -> Task:
+def task_label(spec: str | Task) -> str:
+    """How a task is named in records, studies and plots: its spec, or a task object's name."""
+    return spec.name if isinstance(spec, Task) else spec
+
+
+def _build_task(spec: str | Task, cfg: BenchConfig) -> Task:
     """Task ``spec`` with the benchmark's task options; a bad option is a one-line error."""
+    if isinstance(spec, Task):
+        return spec
     opts = dict(cfg.task_options)
     allowed = task_registry.options(spec)
     if "device" in allowed or "**" in allowed:
@@ -198,7 +215,7 @@ def _runnable_pairs(cfg: BenchConfig, built: dict[str, Task], seeds: list[int],
     """The (task, optimizer) pairs to run and notes on the skipped ones; a pair that cannot
     run is an error unless ``cfg.skip_unrunnable``."""
     pairs, skipped = [], []
-    for t in cfg.tasks:
+    for t in built:
         for o in cfg.optimizers:
             finished = all((t, o, s) in done for s in seeds)
             why = None if finished else cannot_run(built[t], o, cfg)
@@ -269,7 +286,8 @@ def _pick_lr(cfg: BenchConfig, task: Task, task_name: str, opt: str, storage,
 
 def _settings(cfg: BenchConfig, skipped: list[str]) -> dict:
     """``bench_config.json``: every setting (JSON-able) and the skipped pairs."""
-    return {**{k: jsonable(v) for k, v in asdict(cfg).items()}, "skipped": skipped}
+    settings = {k: jsonable(v) for k, v in shallow_fields(cfg).items()}
+    return {**settings, "tasks": [task_label(t) for t in cfg.tasks], "skipped": skipped}
 
 
 def _check_resume(cfg: BenchConfig) -> None:

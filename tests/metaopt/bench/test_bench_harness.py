@@ -167,3 +167,27 @@ def test_bad_task_option_fails_before_writing(tmp_path):
     with pytest.raises(ValueError, match="unknown option"):
         run_bench(BenchConfig(out=str(tmp_path / "a"), **TINY, task_options={"width": 3}))
     assert not (tmp_path / "a").exists()
+
+
+def test_a_task_object_from_a_user_module_can_be_benchmarked(tmp_path):
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 5, generator=g)
+    y = (x[:, 0] > 0).long()
+    task = tasks.from_module(lambda: nn.Sequential(nn.Linear(5, 8), nn.Tanh(), nn.Linear(8, 2)),
+                             (x, y), F.cross_entropy, batch_size=16, name="mynet")
+    result = run_bench(BenchConfig(tasks=(task,), optimizers=("sgd", "adamw"), out=str(tmp_path),
+                                   seeds=1, steps=8, tune_trials=2))
+    assert {(r["task"], r["optimizer"]) for r in result.records} == {("mynet", "sgd"),
+                                                                    ("mynet", "adamw")}
+    rec = next(r for r in result.records if r["optimizer"] == "adamw")
+    direct = train_curve(task, zoo.rule("adamw", lr=rec["lr"]), 0, 8, rec["eval_every"])
+    assert _strip_time(rec) == _strip_time({"task": "mynet", "optimizer": "adamw", "seed": 0,
+                                            **direct})
+    assert json.loads((tmp_path / "bench_config.json").read_text())["tasks"] == ["mynet"]
+    with pytest.raises(ValueError, match="task_options apply to tasks given by name"):
+        run_bench(BenchConfig(tasks=(task,), optimizers=("sgd",), out=str(tmp_path / "x"),
+                              task_options={"width": 3}))
