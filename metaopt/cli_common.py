@@ -16,8 +16,26 @@ class UsageError(ValueError):
     """Bad user input; the CLI prints its message on one line and exits with code 2."""
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Descriptions and epilogs kept as written (examples), and every option's default shown
+    (``(default: X)``) unless its help already says it or there is none."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        default = action.default
+        if ("(default" in text or default in (None, False, argparse.SUPPRESS)
+                or default == [] or action.option_strings == []):
+            return text
+        return f"{text} (default: {default})"
+
+
 class Parser(argparse.ArgumentParser):
-    """An ``ArgumentParser`` whose errors are one line (``metaopt: error: ...``) and exit 2."""
+    """An ``ArgumentParser`` whose errors are one line (``metaopt: error: ...``) and exit 2,
+    and whose help shows every default (:class:`HelpFormatter`)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str):  # noqa: D102
         self.exit(2, f"{self.prog}: error: {message}\n")
@@ -27,7 +45,7 @@ def add_common_flags(parser: argparse.ArgumentParser) -> None:
     """``--device`` (auto: cuda when present), ``--seed``, ``--out``."""
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: auto)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    parser.add_argument("--out", default=None, help="output folder")
+    parser.add_argument("--out", default=None, help="output folder (created if missing)")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -233,3 +251,39 @@ def cli_entry(main=None, *, what: str | None = None):
         return run
 
     return wrap if main is None else wrap(main)
+
+
+# ---- optimizers from other packages: the ``metaopt.zoo`` entry-point group ----
+
+ZOO_ENTRY_POINT_GROUP = "metaopt.zoo"
+
+
+def zoo_plugin_names() -> list[str]:
+    """Optimizers other packages offer through ``metaopt.zoo`` entry points
+    (``[project.entry-points."metaopt.zoo"] myopt = "mypkg.rules:make_rule"``, a zero-argument
+    factory returning an :class:`~metaopt.rule.UpdateRule`), without loading them."""
+    from importlib import metadata
+
+    from . import zoo
+
+    return sorted(ep.name for ep in metadata.entry_points(group=ZOO_ENTRY_POINT_GROUP)
+                  if ep.name not in zoo.names())
+
+
+def load_zoo_plugins(names) -> None:
+    """Register the entry-point optimizers among ``names`` in the zoo (loaded only now); one
+    that fails to load is a one-line :class:`UsageError`."""
+    from importlib import metadata
+
+    from . import zoo
+
+    eps = {ep.name: ep for ep in metadata.entry_points(group=ZOO_ENTRY_POINT_GROUP)}
+    for name in names:
+        if name in zoo.names() or name not in eps:
+            continue
+        try:
+            factory = eps[name].load()
+        except Exception as e:  # noqa: BLE001 - third-party code: one line, no traceback
+            raise UsageError(f"optimizer plugin {name!r} ({eps[name].value}) failed to load: "
+                             f"{type(e).__name__}: {e}") from None
+        zoo.register(name)(factory)

@@ -8,17 +8,26 @@ Output folder ``out``:
     median steps-to-target (:mod:`.profile`); ``profile_final_loss.png``: the same on the median
     final validation loss;
   * ``optuna.sqlite3``: the tuning studies, unless another storage URL is given;
-  * ``bench_config.json``: the settings a resumed run must share.
+  * ``bench_config.json``: the settings (a resumed run must share those of
+    :data:`RESUME_KEYS`; ``metaopt report`` re-renders the table and plots from it).
 
-With ``resume=True`` finished records are kept and skipped, and the Optuna studies continue
-from their completed trials, so a killed benchmark loses at most the run in progress.
+Everything is validated before anything is written: the tasks and their options, that each
+optimizer can run each task (one step; muon rejects vectors, for instance -- such pairs are
+an error, or skipped with a note when ``skip_unrunnable``), the storage URL and its driver,
+and the output folder. With ``resume=True`` finished records are kept and skipped, the
+Optuna studies continue from their completed trials (stale running trials of a killed run
+are marked failed, and no learning rate is tried twice), and the progress bar starts at the
+work already done, so a killed benchmark loses at most the run in progress.
 """
 from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass
+import re
+import sys
+from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 from tqdm.auto import tqdm
 
@@ -31,21 +40,27 @@ from .machine import machine_line
 from .plots import plot_profile, plot_task_curves
 from .profile import performance_ratios
 from .records import CurveStore, record_key
-from .run import final_val_loss, train_curve
+from .run import final_val_loss, jsonable, train_curve
 from .summary import group_runs, markdown_table, median, steps_to_target, summary_rows, task_target
-from .tune import open_storage, tune_lr
+from .tune import check_storage_url, completed_trials, open_storage, tune_lr
 
 #: tuning runs use seeds disjoint from the reported ones: ``seed + TUNE_SEED_OFFSET``
 TUNE_SEED_OFFSET = 1_000_000
 #: settings that must match for ``resume`` to append to an existing folder
-RESUME_KEYS = ("steps", "eval_every", "tune_trials", "seed", "lr_range")
+RESUME_KEYS = ("steps", "eval_every", "tune_trials", "seed", "lr_range", "task_options")
+CONFIG_FILE = "bench_config.json"
+CURVES_FILE = "curves.jsonl"
 
 
 @dataclass(frozen=True)
 class BenchConfig:
     """What to run. ``eval_every=None`` means ``max(1, steps // 20)``; ``storage=None`` means
     ``sqlite:///<out>/optuna.sqlite3``; ``lr_range`` scales each rule's default lr; ``impl`` is
-    the RuleOptimizer path for every rule (``"fused"`` needs every rule to have one)."""
+    the RuleOptimizer path for every rule (``"fused"`` needs every rule to have one).
+    ``tasks`` are registered names or ``pkg.module:factory`` plugins, all built with
+    ``task_options``, or task objects (e.g. from :func:`metaopt.tasks.from_module`), named by
+    their ``name`` in the records; ``skip_unrunnable`` skips (with a note) the optimizer/task pairs that
+    cannot run instead of refusing the whole benchmark."""
 
     tasks: tuple[str, ...]
     optimizers: tuple[str, ...]
@@ -61,6 +76,8 @@ class BenchConfig:
     lr_range: tuple[float, float] = (1e-2, 1e2)
     impl: str = "auto"
     resume: bool = False
+    task_options: dict[str, Any] = field(default_factory=dict)
+    skip_unrunnable: bool = False
     shared: bool = False
 
     def resolved(self) -> "BenchConfig":
@@ -70,7 +87,13 @@ class BenchConfig:
             if not got:
                 raise ValueError(f"no {what} given; choose from: {', '.join(choices)}")
             for name in got:
-                if name not in choices:
+                if what == "task" and isinstance(name, Task):
+                    if self.task_options:
+                        raise ValueError("task_options apply to tasks given by name; build the "
+                                         f"task object {name.name!r} with its options instead")
+                elif what == "task" and ":" in name:
+                    task_registry.factory(name)  # a plugin: importable, else a one-line error
+                elif name not in choices:
                     raise ValueError(f"unknown {what} {name!r}; choose from: {', '.join(choices)}")
         for key in ("seeds", "steps"):
             if getattr(self, key) < 1:
@@ -94,11 +117,17 @@ class BenchConfig:
             raise ValueError(f"target_tol must be >= 0, got {self.target_tol}")
         out = str(Path(self.out).resolve())
         return BenchConfig(**{
-            **asdict(self), "out": out, "tasks": tuple(self.tasks),
+            **shallow_fields(self), "out": out, "tasks": tuple(self.tasks),
             "optimizers": tuple(self.optimizers), "lr_range": tuple(self.lr_range),
+            "task_options": dict(self.task_options),
             "eval_every": self.eval_every or max(1, self.steps // 20),
             "storage": self.storage or f"sqlite:///{out}/optuna.sqlite3",
         })
+
+
+def shallow_fields(cfg: BenchConfig) -> dict[str, Any]:
+    """``cfg``'s fields without copying them (``asdict`` would deep-copy task objects)."""
+    return {f.name: getattr(cfg, f.name) for f in fields(cfg)}
 
 
 @dataclass(frozen=True)
@@ -110,66 +139,117 @@ class BenchResult:
 
 def run_bench(config: BenchConfig) -> BenchResult:
     """Run (or resume) the benchmark described by ``config`` and write its outputs."""
+    from ..cli_common import check_out_dir
+
     cfg = config.resolved()
     if cfg.shared:
         return _run_shared(cfg)
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    store = CurveStore(out / "curves.jsonl")
-    _check_resume(cfg, store)
-    storage = open_storage(cfg.storage) if cfg.tune_trials > 0 else None
-    done = store.keys()
+    check_out_dir(out, resume=True, marker=CONFIG_FILE, flag="out")  # a file / unwritable
+    _check_resume(cfg)
+    built = {task_label(t): _build_task(t, cfg) for t in cfg.tasks}
     seeds = [cfg.seed + i for i in range(cfg.seeds)]
-    pairs = [(t, o) for t in cfg.tasks for o in cfg.optimizers
-             if any((t, o, s) not in done for s in seeds)]
-    total = sum(cfg.tune_trials + sum((t, o, s) not in done for s in seeds) for t, o in pairs)
-    with tqdm(total=total, desc="bench", unit="run", dynamic_ncols=True) as bar:
-        built: dict[str, Task] = {}
+    done = _finished_keys(out)
+    pairs, skipped = _runnable_pairs(cfg, built, seeds, done)
+    storage = _storage_before_writing(cfg)
+    machine = machine_line(cfg.device)
+    out.mkdir(parents=True, exist_ok=True)
+    write_atomic(out / CONFIG_FILE,
+                 json.dumps({**_settings(cfg, skipped), "machine": machine}, indent=1) + "\n")
+    store = CurveStore(out / CURVES_FILE)
+    done = store.keys()
+    if cfg.tune_trials > 0 and storage is None:
+        storage = open_storage(cfg.storage)
+    total, initial = _progress(cfg, pairs, seeds, done, storage)
+    with tqdm(total=total, initial=initial, desc="bench", unit="run", dynamic_ncols=True) as bar:
         for t, o in pairs:
-            task = built.setdefault(t, task_registry.get(t, device=cfg.device))
-            lr = _pick_lr(cfg, task, t, o, storage, bar)
+            if all((t, o, s) in done for s in seeds):
+                continue
+            lr = _pick_lr(cfg, built[t], t, o, storage, bar)
             for s in seeds:
                 if (t, o, s) in done:
                     continue
                 bar.set_postfix_str(f"{t}/{o}/seed {s}")
-                record = train_curve(task, _rule(o, lr), s, cfg.steps, cfg.eval_every, cfg.impl)
+                record = train_curve(built[t], _rule(o, lr), s, cfg.steps, cfg.eval_every,
+                                     cfg.impl)
                 store.append({"task": t, "optimizer": o, "seed": s, **record})
                 bar.update(1)
-    return write_report(cfg, store.load())
+    return write_report(cfg, store.load(), skipped, machine)
 
 
-def _rule(name: str, lr: float | None):
-    return zoo.rule(name) if lr is None else zoo.rule(name, lr=lr)
+def task_label(spec: str | Task) -> str:
+    """How a task is named in records, studies and plots: its spec, or a task object's name."""
+    return spec.name if isinstance(spec, Task) else spec
 
 
-def _pick_lr(cfg: BenchConfig, task: Task, task_name: str, opt: str, storage,
-             bar) -> float | None:
-    """The tuned learning rate (or the default when not tuning / the rule has no lr)."""
+def _build_task(spec: str | Task, cfg: BenchConfig) -> Task:
+    """Task ``spec`` with the benchmark's task options; a bad option is a one-line error."""
+    if isinstance(spec, Task):
+        return spec
+    opts = dict(cfg.task_options)
+    allowed = task_registry.options(spec)
+    if "device" in allowed or "**" in allowed:
+        opts["device"] = cfg.device
+    return task_registry.get(spec, **opts)
+
+
+def _finished_keys(out: Path) -> set:
+    """Keys of the runs already recorded in ``out`` (read only; nothing is repaired yet)."""
+    path = out / CURVES_FILE
+    if not path.exists():
+        return set()
+    from .records import record_key
+
+    lines = path.read_text(encoding="utf-8").split("\n")[:-1]  # a cut last line is no run
+    return {record_key(json.loads(line)) for line in lines if line.strip()}
+
+
+def _tunable(cfg: BenchConfig, opt: str) -> bool:
     default = zoo.defaults(opt).get("lr")
-    if cfg.tune_trials == 0 or not isinstance(default, (int, float)) or default <= 0:
-        bar.update(cfg.tune_trials)
-        return default
-    ran = []
-
-    def objective(lr: float) -> float:
-        tune_seed = cfg.seed + TUNE_SEED_OFFSET
-        record = train_curve(task, _rule(opt, lr), tune_seed, cfg.steps, cfg.steps, cfg.impl)
-        return final_val_loss(record)
-
-    def on_trial():
-        ran.append(1)
-        bar.update(1)
-
-    bar.set_postfix_str(f"{task_name}/{opt}/tuning")
-    lr = tune_lr(objective, study_name=study_name(cfg, task_name, opt), storage=storage, trials=cfg.tune_trials,
-                 default_lr=float(default), lr_range=cfg.lr_range, seed=cfg.seed,
-                 on_trial=on_trial)
-    bar.update(cfg.tune_trials - len(ran))
-    return lr
+    return cfg.tune_trials > 0 and isinstance(default, (int, float)) and default > 0
 
 
-def study_name(cfg: BenchConfig, task_name: str, opt: str) -> str:
-    """The Optuna study that tunes ``opt`` on ``task_name`` (shared by workers and resumes)."""
+def cannot_run(task: Task, opt: str, cfg: BenchConfig) -> str | None:
+    """Why ``opt`` cannot train ``task`` (its one-line ``ValueError`` on one step), or None."""
+    try:
+        train_curve(task, zoo.rule(opt), cfg.seed, 1, 1, cfg.impl)
+    except ValueError as e:
+        return " ".join(str(e).split())
+    return None
+
+
+def _runnable_pairs(cfg: BenchConfig, built: dict[str, Task], seeds: list[int],
+                    done: set) -> tuple[list[tuple[str, str]], list[str]]:
+    """The (task, optimizer) pairs to run and notes on the skipped ones; a pair that cannot
+    run is an error unless ``cfg.skip_unrunnable``."""
+    pairs, skipped = [], []
+    for t in built:
+        for o in cfg.optimizers:
+            finished = all((t, o, s) in done for s in seeds)
+            why = None if finished else cannot_run(built[t], o, cfg)
+            if why is None:
+                pairs.append((t, o))
+            elif cfg.skip_unrunnable:
+                skipped.append(f"{o} on {t}: {why}")
+                print(f"metaopt bench: skipping {o} on {t}: {why}", file=sys.stderr)
+            else:
+                raise ValueError(f"optimizer {o} cannot run task {t}: {why}")
+    if not pairs:
+        raise ValueError("no optimizer can run any of the tasks: " + "; ".join(skipped))
+    return pairs, skipped
+
+
+def _storage_before_writing(cfg: BenchConfig):
+    """Check the storage URL (and its driver); open a storage outside ``out`` now, so that a
+    bad one fails before any file is written. The default SQLite file is opened later."""
+    if cfg.tune_trials == 0:
+        return None
+    check_storage_url(cfg.storage)
+    default = f"sqlite:///{cfg.out}/optuna.sqlite3"
+    return None if cfg.storage == default else open_storage(cfg.storage)
+
+
+def _study_name(cfg: BenchConfig, task_name: str, opt: str) -> str:
     lo, hi = cfg.lr_range
     return f"{task_name}/{opt}/steps={cfg.steps}/seed={cfg.seed}/lr=default*[{lo:g},{hi:g}]"
 
@@ -182,18 +262,15 @@ def _run_shared(cfg: BenchConfig) -> BenchResult:
     from .shared import open_shared_storage, run_seeds_shared, shared_records, tune_shared
 
     storage = open_shared_storage(cfg.storage)
+    built = {task_label(t): _build_task(t, cfg) for t in cfg.tasks}
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    store = CurveStore(out / "curves.jsonl")
+    store = CurveStore(out / CURVES_FILE)
     seeds = [cfg.seed + i for i in range(cfg.seeds)]
-    pairs = [(t, o) for t in cfg.tasks for o in cfg.optimizers]
-    built: dict[str, Task] = {}
-    worker = os.getpid()
+    pairs = [(t, o) for t in built for o in cfg.optimizers]
     with tqdm(desc="bench (shared)", unit="run", dynamic_ncols=True) as bar:
         for t, o in pairs:
-            task = built.setdefault(t, task_registry.get(t, device=cfg.device))
-            lr = zoo.defaults(o).get("lr")
-            name = study_name(cfg, t, o)
+            task, lr, name = built[t], zoo.defaults(o).get("lr"), _study_name(cfg, t, o)
             if cfg.tune_trials and isinstance(lr, (int, float)) and lr > 0:
                 def objective(lr_try: float, task=task, o=o) -> float:
                     return final_val_loss(train_curve(task, _rule(o, lr_try),
@@ -202,7 +279,7 @@ def _run_shared(cfg: BenchConfig) -> BenchResult:
                 bar.set_postfix_str(f"{t}/{o}/tuning")
                 lr = tune_shared(objective, study_name=name, storage=storage,
                                  trials=cfg.tune_trials, default_lr=float(lr),
-                                 lr_range=cfg.lr_range, seed=cfg.seed, worker=worker,
+                                 lr_range=cfg.lr_range, seed=cfg.seed, worker=os.getpid(),
                                  on_trial=lambda: bar.update(1))
 
             def run(seed: int, task=task, t=t, o=o, lr=lr) -> dict:
@@ -214,34 +291,111 @@ def _run_shared(cfg: BenchConfig) -> BenchResult:
             run_seeds_shared(run, study_name=name + "/runs", storage=storage, seeds=seeds,
                              value=final_val_loss,
                              on_run=lambda r: (store.append(r), bar.update(1)))
-    records = shared_records(storage, [study_name(cfg, t, o) + "/runs" for t, o in pairs])
+    records = shared_records(storage, [_study_name(cfg, t, o) + "/runs" for t, o in pairs])
     return write_report(cfg, sorted(records, key=record_key))
 
 
-def _check_resume(cfg: BenchConfig, store: CurveStore) -> None:
-    path = Path(cfg.out) / "bench_config.json"
-    settings = {k: list(v) if isinstance(v, tuple) else v
-                for k, v in asdict(cfg).items() if k in RESUME_KEYS}
-    if store.load() or path.exists():
-        if not cfg.resume:
-            raise ValueError(f"{cfg.out} already holds benchmark results; pass --resume to "
-                             "continue them or choose another --out")
-        old = json.loads(path.read_text()) if path.exists() else settings
-        diff = [f"{k}: {old.get(k)} -> {settings[k]}"
-                for k in RESUME_KEYS if old.get(k) != settings[k]]
-        if diff:
-            raise ValueError(f"cannot resume {cfg.out} with different settings ({'; '.join(diff)})")
-    write_atomic(path, json.dumps(settings, indent=1) + "\n")
+def _progress(cfg, pairs, seeds, done, storage) -> tuple[int, int]:
+    """(total, already done) units of work: one per run and one per tuning trial."""
+    total = initial = 0
+    for t, o in pairs:
+        trials = cfg.tune_trials if _tunable(cfg, o) else 0
+        runs = sum((t, o, s) in done for s in seeds)
+        total += len(seeds) + trials
+        if runs == len(seeds):
+            initial += len(seeds) + trials
+        elif trials:
+            initial += runs + min(trials, completed_trials(storage, _study_name(cfg, t, o)))
+        else:
+            initial += runs
+    return total, initial
 
 
-def write_report(cfg: BenchConfig, records: list[dict]) -> BenchResult:
-    """Write ``results.md``, ``curves_<task>.png`` and ``profile.png`` from ``records``."""
+def _rule(name: str, lr: float | None):
+    return zoo.rule(name) if lr is None else zoo.rule(name, lr=lr)
+
+
+def _pick_lr(cfg: BenchConfig, task: Task, task_name: str, opt: str, storage,
+             bar) -> float | None:
+    """The tuned learning rate (or the default when not tuning / the rule has no lr)."""
+    default = zoo.defaults(opt).get("lr")
+    if not _tunable(cfg, opt):
+        return default
+
+    def objective(lr: float) -> float:
+        tune_seed = cfg.seed + TUNE_SEED_OFFSET
+        record = train_curve(task, _rule(opt, lr), tune_seed, cfg.steps, cfg.steps, cfg.impl)
+        return final_val_loss(record)
+
+    bar.set_postfix_str(f"{task_name}/{opt}/tuning")
+    return tune_lr(objective, study_name=_study_name(cfg, task_name, opt), storage=storage,
+                   trials=cfg.tune_trials, default_lr=float(default), lr_range=cfg.lr_range,
+                   seed=cfg.seed, on_trial=lambda: bar.update(1), resume=cfg.resume)
+
+
+def _settings(cfg: BenchConfig, skipped: list[str]) -> dict:
+    """``bench_config.json``: every setting (JSON-able) and the skipped pairs."""
+    settings = {k: jsonable(v) for k, v in shallow_fields(cfg).items()}
+    return {**settings, "tasks": [task_label(t) for t in cfg.tasks], "skipped": skipped}
+
+
+def _check_resume(cfg: BenchConfig) -> None:
+    """Results already in ``out`` need ``resume`` and the same :data:`RESUME_KEYS`."""
+    out = Path(cfg.out)
+    path = out / CONFIG_FILE
+    if not (path.exists() or (out / CURVES_FILE).exists()):
+        return
+    if not cfg.resume:
+        raise ValueError(f"{cfg.out} already holds benchmark results; pass --resume to "
+                         "continue them or choose another --out")
+    if not path.exists():
+        return
+    try:
+        old = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        raise ValueError(f"cannot resume {cfg.out}: {path} is not readable JSON") from None
+    ours = _settings(cfg, [])
+    diff = [f"{k}: {old.get(k)} -> {ours[k]}" for k in RESUME_KEYS
+            if k in old and old.get(k) != ours[k]]
+    if diff:
+        raise ValueError(f"cannot resume {cfg.out} with different settings ({'; '.join(diff)})")
+
+
+def config_from_folder(out: str | Path) -> tuple[BenchConfig, list[str], str | None]:
+    """The :class:`BenchConfig`, skipped-pair notes and machine line of a finished or partial
+    benchmark in ``out``, from its ``bench_config.json`` and records (``metaopt report``)."""
+    out = Path(out)
+    path = out / CONFIG_FILE
+    saved = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+    records = CurveStore(out / CURVES_FILE).load()
+    known = {f.name for f in fields(BenchConfig)}
+    kw = {k: v for k, v in saved.items() if k in known}
+    kw["tasks"] = tuple(kw.get("tasks") or dict.fromkeys(r["task"] for r in records))
+    kw["optimizers"] = tuple(kw.get("optimizers") or
+                             dict.fromkeys(r["optimizer"] for r in records))
+    kw["lr_range"] = tuple(kw.get("lr_range", (1e-2, 1e2)))
+    kw["seeds"] = kw.get("seeds") or len({r["seed"] for r in records}) or 1
+    kw["out"] = str(out.resolve())
+    if kw.get("eval_every") is None and records:
+        kw["eval_every"] = records[0]["eval_every"]
+    return BenchConfig(**kw), list(saved.get("skipped", [])), saved.get("machine")
+
+
+def file_stem(task: str) -> str:
+    """A task label as a file-name part (a plugin ``pkg.mod:factory`` has a colon)."""
+    return re.sub(r"[^\w.-]", "_", task)
+
+
+def write_report(cfg: BenchConfig, records: list[dict], skipped: list[str] | None = None,
+                 machine: str | None = None) -> BenchResult:
+    """Write ``results.md``, ``curves_<task>.png`` and ``profile.png`` from ``records``;
+    ``machine`` is the machine line of the table (default: this machine, now)."""
     out = Path(cfg.out)
     rows = summary_rows(records, cfg.target_tol)
     files = {"curves": str(out / "curves.jsonl"), "table": str(out / "results.md")}
     groups = group_runs(records)
     for task, by_opt in groups.items():
-        files[f"plot:{task}"] = str(out / f"curves_{task}.png")
+        files[f"plot:{task}"] = str(out / f"curves_{file_stem(task)}.png")
         plot_task_curves(task, by_opt, files[f"plot:{task}"])
     # a task solved at initialisation counts as one step, so every ratio is defined
     costs = _common_solvers({
@@ -261,15 +415,23 @@ def write_report(cfg: BenchConfig, records: list[dict]) -> BenchResult:
         plot_profile(performance_ratios(finals), files["profile_final"],
                      f"final validation loss (floored at {LOSS_FLOOR:g})")
     header = (f"# Benchmark: {', '.join(groups)}\n\n"
-              f"Machine: {machine_line(cfg.device)}\n\n"
+              f"Machine: {machine or machine_line(cfg.device)}\n\n"
               f"Settings: {cfg.steps} steps, validation every {cfg.eval_every} steps, "
               f"{cfg.tune_trials} Optuna TPE trials per optimizer and task on the learning rate "
               f"(log-uniform, default x [{cfg.lr_range[0]:g}, {cfg.lr_range[1]:g}], tuned on a "
               f"separate seed for the final validation loss), "
               f"seeds {cfg.seed}..{cfg.seed + cfg.seeds - 1}, device {cfg.device}, "
-              f"RuleOptimizer impl {cfg.impl}.\n\n")
+              f"RuleOptimizer impl {cfg.impl}."
+              + (f" Task options: {_options_text(cfg.task_options)}." if cfg.task_options
+                 else "") + "\n\n"
+              + ("".join(f"Skipped: {note}\n" for note in skipped or []) + "\n"
+                 if skipped else ""))
     write_atomic(files["table"], header + markdown_table(rows, cfg.target_tol))
     return BenchResult(records, rows, files)
+
+
+def _options_text(options: dict) -> str:
+    return ", ".join(f"{k}={v}" for k, v in options.items())
 
 
 #: final losses below this count as equal (round-off on problems whose optimum is 0)

@@ -31,15 +31,20 @@ def finite_or_none(x: float) -> float | None:
 
 
 def jsonable(value: Any) -> Any:
-    """A hyperparameter value as JSON: numbers, bools, strings, None, lists; else its repr."""
+    """A hyperparameter value as JSON: numbers, bools, strings, None, lists, dicts (string
+    keys); a torch dtype as its name (``float64``); else its repr."""
     if isinstance(value, (bool, int, str)) or value is None:
         return value
     if isinstance(value, float):
         return finite_or_none(value)
     if isinstance(value, (tuple, list)):
         return [jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
     if isinstance(value, torch.Tensor) and value.numel() == 1:
         return jsonable(value.item())
+    if isinstance(value, torch.dtype):
+        return str(value).replace("torch.", "")
     return repr(value)
 
 

@@ -125,11 +125,20 @@ def _signature(spec: str) -> inspect.Signature:
 
 
 def doc(spec: str) -> str:
-    """The first sentence of the task's docstring (its class or factory, else its module)."""
+    """One line about the task in plain text: the first sentence of its factory's own
+    docstring (a class's when it does not start with "Options"), else of its module's."""
     f = factory(spec)
-    text = inspect.getdoc(f) or inspect.getdoc(inspect.getmodule(f)) or ""
-    first = " ".join(text.strip().split("\n\n")[0].split())
-    return first.split(". ")[0].rstrip(".") if first else ""
+    own = inspect.cleandoc(f.__doc__ or "")
+    if not own or own.startswith("Options"):
+        own = inspect.cleandoc(getattr(inspect.getmodule(f), "__doc__", None) or "")
+    first = " ".join(own.split("\n\n")[0].split())
+    return plain_text(re.split(r"(?<=[.:])\s+(?=[A-Z`])", first, maxsplit=1)[0].rstrip(".:"))
+
+
+def plain_text(text: str) -> str:
+    """reStructuredText roles and literals as plain text: ``:mod:`a.b``` -> ``a.b``."""
+    text = re.sub(r":\w+:`~?([^`]+)`", r"\1", text)
+    return text.replace("``", "")
 
 
 def get(spec: str, **kw: Any) -> Task:

@@ -68,7 +68,8 @@ def test_resume_skips_finished_runs(tmp_path, monkeypatch):
     real = harness.train_curve
 
     def counting(task, rule, seed, steps, every, impl):
-        calls.append((rule.name, seed, steps == every))
+        if steps > 1:  # one-step runs check that the optimizer can run the task
+            calls.append((rule.name, seed, steps == every))
         return real(task, rule, seed, steps, every, impl)
 
     monkeypatch.setattr(harness, "train_curve", counting)
@@ -111,3 +112,84 @@ def test_bad_config_is_a_value_error(tmp_path, field, value, match):
     with pytest.raises(ValueError, match=match):
         run_bench(BenchConfig(out=str(tmp_path), **{**base, field: value}))
     assert not (tmp_path / "curves.jsonl").exists()
+
+
+def test_resume_progress_bar_starts_at_the_work_done(tmp_path, monkeypatch):
+    run_bench(BenchConfig(out=str(tmp_path), **TINY))
+    path = tmp_path / "curves.jsonl"
+    lines = path.read_text().splitlines(keepends=True)
+    path.write_text("".join(lines[:3]))  # one adamw seed lost
+    bars = []
+    real = harness.tqdm
+    monkeypatch.setattr(harness, "tqdm", lambda **kw: bars.append(kw) or real(**kw))
+    run_bench(BenchConfig(out=str(tmp_path), **TINY, resume=True))
+    # 2 pairs x (2 tuning trials + 2 seeds) = 8 units; 7 were done
+    assert (bars[0]["total"], bars[0]["initial"]) == (8, 7)
+
+
+def test_interrupted_tuning_resumes_without_repeating_a_learning_rate(tmp_path, monkeypatch):
+    cfg = dict(TINY, optimizers=("adamw",), tune_trials=4)
+    tried = []
+    real = harness.train_curve
+
+    def tuning(stop_after):
+        def run(task, rule, seed, steps, every, impl):
+            if steps > 1 and steps == every:  # a tuning run
+                if len(tried) == stop_after:
+                    raise KeyboardInterrupt
+                tried.append(rule.hp["lr"])
+            return real(task, rule, seed, steps, every, impl)
+        return run
+
+    monkeypatch.setattr(harness, "train_curve", tuning(2))
+    with pytest.raises(KeyboardInterrupt):
+        run_bench(BenchConfig(out=str(tmp_path), **cfg))
+    monkeypatch.setattr(harness, "train_curve", tuning(-1))
+    run_bench(BenchConfig(out=str(tmp_path), **cfg, resume=True))
+    assert len(tried) == 4 and len(set(tried)) == 4
+    (summary,) = optuna.get_all_study_summaries(f"sqlite:///{tmp_path}/optuna.sqlite3")
+    study = optuna.load_study(study_name=summary.study_name,
+                              storage=f"sqlite:///{tmp_path}/optuna.sqlite3")
+    assert sorted(t.state.name for t in study.trials) == ["COMPLETE"] * 4 + ["FAIL"]
+
+
+def test_unrunnable_pairs_skip_or_fail_before_writing(tmp_path, capsys):
+    cfg = dict(TINY, optimizers=("sgd", "muon"), tune_trials=0)
+    with pytest.raises(ValueError, match="optimizer muon cannot run task quadratic: muon: a "
+                                         "parameter of shape"):
+        run_bench(BenchConfig(out=str(tmp_path / "a"), **cfg))
+    assert not (tmp_path / "a").exists()
+    result = run_bench(BenchConfig(out=str(tmp_path / "b"), **cfg, skip_unrunnable=True))
+    assert {r["optimizer"] for r in result.records} == {"sgd"}
+    assert "skipping muon on quadratic" in capsys.readouterr().err
+    assert "Skipped: muon on quadratic" in (tmp_path / "b" / "results.md").read_text()
+
+
+def test_bad_task_option_fails_before_writing(tmp_path):
+    with pytest.raises(ValueError, match="unknown option"):
+        run_bench(BenchConfig(out=str(tmp_path / "a"), **TINY, task_options={"width": 3}))
+    assert not (tmp_path / "a").exists()
+
+
+def test_a_task_object_from_a_user_module_can_be_benchmarked(tmp_path):
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 5, generator=g)
+    y = (x[:, 0] > 0).long()
+    task = tasks.from_module(lambda: nn.Sequential(nn.Linear(5, 8), nn.Tanh(), nn.Linear(8, 2)),
+                             (x, y), F.cross_entropy, batch_size=16, name="mynet")
+    result = run_bench(BenchConfig(tasks=(task,), optimizers=("sgd", "adamw"), out=str(tmp_path),
+                                   seeds=1, steps=8, tune_trials=2))
+    assert {(r["task"], r["optimizer"]) for r in result.records} == {("mynet", "sgd"),
+                                                                    ("mynet", "adamw")}
+    rec = next(r for r in result.records if r["optimizer"] == "adamw")
+    direct = train_curve(task, zoo.rule("adamw", lr=rec["lr"]), 0, 8, rec["eval_every"])
+    assert _strip_time(rec) == _strip_time({"task": "mynet", "optimizer": "adamw", "seed": 0,
+                                            **direct})
+    assert json.loads((tmp_path / "bench_config.json").read_text())["tasks"] == ["mynet"]
+    with pytest.raises(ValueError, match="task_options apply to tasks given by name"):
+        run_bench(BenchConfig(tasks=(task,), optimizers=("sgd",), out=str(tmp_path / "x"),
+                              task_options={"width": 3}))

@@ -70,3 +70,81 @@ def test_bad_budget_or_range(tmp_path):
     with pytest.raises(ValueError, match="default_lr"):
         tune_lr(lambda lr: 0.0, study_name="b", storage=st, trials=1, default_lr=1e-3,
                 lr_range=(10.0, 1.0))
+
+
+def _interrupt_after(n, calls):
+    def objective(lr):
+        if len(calls) == n:
+            raise KeyboardInterrupt
+        calls.append(lr)
+        return (math.log10(lr) + 2.5) ** 2
+    return objective
+
+
+def test_resume_after_interrupt_never_repeats_a_tried_lr(tmp_path, capfd):
+    url = f"sqlite:///{tmp_path}/r.db"
+    first = []
+    with pytest.raises(KeyboardInterrupt):
+        tune_lr(_interrupt_after(3, first), study_name="r", storage=open_storage(url), trials=8,
+                default_lr=1e-3, seed=0)
+    assert "Traceback" not in capfd.readouterr().err  # Optuna's failed-trial log is silenced
+    second = []
+    tune_lr(_bowl(second), study_name="r", storage=open_storage(url), trials=8,
+            default_lr=1e-3, seed=0, resume=True)
+    assert len(first) == 3 and len(second) == 5
+    assert not set(first) & set(second)
+    study = optuna.load_study(study_name="r", storage=url)
+    states = [t.state.name for t in study.trials]
+    assert states.count("COMPLETE") == 8 and states.count("FAIL") == 1  # the interrupted one
+
+
+def test_resume_marks_stale_running_trials_failed(tmp_path):
+    url = f"sqlite:///{tmp_path}/k.db"
+    study = optuna.create_study(study_name="k", storage=url)
+    killed = study.ask({"lr": optuna.distributions.FloatDistribution(1e-5, 1e-1, log=True)})
+    calls = []
+    tune_lr(_bowl(calls), study_name="k", storage=open_storage(url), trials=3, default_lr=1e-3,
+            seed=0, resume=True)
+    trials = optuna.load_study(study_name="k", storage=url).trials
+    assert trials[killed.number].state == optuna.trial.TrialState.FAIL
+    assert killed.params["lr"] not in calls and len(calls) == 3
+    assert sum(t.state.name == "RUNNING" for t in trials) == 0
+
+
+def test_a_repeated_suggestion_is_pruned_not_run(tmp_path):
+    url = f"sqlite:///{tmp_path}/p.db"
+    seen = []
+    tune_lr(_bowl(seen), study_name="p", storage=open_storage(url), trials=2, default_lr=1e-3,
+            seed=0)
+    optuna.load_study(study_name="p", storage=url).enqueue_trial({"lr": seen[0]})  # a repeat
+    calls = []
+    tune_lr(_bowl(calls), study_name="p", storage=open_storage(url), trials=3, default_lr=1e-3,
+            seed=0)
+    assert len(calls) == 1 and calls[0] not in seen
+    states = [t.state.name for t in optuna.load_study(study_name="p", storage=url).trials]
+    assert states == ["COMPLETE", "COMPLETE", "PRUNED", "COMPLETE"]
+
+
+@pytest.mark.parametrize("url,match", [
+    ("notaurl", "expected an Optuna storage URL"),
+    ("foo://x", "not a database URL SQLAlchemy knows"),
+])
+def test_storage_url_checked_without_connecting(url, match):
+    from metaopt.bench.tune import check_storage_url
+
+    with pytest.raises(ValueError, match=match):
+        check_storage_url(url)
+
+
+def test_missing_postgresql_driver_names_psycopg2():
+    from metaopt.bench.tune import check_storage_url
+
+    try:
+        import psycopg  # noqa: F401
+        pytest.skip("psycopg is installed")
+    except ImportError:
+        pass
+    with pytest.raises(ValueError) as e:
+        check_storage_url("postgresql://user@localhost/db")
+    assert "psycopg2" in str(e.value) and "not installed" in str(e.value)
+    assert "\n" not in str(e.value)
