@@ -94,11 +94,11 @@ class RuleOptimizer(torch.optim.Optimizer):
         super().add_param_group(param_group)
         group = self.param_groups[-1]
         check_hp_types(self.rule.name, {**self.rule.hp, **ADAPTER_DEFAULTS}, group)
-        for k, v in group.items():
-            if torch.is_tensor(v) and v.numel() != 1:
-                self.param_groups.pop()
-                raise ValueError(f"{self.rule.name}: Tensor {k} must be 1-element, "
-                                 f"got shape {tuple(v.shape)}")
+        lr = group.get("lr")
+        if torch.is_tensor(lr) and lr.numel() != 1:  # as torch (other tensor hp may be batched)
+            self.param_groups.pop()
+            raise ValueError(f"{self.rule.name}: Tensor lr must be 1-element, "
+                             f"got shape {tuple(lr.shape)}")
         try:
             self.rule.check(self._hp(group))
         except ValueError:
