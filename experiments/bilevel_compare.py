@@ -174,11 +174,11 @@ def memory_probe(method: str, steps: int) -> None:
     # run both code paths once on a tiny problem so one-time (lazy import) allocations are not counted
     tiny = problems.get("ridge", n_features=3, n_train=5, n_val=5)
     t_in, t_out = (lambda p, x: tiny.inner_loss(p, x)), (lambda p, x: tiny.outer_loss(p, x))
-    bilevel.unrolled_hypergrad(lambda p, x, b: t_in(p, x), t_out, tiny.init_params(), tiny.init_hparams(), rule, 2)
+    bilevel.unrolled_hypergrad(t_in, t_out, tiny.init_params(), tiny.init_hparams(), rule, 2)
     bilevel.hypergrad(t_in, t_out, tiny.solve(tiny.init_hparams()), tiny.init_hparams(), "cg", maxiter=2)
     base = peak_rss_kib()
     if method == "unrolled":
-        bilevel.unrolled_hypergrad(lambda p, x, b: inner(p, x), outer, pb.init_params(), h, rule, steps)
+        bilevel.unrolled_hypergrad(inner, outer, pb.init_params(), h, rule, steps)
     else:
         params = rule_solve(lambda p: inner(p, h), pb.init_params(), rule="sgd", steps=steps, lr=0.1, momentum=0.9)
         bilevel.hypergrad(inner, outer, tuple(params), h, "cg", maxiter=20)

@@ -16,8 +16,8 @@ import argparse
 import importlib
 import sys
 
-from .cli_common import (Parser, UsageError, add_common_flags, fail, float_at_least,
-                         int_at_least, resolve_device)
+from .cli_common import (Parser, UsageError, add_common_flags, cli_entry, fail,
+                         float_at_least, int_at_least, resolve_device)
 from .optimizer import IMPLS
 
 #: subcommand -> module whose ``main(argv) -> int`` runs it
@@ -36,21 +36,16 @@ DEFAULT_OUT = "bench-results"
 def main(argv: list[str] | None = None) -> int:
     """Run ``metaopt`` with ``argv`` (default: ``sys.argv[1:]``); returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    try:
-        if not argv:
-            return fail(f"missing command; choose one of: zoo, bench, {', '.join(DISPATCH)}")
-        if argv[0] in DISPATCH:
-            return _dispatch(argv[0], argv[1:])
-        args = build_parser().parse_args(argv)
-        return args.run(args)
-    except SystemExit as e:  # argparse's --help (0) and usage errors (2)
-        return e.code if isinstance(e.code, int) else (0 if e.code is None else fail(str(e.code)))
-    except ValueError as e:  # UsageError is a ValueError
-        return fail(" ".join(str(e).split()))
-    except KeyboardInterrupt:
-        print("metaopt: interrupted; finished runs are saved (bench: rerun the same command "
-              "with --resume)", file=sys.stderr)
-        return 130
+    return cli_entry(_main, what=argv[0] if argv else "metaopt")(argv)
+
+
+def _main(argv: list[str]) -> int:
+    if not argv:
+        return fail(f"missing command; choose one of: zoo, bench, {', '.join(DISPATCH)}")
+    if argv[0] in DISPATCH:
+        return _dispatch(argv[0], argv[1:])
+    args = build_parser().parse_args(argv)
+    return args.run(args)
 
 
 def build_parser() -> Parser:
@@ -83,6 +78,10 @@ def _add_bench(p: Parser) -> None:
     p.add_argument("--impl", choices=IMPLS, default="auto",
                    help="RuleOptimizer implementation path for every rule (default auto)")
     p.add_argument("--resume", action="store_true", help="continue OUT, skipping finished runs")
+    p.add_argument("--shared", action="store_true",
+                   help="join a sweep shared by many workers through --storage (every worker "
+                        "runs the same command with its own --out; tuning trials and seed runs "
+                        "are each done once, and every worker writes the merged table)")
     add_common_flags(p)
     p.set_defaults(run=run_bench_command)
 
@@ -152,7 +151,7 @@ def run_bench_command(args: argparse.Namespace) -> int:
         out=args.out or DEFAULT_OUT, seeds=args.seeds, steps=args.steps,
         eval_every=args.eval_every, tune_trials=args.tune_trials, storage=args.storage,
         device=str(resolve_device(args.device)), seed=args.seed, target_tol=args.target_tol,
-        impl=args.impl, resume=args.resume,
+        impl=args.impl, resume=args.resume, shared=args.shared,
     )
     result = run_bench(config)
     print(open(result.files["table"], encoding="utf-8").read(), end="")

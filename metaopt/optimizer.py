@@ -29,6 +29,7 @@ from typing import Any, Callable, Iterable
 import torch
 from torch import Tensor
 
+from .dtensor import gather, is_sharded, shard_like
 from .extras import extras
 from .fastpath import IMPLS, CompiledPaths, choose_impl
 from .rule import UpdateRule, check_hp_types
@@ -113,7 +114,7 @@ class RuleOptimizer(torch.optim.Optimizer):
         state = self.state[p]
         if not state:
             state["step"] = torch.zeros((), dtype=torch.float32)
-            state.update(self.rule.init(_real(p.detach())))
+            state.update(self.rule.init(self._whole(_real(p.detach()))))
         return state
 
     def load_state_dict(self, state_dict: dict) -> None:
@@ -148,7 +149,7 @@ class RuleOptimizer(torch.optim.Optimizer):
         self._reset_caches()  # the loaded state replaces the flat buffers' views and counters
 
     def _complete_state(self, p: Tensor, saved: dict) -> None:
-        state, template = self.state[p], self.rule.init(_real(p.detach()))
+        state, template = self.state[p], self.rule.init(self._whole(_real(p.detach())))
         for k, v in saved.items():
             if not torch.is_tensor(v) or k == "step":
                 continue
@@ -258,8 +259,11 @@ class RuleOptimizer(torch.optim.Optimizer):
             for i, p in enumerate(params):
                 state = self._init_state(p)
                 extra = {k: v[i] for k, v in ext.items()}
-                total = total + self.rule.reduce(_grad(p, group), _real(p), _rule_state(state),
-                                                 hp, _next_step(state), **extra)
+                g, w = _grad(p, group), _real(p)
+                if self._gathers(w):
+                    g, w = gather(g), gather(w)
+                total = total + gather(self.rule.reduce(g, w, _rule_state(state), hp,
+                                                        _next_step(state), **extra))
         for (_, params, _), ext in zip(jobs, exts):
             ext["total"] = [total] * len(params)
 
@@ -284,7 +288,8 @@ class RuleOptimizer(torch.optim.Optimizer):
         # a graph, so both are used as they are (no per-tensor detach on the hot path)
         grads = [_grad(p, group) for p in params]
         rule_states = [_rule_state(s) for s in states]
-        impl = choose_impl(self.rule, self.impl, real, grads, plain)
+        impl = ("loop" if is_sharded(real[0])  # DTensor shards: the rule's own ops, per tensor
+                else choose_impl(self.rule, self.impl, real, grads, plain))
         if impl == "compiled" and not all(rule_states):  # state created by the first update
             impl = "loop"
         try:
@@ -298,7 +303,7 @@ class RuleOptimizer(torch.optim.Optimizer):
                 self._paths.flat.pop(id(group), None)  # new state tensors replace flat views
                 for i, (p, g, s, st) in enumerate(zip(real, grads, rule_states, steps)):
                     extra = {k: v[i] for k, v in ext.items()}
-                    delta, new = self.rule.update(g, p, s, hp, st, **extra)
+                    delta, new = self._update_one(p, g, s, hp, st, extra)
                     p.sub_(delta)
                     states[i].update(new)
         except torch.linalg.LinAlgError as err:
@@ -308,6 +313,22 @@ class RuleOptimizer(torch.optim.Optimizer):
                     f"{self.rule.name} cannot continue at step {max(steps)}: {reason} "
                     "(non-finite or degenerate statistics; pass skip_nonfinite=True to skip "
                     "such steps, or lower lr)") from None
+
+    def _update_one(self, p: Tensor, g: Tensor, state: dict, hp: dict, step, extra: dict):
+        """The rule's ``(delta, new_state)`` for one tensor. A shard of a rule that reads whole
+        tensors is updated through the gathered tensor (:mod:`metaopt.dtensor`)."""
+        if not self._gathers(p):
+            return self.rule.update(g, p, state, hp, step, **extra)
+        extra = {k: gather(v) if torch.is_tensor(v) else v for k, v in extra.items()}
+        delta, new = self.rule.update(gather(g), gather(p), state, hp, step, **extra)
+        return shard_like(delta, p), new
+
+    def _gathers(self, p: Tensor) -> bool:
+        """Whether ``p`` is a shard this rule updates through the gathered tensor."""
+        return not self.rule.elementwise and is_sharded(p)
+
+    def _whole(self, p: Tensor) -> Tensor:
+        return gather(p) if self._gathers(p) else p
 
     def _checked_loop(self, group, params, grads, rule_states, states, steps, ext,
                       counters) -> None:
@@ -323,7 +344,7 @@ class RuleOptimizer(torch.optim.Optimizer):
                 if not finite:
                     break
                 extra = {k: v[i] for k, v in ext.items()}
-                delta, new = self.rule.update(g, p, s, hp, st, **extra)
+                delta, new = self._update_one(p, g, s, hp, st, extra)
                 results.append((p - delta, new))
                 finite = _all_finite([results[-1][0], *new.values()])
         except torch.linalg.LinAlgError:

@@ -16,6 +16,7 @@ from their completed trials, so a killed benchmark loses at most the run in prog
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -29,7 +30,7 @@ from .atomic import write_atomic
 from .machine import machine_line
 from .plots import plot_profile, plot_task_curves
 from .profile import performance_ratios
-from .records import CurveStore
+from .records import CurveStore, record_key
 from .run import final_val_loss, train_curve
 from .summary import group_runs, markdown_table, median, steps_to_target, summary_rows, task_target
 from .tune import open_storage, tune_lr
@@ -60,6 +61,7 @@ class BenchConfig:
     lr_range: tuple[float, float] = (1e-2, 1e2)
     impl: str = "auto"
     resume: bool = False
+    shared: bool = False
 
     def resolved(self) -> "BenchConfig":
         """Validated, with defaults filled in."""
@@ -84,6 +86,10 @@ class BenchConfig:
             if lacking:
                 raise ValueError(f"impl 'fused' is not available for: {', '.join(lacking)}; "
                                  "use auto or loop")
+        if self.shared and not self.storage:
+            raise ValueError("a shared sweep needs --storage: an Optuna storage URL every "
+                             "worker reaches (postgresql://..., sqlite:///file, "
+                             "journal:///file)")
         if not self.target_tol >= 0:
             raise ValueError(f"target_tol must be >= 0, got {self.target_tol}")
         out = str(Path(self.out).resolve())
@@ -105,6 +111,8 @@ class BenchResult:
 def run_bench(config: BenchConfig) -> BenchResult:
     """Run (or resume) the benchmark described by ``config`` and write its outputs."""
     cfg = config.resolved()
+    if cfg.shared:
+        return _run_shared(cfg)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     store = CurveStore(out / "curves.jsonl")
@@ -153,13 +161,61 @@ def _pick_lr(cfg: BenchConfig, task: Task, task_name: str, opt: str, storage,
         bar.update(1)
 
     bar.set_postfix_str(f"{task_name}/{opt}/tuning")
-    lo, hi = cfg.lr_range
-    name = f"{task_name}/{opt}/steps={cfg.steps}/seed={cfg.seed}/lr=default*[{lo:g},{hi:g}]"
-    lr = tune_lr(objective, study_name=name, storage=storage, trials=cfg.tune_trials,
+    lr = tune_lr(objective, study_name=study_name(cfg, task_name, opt), storage=storage, trials=cfg.tune_trials,
                  default_lr=float(default), lr_range=cfg.lr_range, seed=cfg.seed,
                  on_trial=on_trial)
     bar.update(cfg.tune_trials - len(ran))
     return lr
+
+
+def study_name(cfg: BenchConfig, task_name: str, opt: str) -> str:
+    """The Optuna study that tunes ``opt`` on ``task_name`` (shared by workers and resumes)."""
+    lo, hi = cfg.lr_range
+    return f"{task_name}/{opt}/steps={cfg.steps}/seed={cfg.seed}/lr=default*[{lo:g},{hi:g}]"
+
+
+def _run_shared(cfg: BenchConfig) -> BenchResult:
+    """This worker's share of a sweep shared through ``cfg.storage`` (:mod:`.shared`): tuning
+    trials and seed runs are claimed from the storage, each done once over all workers; the
+    runs this worker did go to its own ``curves.jsonl``, and the table is rendered from every
+    worker's runs in the storage."""
+    from .shared import open_shared_storage, run_seeds_shared, shared_records, tune_shared
+
+    storage = open_shared_storage(cfg.storage)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    store = CurveStore(out / "curves.jsonl")
+    seeds = [cfg.seed + i for i in range(cfg.seeds)]
+    pairs = [(t, o) for t in cfg.tasks for o in cfg.optimizers]
+    built: dict[str, Task] = {}
+    worker = os.getpid()
+    with tqdm(desc="bench (shared)", unit="run", dynamic_ncols=True) as bar:
+        for t, o in pairs:
+            task = built.setdefault(t, task_registry.get(t, device=cfg.device))
+            lr = zoo.defaults(o).get("lr")
+            name = study_name(cfg, t, o)
+            if cfg.tune_trials and isinstance(lr, (int, float)) and lr > 0:
+                def objective(lr_try: float, task=task, o=o) -> float:
+                    return final_val_loss(train_curve(task, _rule(o, lr_try),
+                                                      cfg.seed + TUNE_SEED_OFFSET, cfg.steps,
+                                                      cfg.steps, cfg.impl))
+                bar.set_postfix_str(f"{t}/{o}/tuning")
+                lr = tune_shared(objective, study_name=name, storage=storage,
+                                 trials=cfg.tune_trials, default_lr=float(lr),
+                                 lr_range=cfg.lr_range, seed=cfg.seed, worker=worker,
+                                 on_trial=lambda: bar.update(1))
+
+            def run(seed: int, task=task, t=t, o=o, lr=lr) -> dict:
+                bar.set_postfix_str(f"{t}/{o}/seed {seed}")
+                record = train_curve(task, _rule(o, lr), seed, cfg.steps, cfg.eval_every,
+                                     cfg.impl)
+                return {"task": t, "optimizer": o, "seed": seed, **record}
+
+            run_seeds_shared(run, study_name=name + "/runs", storage=storage, seeds=seeds,
+                             value=final_val_loss,
+                             on_run=lambda r: (store.append(r), bar.update(1)))
+    records = shared_records(storage, [study_name(cfg, t, o) + "/runs" for t, o in pairs])
+    return write_report(cfg, sorted(records, key=record_key))
 
 
 def _check_resume(cfg: BenchConfig, store: CurveStore) -> None:

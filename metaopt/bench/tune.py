@@ -16,8 +16,9 @@ import math
 from typing import Any, Callable
 
 
-def open_storage(url: str) -> Any:
-    """An Optuna RDB storage for ``url``; a malformed or unreachable URL is a ValueError."""
+def open_storage(url: str, **rdb_options: Any) -> Any:
+    """An Optuna RDB storage for ``url`` (``rdb_options`` go to ``RDBStorage``, e.g.
+    heartbeats); a malformed or unreachable URL is a ValueError."""
     try:
         import optuna
         import sqlalchemy.exc
@@ -31,7 +32,7 @@ def open_storage(url: str) -> Any:
             "sqlite:///path/optuna.sqlite3 or postgresql://user@host/db"
         )
     try:
-        return optuna.storages.RDBStorage(url)
+        return optuna.storages.RDBStorage(url, **rdb_options)
     except (ImportError, sqlalchemy.exc.SQLAlchemyError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ValueError(f"cannot open storage {url!r}: {first}") from None

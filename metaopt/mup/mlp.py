@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..tasks.base import ParamInfo
+from ..params import ParamInfo
 
 
 def mlp_param_info(in_dim: int, width: int, depth: int, out_dim: int) -> list[ParamInfo]:

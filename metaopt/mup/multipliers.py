@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from ..tasks.base import ParamInfo
+from ..params import ParamInfo
 
 KINDS = ("adam", "sgd")
 

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..tasks.base import ParamInfo
+from ..params import ParamInfo
 
 
 def transformer_param_info(vocab: int, context: int, width: int, depth: int) -> list[ParamInfo]:

@@ -12,26 +12,12 @@ can be differentiated through (``torch.func.grad``) and vmapped over a populatio
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Iterator
 
 import torch
 from torch import Tensor
 
-ROLES = ("input", "hidden", "output", "bias", "vector")
-
-
-@dataclass(frozen=True)
-class ParamInfo:
-    """What a parameter tensor is: ``role`` in :data:`ROLES` and its fan-in / fan-out.
-
-    μP (Tensor Programs V, Table 8) treats hidden weights (both dimensions grow with width)
-    differently from input weights, output weights and vectors (biases, gains)."""
-
-    name: str
-    role: str
-    fan_in: int = 1
-    fan_out: int = 1
+from ..params import ROLES, ParamInfo  # noqa: F401  (re-exported: metaopt.tasks.ParamInfo)
 
 
 class Task:

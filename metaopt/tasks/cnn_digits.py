@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from ..mup.parametrization import check_width
-from .base import ParamInfo
+from ..params import ParamInfo
 from .digits_data import N_CLASSES, DigitsTask
 from .registry import register
 

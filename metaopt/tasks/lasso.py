@@ -25,7 +25,8 @@ import copy
 import torch
 from torch import Tensor
 
-from .base import ParamInfo, Task
+from ..params import ParamInfo
+from .base import Task
 from .registry import register
 
 MATRICES = ("gaussian", "rademacher", "correlated", "digits", "breast_cancer")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import ParamInfo
+from ..params import ParamInfo
 from .digits_data import N_CLASSES, N_PIXELS, DigitsTask
 from .registry import register
 

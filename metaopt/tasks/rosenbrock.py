@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import torch
 
-from .base import ParamInfo, Task
+from ..params import ParamInfo
+from .base import Task
 from .registry import register
 
 

@@ -33,7 +33,7 @@ def test_mlp_weight_decay_hypergradient_matches_fd():
     assert pb.num_hparams == 64 * 16 + 16 + 16 * 10 + 10
 
     def run(x):
-        return bilevel.unrolled_hypergrad(lambda p, y, b: pb.inner_loss(p, y), lambda p, y: pb.outer_loss(p, y),
+        return bilevel.unrolled_hypergrad(lambda p, y: pb.inner_loss(p, y), lambda p, y: pb.outer_loss(p, y),
                                           pb.init_params(), x, "sgd", 8, rule_hp={"lr": 0.5, "momentum": 0.9},
                                           return_value=True)
 

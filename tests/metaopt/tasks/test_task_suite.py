@@ -13,6 +13,8 @@ SMALL = {
     "charlm": dict(width=32, depth=1, context=16, batch_size=8, corpus_bytes=100_000),
     "mlp_digits": dict(width=32),
     "cnn_digits": dict(channels=4),
+    "rnn_digits": dict(width=8),
+    "text_lm": dict(width=16, context=8, batch_size=8, corpus_bytes=20_000, eval_windows=16),
 }
 LRS = (0.1, 1e-2, 1e-3, 1e-4)
 
