@@ -98,12 +98,20 @@ class RuleOptimizer(torch.optim.Optimizer):
         super().add_param_group(param_group)
         group = self.param_groups[-1]
         check_hp_types(self.rule.name, {**self.rule.hp, **ADAPTER_DEFAULTS}, group)
+<<<<<<< HEAD
         for k, v in group.items():  # scalar hyperparameters (as torch's lr) take 1-element
             # tensors; one whose default is None may be per-problem (Math-L2O's lipschitz)
             if torch.is_tensor(v) and v.numel() != 1 and k in self.scalar_hyperparameters:
                 self.param_groups.pop()
                 raise ValueError(f"{self.rule.name}: Tensor {k} must be 1-element, "
                                  f"got shape {tuple(v.shape)}")
+=======
+        lr = group.get("lr")
+        if torch.is_tensor(lr) and lr.numel() != 1:  # as torch (other tensor hp may be batched)
+            self.param_groups.pop()
+            raise ValueError(f"{self.rule.name}: Tensor lr must be 1-element, "
+                             f"got shape {tuple(lr.shape)}")
+>>>>>>> spine
         try:
             self.rule.check(self._hp(group))
         except ValueError:

@@ -14,8 +14,9 @@ vector product ``hvp`` with a Rademacher probe ``u``), ``"gnb"`` (Sophia-G's est
 ``"layer"`` (``layer_in``, the input rows of the tensor's layer with a column of ones for a
 bias, and ``layer_grad_out``, the gradient of the loss with respect to the layer's output rows)
 or ``"layer_grad"`` (``layer_grad``, the layer's joint ``[dW, db]``); :class:`RuleOptimizer`
-supplies them, the per-layer ones from a :class:`metaopt.zoo.LayerStatistics` of the model
-(``None`` for a tensor that no captured layer owns).
+supplies them through the providers of :mod:`metaopt.extras`, the per-layer ones from a
+:class:`metaopt.zoo.LayerStatistics` of the model (``None`` for a tensor that no captured layer
+owns).
 A rule whose step depends on a sum over every tensor (a Polyak step size divides by the whole
 gradient's squared norm) gives a per-tensor ``reduce(grad, param, state, hp, step, **ext)``;
 the sum of its values over all tensors stepped together arrives in ``update`` as ``total``.
@@ -75,6 +76,12 @@ class UpdateRule:
         there for the closure and back before the update; :func:`unroll` differentiates
         there; :func:`apply` takes gradients its caller evaluated at
         :func:`predicted_params`.
+      origin: the zero-argument factory this rule came from (the registry sets it), so that
+        the rule pickles by reference (its functions may be closures); ``None`` otherwise.
+
+    A rule's extra inputs are capabilities named in ``needs`` and served by the providers of
+    :mod:`metaopt.extras` (a new kind of input is a new provider there, not a new field here or
+    a new ``step()`` argument); ``fused`` is the fast path :mod:`metaopt.fastpath` documents.
     """
 
     name: str

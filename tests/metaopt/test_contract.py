@@ -6,8 +6,8 @@ A port (written here, from the behaviour they check) of PyTorch's generic optimi
 ``optim_db``: each member's row is its registry entry (:class:`metaopt.zoo.Entry`: sample
 hyperparameters, supported dtypes, documented opt-outs); a member without one fails
 ``test_every_member_has_a_contract_row``. Cases a member opts out of are skipped with the
-reason written in its entry; cases the learned optimizer fails for reasons in files owned by
-another engineer are skipped naming the owner.
+reason written in its entry; the learned optimizer's opt-outs are listed here
+(``LEARNED_OPT_OUT``).
 
 References are independent runs: the same optimizer on contiguous / real / float32 copies,
 torch's own Adam/AdamW/SGD, or closed forms.
@@ -31,16 +31,8 @@ pytestmark = pytest.mark.filterwarnings("ignore:Using backward\\(\\) with create
 LEARNED = "learned_mlp"
 MEMBERS = zoo.names()
 SUBJECTS = MEMBERS + [LEARNED]
-# cases the learned optimizer fails in learned/optimizer.py (owned by engineer ``learned``)
-LEARNED_OWNED = {
-    "named_params": "LearnedOptimizer maps a (name, param) pair through _first_device "
-                    "(learned/optimizer.py, owner: learned)",
-    "bare_tensor": "LearnedOptimizer raises ValueError before torch's TypeError "
-                   "(learned/optimizer.py, owner: learned)",
-    "pickle": "LearnedOptimizer's rule is built from closures (LOpt.rule) and has no origin "
-              "to pickle it by (learned/base.py, owner: learned)",
-    "float16": "MLPLOpt's features give NaN in float16 (learned/mlp_lopt.py, features.py; "
-               "owner: learned)",
+# cases the learned optimizer opts out of (learned/ is owned by engineer ``learned``)
+LEARNED_OPT_OUT = {
     # by design, not failures: the learned optimizer's step size is part of theta
     "tensor_lr": "the learned optimizer has no lr hyperparameter (its step size is learned)",
     "scheduler": "the learned optimizer has no lr hyperparameter (its step size is learned)",
@@ -75,8 +67,8 @@ def _needs(opt) -> set:
 
 def _skip_unless(name: str, case: str) -> None:
     if name == LEARNED:
-        if case in LEARNED_OWNED:
-            pytest.skip(LEARNED_OWNED[case])
+        if case in LEARNED_OPT_OUT:
+            pytest.skip(LEARNED_OPT_OUT[case])
         return
     reason = zoo.entry(name).opt_out.get(case)
     if reason:
