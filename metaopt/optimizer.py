@@ -60,9 +60,6 @@ class RuleOptimizer(torch.optim.Optimizer):
         if impl == "fused" and rule.fused is None:
             raise ValueError(f"{rule.name} has no fused implementation; use impl='loop'")
         own = {k: hp.pop(k) for k in list(hp) if k in ADAPTER_DEFAULTS}
-        #: hyperparameters whose default is a number: a tensor for one must be 1-element
-        self.scalar_hyperparameters = frozenset(
-            k for k, v in rule.hp.items() if isinstance(v, (int, float)) and not isinstance(v, bool))
         self.rule = rule.with_hp(**hp)
         self.impl = impl
         self._reset_caches()
@@ -98,20 +95,11 @@ class RuleOptimizer(torch.optim.Optimizer):
         super().add_param_group(param_group)
         group = self.param_groups[-1]
         check_hp_types(self.rule.name, {**self.rule.hp, **ADAPTER_DEFAULTS}, group)
-<<<<<<< HEAD
-        for k, v in group.items():  # scalar hyperparameters (as torch's lr) take 1-element
-            # tensors; one whose default is None may be per-problem (Math-L2O's lipschitz)
-            if torch.is_tensor(v) and v.numel() != 1 and k in self.scalar_hyperparameters:
-                self.param_groups.pop()
-                raise ValueError(f"{self.rule.name}: Tensor {k} must be 1-element, "
-                                 f"got shape {tuple(v.shape)}")
-=======
         lr = group.get("lr")
         if torch.is_tensor(lr) and lr.numel() != 1:  # as torch (other tensor hp may be batched)
             self.param_groups.pop()
             raise ValueError(f"{self.rule.name}: Tensor lr must be 1-element, "
                              f"got shape {tuple(lr.shape)}")
->>>>>>> spine
         try:
             self.rule.check(self._hp(group))
         except ValueError:
