@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import time
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import bilevel  # noqa: E402
 from bilevel import problems  # noqa: E402
@@ -28,6 +28,7 @@ from bilevel.inner import rule_solve  # noqa: E402
 from metaopt import zoo  # noqa: E402
 from metaopt.bench.atomic import write_atomic  # noqa: E402
 from metaopt.bench.machine import machine_line  # noqa: E402
+from bilevel_compare import memory_table, peak_rss_kib  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 OPTIONS = {"width": 32, "train_steps": 150, "seed": 0}
@@ -51,11 +52,6 @@ def cost_table(pb) -> str:
     return "\n".join(lines)
 
 
-def peak_rss_kib() -> int:
-    with open("/proc/self/status") as fh:
-        return next(int(line.split()[1]) for line in fh if line.startswith("VmHWM:"))
-
-
 def memory_probe(method: str, steps: int) -> None:
     torch.set_num_threads(1)
     pb = problems.get("task_head", **OPTIONS)
@@ -72,20 +68,6 @@ def memory_probe(method: str, steps: int) -> None:
                             momentum=0.9)
         bilevel.hypergrad(pb.inner_loss, pb.outer_loss, tuple(params), h, "cg", maxiter=20, on_fail="ignore")
     print(json.dumps({"mb": (peak_rss_kib() - base) / 1024}))
-
-
-def memory_table() -> str:
-    lines = ["| inner steps T | implicit (T steps, no graph, + CG 20) peak RSS growth, MB | "
-             "unrolled through T steps, MB |", "|---|---|---|"]
-    for steps in (25, 50, 100, 200):
-        row = []
-        for method in ("implicit", "unrolled"):
-            out = subprocess.run([sys.executable, __file__, "--memory-probe", method, str(steps)], capture_output=True,
-                                 text=True, check=True,
-                                 env={**os.environ, "OMP_NUM_THREADS": "1", "MALLOC_MMAP_THRESHOLD_": "65536"})
-            row.append(json.loads(out.stdout.strip().splitlines()[-1])["mb"])
-        lines.append(f"| {steps} | {row[0]:.1f} | {row[1]:.1f} |")
-    return "\n".join(lines)
 
 
 def main() -> None:
@@ -107,7 +89,7 @@ def main() -> None:
         "## Peak memory against the number of inner steps", "",
         "Peak resident-set growth of one hypergradient in a fresh process (VmHWM, glibc mmap threshold "
         "64 KiB; approximate). The implicit method trains without a graph, so its memory should not grow "
-        "with T.", "", memory_table(), ""])
+        "with T.", "", memory_table(__file__, "implicit (T steps, no graph, + CG 20)", "unrolled through T steps"), ""])
     write_atomic(os.path.join(HERE, "results", "bilevel_real_cost.md"), text)
     print(text)
 

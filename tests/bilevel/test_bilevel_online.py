@@ -87,6 +87,9 @@ def test_from_module_gru_task_matches_fd():
     params = task.init(task.generator(0))
     space = TrainingSpace.for_params(params, steps=3, lr_pieces=1, n_data=48, noise=True, lr0=1e-2)
     _fd_check(task, space, "adam", steps=3)
+    tuned = online_tune(task, space, seed=0, window=2, outer_lr=0.1)  # the whole tuner on a user's module
+    assert len(tuned.params) == len(params) and torch.isfinite(space.to_vector(tuned.h)).all()
+    assert not torch.equal(space.to_vector(tuned.h), space.to_vector(space.init(DT)))
 
 
 def test_online_tuning_lowers_the_validation_loss_of_a_badly_set_run():
