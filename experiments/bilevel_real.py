@@ -245,8 +245,8 @@ def main() -> None:
         plot(k, results[k], seeds, args.budget, os.path.join(args.results, name))
         plots.append(f"![{name}]({name})")
     text = "\n".join([
-        "# Bilevel tuning of real training runs against Optuna TPE and CMA-ES at equal wall clock", "",
         f"Command: `OMP_NUM_THREADS=1 nice -n 10 {command}`", "",
+        "# Bilevel tuning of real training runs against Optuna TPE and CMA-ES at equal wall clock", "",
         f"Machine: {machine_line('cpu')}, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.", "",
         f"Setup: {args.steps} AdamW steps per training run (task batch size), {args.budget:.0f} s of wall "
         f"clock per method and seed (seeds {seeds[0]}-{seeds[-1]}: model init and batch order), hyperparameters "

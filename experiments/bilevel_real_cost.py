@@ -77,8 +77,8 @@ def main() -> None:
     torch.set_num_threads(1)
     pb = problems.get("task_head", **OPTIONS)
     text = "\n".join([
-        "# Implicit hypergradient on a real-model problem: cost per hypergradient and memory vs inner steps", "",
         "Command: `OMP_NUM_THREADS=1 nice -n 10 python experiments/bilevel_real_cost.py`", "",
+        "# Implicit hypergradient on a real-model problem: cost per hypergradient and memory vs inner steps", "",
         f"Machine: {machine_line('cpu')}, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.", "",
         f"Problem `task_head` ({OPTIONS}): logistic head on the hidden layer of an mlp_digits network trained "
         f"150 AdamW steps, 30% corrupted training labels; {pb.num_hparams} hyperparameters "
