@@ -122,11 +122,15 @@ class OnlineResult:
 
 def online_tune(task, space: TrainingSpace, h0: dict | None = None, *, rule: str | UpdateRule = "adamw",
                 window: int = 10, outer_lr: float = 0.05, val_batch_size: int = 256, seed: int = 0,
-                batch_size: int | None = None, data: Examples | None = None,
+                batch_size: int | None = None, data: Examples | None = None, fill_ahead: bool | None = None,
                 callback: Callable[[int, dict], Any] | None = None) -> OnlineResult:
     """One training run of ``space.steps`` steps that tunes ``h`` by truncated hypergradients
-    every ``window`` steps (Adam with ``outer_lr`` on ``h``, projected onto the space's box). Returns the trained model, which
-    is the product: it was trained under the hyperparameters as they were being tuned."""
+    every ``window`` steps (Adam with ``outer_lr`` on ``h``, projected onto the space's box).
+    Returns the trained model, which is the product: it was trained under the hyperparameters
+    as they were being tuned. ``fill_ahead`` (default: when starting from the space's initial
+    point, ``h0=None``) copies the current piece's learning rates into the pieces not reached
+    yet after each update, so a first run follows its tuned rates forward as hypergradient
+    descent does (Baydin et al. 2018) instead of falling back to the start value at each piece."""
     if window < 1:
         raise ValueError(f"window={window}; it must be >= 1")
     the_rule = zoo.rule(rule) if isinstance(rule, str) else rule
@@ -134,6 +138,7 @@ def online_tune(task, space: TrainingSpace, h0: dict | None = None, *, rule: str
     gen = task.generator(seed)
     params = [p.detach() for p in task.init(gen)]
     states = init_states(the_rule, params)
+    fill = (h0 is None) if fill_ahead is None else fill_ahead
     h = h0 if h0 is not None else space.init(params[0].dtype, params[0].device)
     size = batch_size or task.batch_size
     outer = _AdamTree(outer_lr)
@@ -143,12 +148,20 @@ def online_tune(task, space: TrainingSpace, h0: dict | None = None, *, rule: str
         val = data.batch("val", data.indices("val", val_batch_size, gen))
         g, value, params, states = window_hypergrad(task, space, the_rule, h, params, states, draws, val, s)
         h = space.clip(outer.step(h, g))
+        if fill and "log_lr" in h:
+            h = dict(h, log_lr=_fill_ahead(h["log_lr"], space.piece(s + len(draws) - 1)))
         result.seconds.append(time.perf_counter() - start)
         result.window_losses.append(float(value))
         if callback is not None:
             callback(s + len(draws), h)
     result.h, result.params = h, params
     return result
+
+
+def _fill_ahead(log_lr: Tensor, piece: int) -> Tensor:
+    """Pieces after ``piece`` set to ``piece``'s values."""
+    later = log_lr.shape[0] - piece - 1
+    return torch.cat([log_lr[:piece + 1], log_lr[piece:piece + 1].expand(later, -1)]) if later > 0 else log_lr
 
 
 @dataclass
@@ -162,14 +175,17 @@ class TuneRecord:
 
 
 def tune_runs(task, space: TrainingSpace, *, budget_s: float, max_runs: int | None = None,
-              outer_lr: float = 0.3, seed: int = 0, on_run: Callable[[TuneRecord], Any] | None = None,
+              outer_lr: float = 0.3, refine_lr: float | None = None, seed: int = 0, on_run: Callable[[TuneRecord], Any] | None = None,
               **online: Any) -> list[TuneRecord]:
     """Repeated :func:`online_tune` runs within ``budget_s`` seconds (at least one run). Each
     run starts from the ``h`` that ended the best run so far (lowest validation loss of its
-    trained model, ``task.evaluate``); a run that does not improve on the best halves the outer
-    step for the next one (backtracking, so greedy truncated hypergradients cannot run away)."""
+    trained model, ``task.evaluate``). The first run steps ``h`` by ``outer_lr``, later runs,
+    which refine a tuned schedule, by ``refine_lr`` (default ``outer_lr / 4``); a run that does
+    not improve on the best halves it (backtracking, so greedy truncated hypergradients cannot
+    run away)."""
     records: list[TuneRecord] = []
     best, h, lr, start = None, None, outer_lr, time.perf_counter()
+    refine = outer_lr / 4 if refine_lr is None else refine_lr
     while not records or (time.perf_counter() - start < budget_s and len(records) < (max_runs or 10**9)):
         result = online_tune(task, space, h, outer_lr=lr, seed=seed, **online)
         value = task.evaluate(result.params)["val_loss"]
@@ -178,7 +194,8 @@ def tune_runs(task, space: TrainingSpace, *, budget_s: float, max_runs: int | No
         if best is None or value < best.val_loss:
             best = records[-1]
         else:
-            lr *= 0.5
+            refine *= 0.5
+        lr = refine
         h = best.h
         if on_run is not None:
             on_run(records[-1])

@@ -99,12 +99,15 @@ class TrainingSpace:
         return {k: ([t.clamp(*box[k]) for t in v] if isinstance(v, list) else v.clamp(*box[k]))
                 for k, v in h.items()}
 
+    def piece(self, step: int) -> int:
+        """The schedule piece of 0-based ``step``: ``floor(step pieces / steps)``."""
+        return min(step * self.lr_pieces // self.steps, self.lr_pieces - 1)
+
     def rule_hp(self, h: dict, step: int, base: dict | None = None) -> list[dict]:
         """Per-tensor hyperparameters of the rule at 0-based ``step``."""
         hp = [dict(base or {}) for _ in self.shapes]
         if "log_lr" in h:
-            piece = min(step * self.lr_pieces // self.steps, self.lr_pieces - 1)
-            lrs = h["log_lr"][piece].exp()
+            lrs = h["log_lr"][self.piece(step)].exp()
             for j, d in enumerate(hp):
                 d["lr"] = lrs[j]
         if "log_wd" in h:

@@ -192,12 +192,14 @@ def peak_rss_kib() -> int:
         return next(int(line.split()[1]) for line in fh if line.startswith("VmHWM:"))
 
 
-def memory_table() -> str:
-    lines = ["| inner steps T | implicit (CG 20) peak RSS growth, MB | unrolled peak RSS growth, MB |", "|---|---|---|"]
+def memory_table(script: str = __file__, implicit: str = "implicit (CG 20)", unrolled: str = "unrolled") -> str:
+    """Rows of peak-RSS growth per inner-step count, each measured by ``script --memory-probe``
+    in a fresh process."""
+    lines = [f"| inner steps T | {implicit} peak RSS growth, MB | {unrolled} peak RSS growth, MB |", "|---|---|---|"]
     for steps in (25, 50, 100, 200):
         row = []
         for method in ("implicit", "unrolled"):
-            out = subprocess.run([sys.executable, __file__, "--memory-probe", method, str(steps)], capture_output=True,
+            out = subprocess.run([sys.executable, script, "--memory-probe", method, str(steps)], capture_output=True,
                                  text=True, check=True,
                                  # mmap every block >= 64 KiB so freed tensors leave the RSS at once
                                  env={**os.environ, "OMP_NUM_THREADS": "1", "MALLOC_MMAP_THRESHOLD_": "65536"})

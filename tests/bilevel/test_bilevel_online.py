@@ -9,7 +9,7 @@ from torch import nn
 from metaopt import tasks, zoo
 from metaopt.rule import init_states
 from bilevel.examples import examples_of
-from bilevel.online import draw, online_tune, train, window_hypergrad
+from bilevel.online import draw, online_tune, train, tune_runs, window_hypergrad
 from bilevel.space import TrainingSpace
 
 DT = torch.float64
@@ -87,6 +87,9 @@ def test_from_module_gru_task_matches_fd():
     params = task.init(task.generator(0))
     space = TrainingSpace.for_params(params, steps=3, lr_pieces=1, n_data=48, noise=True, lr0=1e-2)
     _fd_check(task, space, "adam", steps=3)
+    tuned = online_tune(task, space, seed=0, window=2, outer_lr=0.1)  # the whole tuner on a user's module
+    assert len(tuned.params) == len(params) and torch.isfinite(space.to_vector(tuned.h)).all()
+    assert not torch.equal(space.to_vector(tuned.h), space.to_vector(space.init(DT)))
 
 
 def test_online_tuning_lowers_the_validation_loss_of_a_badly_set_run():
@@ -105,3 +108,29 @@ def test_tasks_without_indexable_data_are_a_one_line_error():
     with pytest.raises(ValueError, match="exposes no indexable data.*from_module") as e:
         examples_of(tasks.get("rosenbrock"))
     assert "\n" not in str(e.value)
+
+
+def test_fill_ahead_carries_the_tuned_rate_into_later_pieces():
+    task = tasks.get("mlp_digits", width=8, depth=1)
+    params = task.init(task.generator(0))
+    space = TrainingSpace.for_params(params, steps=12, lr_pieces=4, wd=False)
+    seen = []
+    online_tune(task, space, seed=0, window=3, outer_lr=0.5, callback=lambda step, h: seen.append((step, h)))
+    for step, h in seen[:-1]:
+        piece = space.piece(step - 1)
+        assert torch.equal(h["log_lr"][piece + 1:], h["log_lr"][piece:piece + 1].expand(3 - piece, -1))
+    first = []
+    online_tune(task, space, seed=0, window=3, outer_lr=0.5, fill_ahead=False,
+                callback=lambda step, h: first.append(h) if not first else None)
+    assert torch.equal(first[0]["log_lr"][1:], space.init()["log_lr"][1:])  # untouched without it
+    assert not torch.equal(first[0]["log_lr"][0], space.init()["log_lr"][0])
+
+
+def test_tune_runs_restarts_from_the_best_run_and_backtracks():
+    task = tasks.get("mlp_digits", width=8, depth=1)
+    params = task.init(task.generator(0))
+    space = TrainingSpace.for_params(params, steps=10, lr_pieces=2)
+    records = tune_runs(task, space, budget_s=1e9, max_runs=3, window=5, outer_lr=0.5, seed=0)
+    assert len(records) == 3 and [r.seconds for r in records] == sorted(r.seconds for r in records)
+    lo, hi = space.bounds()["log_lr"]
+    assert all(float(r.h["log_lr"].min()) >= lo and float(r.h["log_lr"].max()) <= hi for r in records)
