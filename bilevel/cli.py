@@ -1,27 +1,30 @@
 """``metaopt bilevel``: tune a problem's hyperparameters with implicit, unrolled, F2SA or Optuna
-under a wall-clock budget, with a progress bar and a results table.
+under a wall-clock budget, with a progress bar, a results table and a plot of validation loss vs
+wall clock (``--out``: results.md, val_loss_vs_time.png, traces.json, run.json; re-render with
+``bilevel.report(DIR)``).
 
     metaopt bilevel --problem hyperclean --method implicit,optuna --budget 20 --out runs/hc
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import sys
-import tempfile
+import time
 from typing import Sequence
 
 import torch
 
-from metaopt.cli_common import Parser, UsageError, add_common_flags, fail, resolve_device
+from metaopt.cli_common import Parser, UsageError, add_common_flags, check_out_dir, cli_entry, resolve_device
 
-from . import problems
+from . import problems, reporting
 from .tuning import METHODS, RUNNERS, evaluate_trace
 
 
 def build_parser() -> Parser:
-    parser = Parser(prog="metaopt bilevel", description=__doc__.splitlines()[0])
+    parser = Parser(prog="metaopt bilevel", description=__doc__.splitlines()[0],
+                    epilog="example: metaopt bilevel --problem hyperclean --method implicit,optuna "
+                           "--budget 20 --out runs/hc")
     parser.add_argument("--problem", required=True, help=f"one of: {', '.join(problems.names())}")
     parser.add_argument("--method", default="implicit",
                         help=f"comma-separated list of: {', '.join(METHODS)} (default: implicit)")
@@ -75,61 +78,75 @@ def _options(method: str, args, storage: str | None) -> dict:
     return {"storage": storage}
 
 
-def _table(problem, rows: list[dict]) -> str:
-    head = (f"problem {problem.name}: {problem.num_hparams} hyperparameters, validation loss at the exact "
-            "inner solution\n\n| method | outer steps / trials | best val loss | at second | final val loss |\n"
-            "|---|---|---|---|---|\n")
-    lines = [f"| {r['method']} | {r['trainings']} | {r['best']:.4f} | {r['best_at']:.1f} | {r['final']:.4f} |"
-             for r in rows]
-    return head + "\n".join(lines)
+def _check_storage(url: str | None) -> None:
+    """A malformed or unsupported Optuna storage URL is a one-line error, found before any file
+    or database is created (the URL is parsed and its dialect loaded, nothing is connected)."""
+    if url is None:
+        return
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+    try:
+        make_url(url).get_dialect()
+    except (ArgumentError, NoSuchModuleError, ValueError) as e:
+        raise UsageError(f"--storage {url!r} is not a usable database URL ({type(e).__name__}); "
+                         "use e.g. sqlite:///path/optuna.db or postgresql://user@host/db") from None
+    except ImportError as e:
+        raise UsageError(f"--storage {url!r}: its database driver is not installed ({e.name})") from None
 
 
-def _write_atomic(path: str, text: str) -> None:
-    folder = os.path.dirname(path) or "."
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-")
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
+def _needs_evaluation(method: str, args) -> bool:
+    """Whether the method's snapshots are scored after it stops (inner solves on the clock)."""
+    return method in ("unrolled", "f2sa") or (method == "implicit" and args.inner_steps > 0)
 
 
+@cli_entry(what="bilevel tuning")
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    _check(args)
+    methods = _methods(args.method)
+    device = resolve_device(args.device)
+    _check_storage(args.storage)
+    if args.out:
+        check_out_dir(args.out, resume=True, marker=reporting.TRACES_FILE)
+    kw = {"seed": args.seed, "device": device}
+    if args.n_train is not None:
+        kw["n_train"] = args.n_train
     try:
-        _check(args)
-        methods = _methods(args.method)
-        device = resolve_device(args.device)
-        kw = {"seed": args.seed, "device": device}
-        if args.n_train is not None:
-            kw["n_train"] = args.n_train
-        try:
-            problem = problems.get(args.problem, **kw)
-        except ValueError as err:
-            raise UsageError(str(err)) from None
-    except UsageError as err:
-        return fail(str(err))
+        problem = problems.get(args.problem, **kw)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
     if args.out:
         os.makedirs(args.out, exist_ok=True)
     storage = args.storage or (f"sqlite:///{os.path.abspath(os.path.join(args.out, 'optuna.db'))}" if args.out else None)
     torch.manual_seed(args.seed)
-    rows, traces = [], {}
+    traces = {}
     for method in methods:
-        trace = _run_with_progress(problem, method, args, storage)
-        trace = evaluate_trace(problem, trace)
-        best = trace.best_so_far()
-        i = min(range(len(best)), key=lambda j: (best[j], j))
-        rows.append({"method": method, "trainings": trace.inner_trainings[-1], "best": best[-1],
-                     "best_at": trace.seconds[i], "final": trace.values[-1]})
-        traces[method] = trace.to_json()
-    table = _table(problem, rows)
-    print(table)
+        traces[method] = _run_within_budget(problem, method, args, storage).to_json()
+    text = reporting.table(problem.name, problem.num_hparams, traces)
     if args.out:
-        _write_atomic(os.path.join(args.out, "results.md"), table + "\n")
-        _write_atomic(os.path.join(args.out, "traces.json"), json.dumps(traces))
+        text = reporting.write(args.out, problem.name, problem.num_hparams, traces)
+        if storage and storage.startswith("sqlite:///") and os.path.exists(storage[len("sqlite:///"):]):
+            os.chmod(storage[len("sqlite:///"):], 0o644)
+    print(text)
     return 0
 
 
-def _run_with_progress(problem, method, args, storage):
+def _run_within_budget(problem, method, args, storage):
+    """Run ``method`` so that it and the scoring of its snapshots end within ``--budget``
+    seconds: the time of one inner solve is measured first and three solves are reserved."""
+    deadline = time.perf_counter() + args.budget
+    budget = args.budget
+    if _needs_evaluation(method, args):
+        start = time.perf_counter()
+        problem.value(problem.init_hparams())
+        budget = max(0.0, args.budget - 3 * (time.perf_counter() - start))
+    trace = _run_with_progress(problem, method, args, storage, budget)
+    return evaluate_trace(problem, trace, deadline=deadline)
+
+
+def _run_with_progress(problem, method, args, storage, budget):
     from tqdm import tqdm
 
     bar = tqdm(total=round(args.budget, 1), desc=f"{problem.name}/{method}", unit="s", file=sys.stderr,
@@ -141,7 +158,7 @@ def _run_with_progress(problem, method, args, storage):
         bar.set_postfix_str(f"steps={trace.inner_trainings[-1]}" + (f" val={value:.4f}" if value is not None else ""))
 
     try:
-        return RUNNERS[method](problem, args.budget, args.seed, tick=tick, max_steps=args.max_steps,
+        return RUNNERS[method](problem, budget, args.seed, tick=tick, max_steps=args.max_steps,
                                **_options(method, args, storage))
     finally:
         bar.close()

@@ -39,6 +39,7 @@ from torch import Tensor
 from metaopt import zoo
 from metaopt.rule import apply, init_states
 
+from ._losses import check_loss
 from ._tree import leaves_of, unflatten
 
 
@@ -77,9 +78,14 @@ class F2SASchedule:
 def penalty_hypergrad(inner_loss: Callable, outer_loss: Callable, y: Any, z: Any, hparams: Tensor,
                       lam: float, inner_batch: Any = None, outer_batch: Any = None) -> Tensor:
     """``grad_x f(x, y) + lam (grad_x g(x, y) - grad_x g(x, z))``: F2SA's hypergradient
-    estimator; at ``y = y*_lam``, ``z = y*`` it is ``grad L*_lam(x)`` exactly."""
-    gx = lambda fn, p, batch: torch.func.grad(lambda h: fn(p, h, batch))(hparams)  # noqa: E731
+    estimator; at ``y = y*_lam``, ``z = y*`` it is ``grad L*_lam(x)`` exactly. A loss is called
+    with its batch only when that batch is not ``None`` (:mod:`bilevel._losses`)."""
+    gx = lambda fn, p, batch: torch.func.grad(lambda h: _call(fn, p, h, batch))(hparams)  # noqa: E731
     return gx(outer_loss, y, outer_batch) + lam * (gx(inner_loss, y, inner_batch) - gx(inner_loss, z, inner_batch))
+
+
+def _call(fn: Callable, p: Any, h: Any, batch: Any) -> Tensor:
+    return fn(p, h) if batch is None else fn(p, h, batch)
 
 
 @dataclass
@@ -100,19 +106,22 @@ def f2sa(inner_loss: Callable, outer_loss: Callable, params: Any, hparams: Tenso
          callback: Callable[[int, Tensor], bool | None] | None = None) -> F2SAResult:
     """Run F2SA for ``outer_steps`` outer steps from ``(x, y, z) = (hparams, params, params)``.
 
-    ``inner_loss(params, hparams, batch)`` is g and ``outer_loss(params, hparams, batch)`` is f;
-    ``sample_inner()`` / ``sample_outer()`` draw a fresh batch per call (``None``: full batch).
+    ``inner_loss`` is g and ``outer_loss`` is f, called ``(params, hparams)`` on the full batch,
+    or ``(params, hparams, batch)`` with the batches that ``sample_inner()`` / ``sample_outer()``
+    draw (a fresh one per call) when those are given (:mod:`bilevel._losses`).
     ``outer_rule`` ``"sgd"`` is the paper's step ``x -= beta_k h``; any other zoo name applies that
     rule with ``lr = beta_k`` to the estimator (e.g. ``"adam"``). ``callback(k, x)`` may return
     True to stop early. Counts ``gradient_calls`` (one per first-order oracle call).
     """
     if outer_steps < 1:
         raise ValueError(f"outer_steps={outer_steps}; it must be >= 1")
+    check_loss(inner_loss, "inner_loss", batched=sample_inner is not None)
+    check_loss(outer_loss, "outer_loss", batched=sample_outer is not None)
     p_leaves, p_spec = leaves_of(params, "params")
     draw_g = sample_inner or (lambda: None)
     draw_f = sample_outer or (lambda: None)
-    g_y = torch.func.grad(lambda p, h, b: inner_loss(unflatten(p, p_spec), h, b))
-    f_y = torch.func.grad(lambda p, h, b: outer_loss(unflatten(p, p_spec), h, b))
+    g_y = torch.func.grad(lambda p, h, b: _call(inner_loss, unflatten(p, p_spec), h, b))
+    f_y = torch.func.grad(lambda p, h, b: _call(outer_loss, unflatten(p, p_spec), h, b))
     estimator = lambda x, y, z, lam, bg, bf: penalty_hypergrad(  # noqa: E731
         inner_loss, outer_loss, unflatten(y, p_spec), unflatten(z, p_spec), x, lam, bg, bf)
     rule = zoo.rule(outer_rule) if outer_rule != "sgd" else None

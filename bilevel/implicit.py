@@ -13,26 +13,38 @@ Lorraine et al., AISTATS 2020.) Every second-order quantity is a product, never 
 cost of about one gradient. CG with K iterations therefore costs one outer gradient, one
 linearisation, K products and one final product: K + 3 gradient-equivalents (<= 2K + 3), and
 the final product also yields the true residual ``H v - b`` for free.
+
+The linear solver is a part passed in (``method``: a callable ``solve(matvec, b, **options)``,
+or a name of :data:`bilevel.linsolve.SOLVERS`). A solve that stops before its tolerance is
+never silent: it warns :class:`NotConvergedWarning` with the residual (``on_fail="raise"``
+raises instead; ``"ignore"`` leaves it to ``info.converged``).
 """
 from __future__ import annotations
 
+import inspect
+import warnings
 from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
 from torch import Tensor
 
+from ._losses import check_loss
 from ._tree import flat, leaves_of, unflatten
-from .linsolve import conjugate_gradient, dense_solve, neumann
+from .linsolve import SOLVERS, SolveInfo, _outside_transforms
 
 Loss = Callable[[Any, Any], Tensor]
+Solver = Callable[..., Any]
+METHODS = tuple(SOLVERS)
+ON_FAIL = ("warn", "raise", "ignore")
 
-_OPTIONS = {
-    "cg": {"tol": 1e-10, "maxiter": 100, "early_stop": True},
-    "neumann": {"alpha": None, "iters": 50, "tol": 1e-6},
-    "direct": {"tol": 1e-8},
-}
-METHODS = tuple(_OPTIONS)
+
+class NotConvergedWarning(RuntimeWarning):
+    """A linear solve stopped before its tolerance (the hypergradient is approximate)."""
+
+
+class NotConvergedError(RuntimeError):
+    """Raised instead of :class:`NotConvergedWarning` under ``on_fail="raise"``."""
 
 
 @dataclass(frozen=True)
@@ -40,10 +52,11 @@ class HypergradInfo:
     """Diagnostics of one hypergradient.
 
     ``residual_norm`` is the true ``||H v - b||`` at the returned ``v`` and ``relative_residual``
-    that over ``||b||``; ``converged`` is CG's own test (``||r|| <= tol ||b||``) for ``cg`` and
-    ``relative_residual <= tol`` otherwise; ``iterations`` the solver iterations (a tensor, one
-    per vmapped member); ``products`` the Hessian/mixed products evaluated (solver + final);
-    ``inner_grad_norm`` is ``||grad_theta g||`` at ``params`` (0 at an exact stationary point).
+    that over ``||b||``; ``converged`` is the solver's own test when it has one (CG:
+    ``||r|| <= tol ||b||``) and ``relative_residual <= tol`` otherwise; ``iterations`` the solver
+    iterations (a tensor, one per vmapped member); ``products`` the Hessian/mixed products
+    evaluated (solver + final); ``inner_grad_norm`` is ``||grad_theta g||`` at ``params``
+    (0 at an exact stationary point). ``method`` is the solver's name.
     """
 
     method: str
@@ -56,20 +69,26 @@ class HypergradInfo:
     outer_value: Tensor
 
 
-def hypergrad(inner_loss: Loss, outer_loss: Loss, params: Any, hparams: Any, method: str = "cg",
-              *, return_info: bool = False, check_stationary: float | None = None, **solver: Any):
+def hypergrad(inner_loss: Loss, outer_loss: Loss, params: Any, hparams: Any, method: str | Solver = "cg",
+              *, return_info: bool = False, check_stationary: float | None = None, on_fail: str = "warn",
+              **solver: Any):
     """Total derivative of ``outer_loss(params*(hparams), hparams)`` with respect to ``hparams``.
 
     Args:
       inner_loss, outer_loss: ``(params, hparams) -> scalar``; pure functions (use
-        ``torch.func.functional_call`` for an ``nn.Module``).
+        ``torch.func.functional_call`` for an ``nn.Module``). See :mod:`bilevel._losses`.
       params: a tensor or pytree (tuple/list/dict) of tensors at a minimum of ``inner_loss``.
       hparams: a tensor or pytree of tensors; the result has the same structure.
-      method: ``"cg"`` (options ``tol`` relative residual, default 1e-10; ``maxiter`` 100;
-        ``early_stop``), ``"neumann"`` (``alpha`` <= 1/L required, ``iters`` 50, ``tol`` for the
-        converged flag) or ``"direct"`` (materialised Hessian; ``tol`` for the flag).
+      method: the linear solver: a callable ``solve(matvec, b, **solver) -> x`` or
+        ``-> (x, SolveInfo)``, or a shortcut name: ``"cg"`` (options ``tol`` relative residual,
+        default 1e-10; ``maxiter``, default ``max(100, min(n, 1000))``; ``early_stop``),
+        ``"neumann"`` (``alpha`` <= 1/L required, ``iters`` 50, ``tol`` 1e-6) or ``"direct"``
+        (materialised Hessian; ``tol`` 1e-8). A callable returning a bare ``x`` is judged
+        converged at a relative residual <= 1e-6.
       return_info: also return a :class:`HypergradInfo`.
       check_stationary: if set, raise ``ValueError`` when ``||grad_theta inner_loss|| > it``.
+      on_fail: ``"warn"`` (default), ``"raise"`` or ``"ignore"`` when the solve did not reach its
+        tolerance (checked outside ``vmap``/``jacrev`` only; inside, read ``info.converged``).
 
     Composes with ``torch.func.vmap``/``jacrev``/``grad``. Under ``torch.inference_mode`` it
     raises (torch.func would silently return zeros there).
@@ -78,7 +97,11 @@ def hypergrad(inner_loss: Loss, outer_loss: Loss, params: Any, hparams: Any, met
         raise RuntimeError("bilevel.hypergrad: called under torch.inference_mode, where torch.func "
                            "derivatives are silently zero; call it outside inference_mode "
                            "(torch.no_grad is fine)")
-    opts = _solver_options(method, solver)
+    solve, name = _solver(method, solver)
+    if on_fail not in ON_FAIL:
+        raise ValueError(f"on_fail={on_fail!r}; choose one of: {', '.join(ON_FAIL)}")
+    check_loss(inner_loss, "inner_loss", batched=False)
+    check_loss(outer_loss, "outer_loss", batched=False)
     p_leaves, p_spec = leaves_of(params, "params")
     h_leaves, h_spec = leaves_of(hparams, "hparams")
     inner = _scalar_fn(inner_loss, "inner_loss", p_spec, h_spec)
@@ -95,42 +118,76 @@ def hypergrad(inner_loss: Loss, outer_loss: Loss, params: Any, hparams: Any, met
     def hvp(u: Tensor) -> Tensor:
         return flat(pullback(u)[0])
 
-    v, solve_info = _solve(method, opts, hvp, b)
+    v, solve_info = _as_solution(solve(hvp, b, **solver), b)
     hv, mixed = pullback(v)
     residual = torch.linalg.vector_norm(flat(hv) - b)
     b_norm = torch.linalg.vector_norm(b)
     relative = residual / torch.where(b_norm > 0, b_norm, torch.ones_like(b_norm))
+    converged = solve_info.converged if solve_info.converged is not None else relative <= solve_info.tol
+    _report_failure(on_fail, name, converged, relative, solve_info)
     result = unflatten([dh - m for dh, m in zip(d_h, mixed)], h_spec)
     if not return_info:
         return result
-    converged = solve_info.converged if method == "cg" else relative <= opts["tol"]
-    info = HypergradInfo(method, solve_info.iterations, solve_info.matvecs + 1, residual, relative,
+    info = HypergradInfo(name, solve_info.iterations, solve_info.matvecs + 1, residual, relative,
                          converged, inner_grad_norm, f_value)
     return result, info
 
 
-def _solver_options(method: str, solver: dict) -> dict:
-    if method not in _OPTIONS:
-        raise ValueError(f"unknown method {method!r}; choose one of: {', '.join(METHODS)}")
-    unknown = sorted(set(solver) - set(_OPTIONS[method]))
+def _solver(method: str | Solver, options: dict) -> tuple[Solver, str]:
+    """The solver callable and its name; unknown names or options are a one-line error."""
+    if isinstance(method, str):
+        if method not in SOLVERS:
+            raise ValueError(f"unknown method {method!r}; choose one of: {', '.join(METHODS)}, "
+                             "or pass a callable solve(matvec, b, **options)")
+        solve, name = SOLVERS[method], method
+    elif callable(method):
+        solve, name = method, getattr(method, "__name__", type(method).__name__)
+    else:
+        raise ValueError(f"method must be a solver name ({', '.join(METHODS)}) or a callable "
+                         f"solve(matvec, b, **options); got {type(method).__name__}")
+    try:
+        params = inspect.signature(solve).parameters
+    except (TypeError, ValueError):
+        return solve, name
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return solve, name
+    allowed = sorted(k for k, p in params.items() if p.kind is inspect.Parameter.KEYWORD_ONLY)
+    unknown = sorted(set(options) - set(allowed))
     if unknown:
-        raise ValueError(f"method {method!r}: unknown option(s) {unknown}; allowed: {sorted(_OPTIONS[method])}")
-    opts = {**_OPTIONS[method], **solver}
-    if method == "neumann" and opts["alpha"] is None:
-        raise ValueError("method 'neumann' needs alpha (0 < alpha <= 1/L, L the largest eigenvalue "
-                         "of the inner Hessian)")
-    return opts
+        raise ValueError(f"method {name!r}: unknown option(s) {unknown}; allowed: {allowed}")
+    missing = sorted(k for k in allowed if params[k].default is inspect.Parameter.empty and k not in options)
+    if missing:
+        hint = " (0 < alpha <= 1/L, L the largest eigenvalue of the inner Hessian)" if missing == ["alpha"] else ""
+        raise ValueError(f"method {name!r} needs {', '.join(missing)}{hint}")
+    return solve, name
 
 
-def _solve(method: str, opts: dict, hvp: Callable[[Tensor], Tensor], b: Tensor):
-    if method == "cg":
-        return conjugate_gradient(hvp, b, tol=opts["tol"], maxiter=opts["maxiter"],
-                                  early_stop=opts["early_stop"])
-    if method == "neumann":
-        return neumann(hvp, b, alpha=opts["alpha"], iters=opts["iters"])
-    eye = torch.eye(b.numel(), dtype=b.dtype, device=b.device)
-    hessian = torch.func.vmap(hvp)(eye)  # rows H e_i = columns (H symmetric)
-    return dense_solve(hessian, b)
+def _as_solution(out: Any, b: Tensor) -> tuple[Tensor, SolveInfo]:
+    """A solver's result as ``(x, SolveInfo)``; a bare ``x`` gets an info judged by residual."""
+    if isinstance(out, tuple) and len(out) == 2 and isinstance(out[1], SolveInfo):
+        x, info = out
+    else:
+        x = out
+        nan = torch.full((), float("nan"), dtype=b.dtype, device=b.device)
+        info = SolveInfo(torch.zeros((), dtype=torch.long, device=b.device), 0, nan, None)
+    if not isinstance(x, Tensor) or x.shape != b.shape:
+        got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+        raise ValueError(f"the linear solver returned {got}; it must return a tensor shaped like b "
+                         f"{tuple(b.shape)} (or (x, SolveInfo))")
+    return x, info
+
+
+def _report_failure(on_fail: str, name: str, converged: Tensor, relative: Tensor, info: SolveInfo) -> None:
+    """Warn or raise, with the residual, when the solve stopped short (outside transforms only)."""
+    if on_fail == "ignore" or not _outside_transforms() or bool(converged.all()):
+        return
+    message = (f"bilevel.hypergrad: the {name} solve stopped before its tolerance: relative residual "
+               f"{float(relative.max()):.3e} > tol={info.tol:g} after {int(info.iterations.max())} "
+               "iterations; the hypergradient is approximate (raise maxiter / iters, or pass "
+               "on_fail='ignore')")
+    if on_fail == "raise":
+        raise NotConvergedError(message)
+    warnings.warn(message, NotConvergedWarning, stacklevel=3)
 
 
 def _scalar_fn(fn: Loss, name: str, p_spec, h_spec) -> Callable:

@@ -16,8 +16,10 @@ outer step for ``f2sa`` (T inner steps on y and z), one per trial for ``optuna``
   trial a full inner solve, the first trial the gradient methods' starting point; study stored
   in SQLite when ``storage`` is given (resumes when the file exists).
 
-Each runner stops at ``budget`` seconds or after ``max_steps`` outer steps / trials, whichever
-comes first (at least one step always runs).
+Each runner stops after ``max_steps`` outer steps / trials, or before a step that would end past
+``budget`` seconds of real time since the runner started (bookkeeping and warm-up included; the
+next step is predicted to last as long as the last one), whichever comes first (at least one step
+always runs).
 """
 from __future__ import annotations
 
@@ -67,20 +69,35 @@ class Trace:
 
 
 class _Clock:
-    """Wall-clock that can be paused for bookkeeping (snapshots, progress bars). Creating one
-    first runs every torch.func transform once, so their one-time lazy imports (seconds) are not
-    charged to whichever method happens to run first."""
+    """Wall-clock that can be paused for bookkeeping (snapshots, progress bars): ``spent`` is the
+    method's own time. Creating one first runs every torch.func transform once, so their
+    one-time lazy imports (seconds) are not charged to whichever method happens to run first;
+    :meth:`out_of` judges the budget on real time since ``born`` (the runner's start)."""
 
-    def __init__(self):
+    def __init__(self, born: float | None = None):
+        self.born = time.perf_counter() if born is None else born
         _warm_up()
-        self.spent, self._start = 0.0, time.perf_counter()
+        self.spent, self._start, self._running = 0.0, time.perf_counter(), True
+        self._last_check, self._step = None, 0.0
 
     def pause(self) -> float:
-        self.spent += time.perf_counter() - self._start
+        if self._running:
+            self.spent += time.perf_counter() - self._start
+            self._running = False
         return self.spent
 
     def resume(self) -> None:
-        self._start = time.perf_counter()
+        self._start, self._running = time.perf_counter(), True
+
+    def out_of(self, budget: float) -> bool:
+        """Pause, and say whether one more step (as long as the last) would end past ``budget``
+        seconds of real time since ``born``."""
+        self.pause()
+        now = time.perf_counter()
+        if self._last_check is not None:
+            self._step = now - self._last_check
+        self._last_check = now
+        return now - self.born + self._step > budget
 
 
 def _warm_up() -> None:
@@ -109,15 +126,17 @@ def run_implicit(problem: BilevelProblem, budget: float, seed: int, *, lr: float
     """Approximate implicit differentiation (AID-CG, Pedregosa 2016; Grazzi et al. 2020): the inner
     problem is advanced by ``inner_steps`` warm-started heavy-ball steps (no graph), or solved
     exactly by ``problem.solve`` when ``inner_steps == 0``; then a CG hypergradient."""
-    trace, clock = Trace("implicit"), _Clock()
+    born = time.perf_counter()
+    trace, clock = Trace("implicit"), _Clock(born)
     h, params, step = problem.init_hparams(), problem.init_params(), _adam_outer(lr)
     rule = zoo.rule("sgd", **(rule_hp if rule_hp is not None else {"lr": 0.1, "momentum": 0.9}))
     k = 0
-    while k == 0 or (clock.pause() < budget and k < (max_steps or math.inf)):
+    while k == 0 or (not clock.out_of(budget) and k < (max_steps or math.inf)):
         clock.resume()
         params = problem.solve(h, params) if inner_steps == 0 else _advance(problem, rule, params, h, inner_steps)
-        g, info = hypergrad(lambda p, x: problem.inner_loss(p, x), lambda p, x: problem.outer_loss(p, x),
-                            params, h, "cg", maxiter=cg_iters, return_info=True)
+        # AID with a deliberately truncated solve (Grazzi et al. 2020): a short CG is the method
+        g, info = hypergrad(problem.inner_loss, problem.outer_loss, params, h, "cg", maxiter=cg_iters,
+                            return_info=True, on_fail="ignore")
         exact = problem.convex and inner_steps == 0
         k += 1
         trace.record(clock.pause(), k, h, float(info.outer_value) if exact else None)
@@ -133,17 +152,17 @@ def run_unrolled(problem: BilevelProblem, budget: float, seed: int, *, lr: float
                  tick: Callable | None = None) -> Trace:
     # default inner rule: heavy ball (Adam's sqrt(v) has an infinite derivative wherever a
     # gradient coordinate is exactly zero, e.g. digits' constant pixels, so its unroll gives NaN)
-    trace, clock = Trace("unrolled"), _Clock()
+    born = time.perf_counter()
+    trace, clock = Trace("unrolled"), _Clock(born)
     h, params, step = problem.init_hparams(), problem.init_params(), _adam_outer(lr)
     the_rule = zoo.rule(rule, **(rule_hp if rule_hp is not None else {"lr": 0.1, "momentum": 0.9}))
     k = 0
-    while k == 0 or (clock.pause() < budget and k < (max_steps or math.inf)):
+    while k == 0 or (not clock.out_of(budget) and k < (max_steps or math.inf)):
         trace.record(clock.spent, k, h, None)
         if tick:
             tick(trace)
         clock.resume()
-        g = unrolled_hypergrad(lambda p, x, b: problem.inner_loss(p, x), lambda p, x: problem.outer_loss(p, x),
-                               params, h, the_rule, steps)
+        g = unrolled_hypergrad(problem.inner_loss, problem.outer_loss, params, h, the_rule, steps)
         params = _advance(problem, the_rule, params, h, steps)
         h = step(h, g)
         k += 1
@@ -165,7 +184,8 @@ def _advance(problem, rule, params, h, steps):
 def run_f2sa(problem: BilevelProblem, budget: float, seed: int, *, lr: float = 0.1, batch_size: int = 64,
              schedule: F2SASchedule | None = None, momentum: bool = False, max_steps: int | None = None,
              tick: Callable | None = None) -> Trace:
-    trace, clock = Trace("f2sa"), _Clock()
+    born = time.perf_counter()
+    trace, clock = Trace("f2sa"), _Clock(born)
     gen = torch.Generator().manual_seed(seed)
     sched = schedule or F2SASchedule(gamma0=0.5, lam0=10.0, beta0=lr, inner_steps=10)
 
@@ -174,7 +194,7 @@ def run_f2sa(problem: BilevelProblem, budget: float, seed: int, *, lr: float = 0
         if tick:
             tick(trace)
         clock.resume()
-        return clock.spent >= budget or k + 1 >= (max_steps or math.inf)
+        return clock.out_of(budget) or k + 1 >= (max_steps or math.inf)
 
     trace.record(0.0, 0, problem.init_hparams(), None)
     clock.resume()
@@ -187,6 +207,7 @@ def run_f2sa(problem: BilevelProblem, budget: float, seed: int, *, lr: float = 0
 
 def run_optuna(problem: BilevelProblem, budget: float, seed: int, *, storage: str | None = None,
                study_name: str | None = None, max_steps: int | None = None, tick: Callable | None = None) -> Trace:
+    born = time.perf_counter()
     import optuna  # lazy: not installed on every machine
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -198,8 +219,8 @@ def run_optuna(problem: BilevelProblem, budget: float, seed: int, *, storage: st
     base = problem.init_hparams()
     if not study.trials:  # start where the gradient methods start
         study.enqueue_trial({f"h{i}": float(v) for i, v in enumerate(base.clamp(lo, hi).tolist())})
-    trace, clock = Trace("optuna"), _Clock()  # the clock starts once the study exists
-    while not trace.values or (clock.pause() < budget and len(trace.values) < (max_steps or math.inf)):
+    trace, clock = Trace("optuna"), _Clock(born)  # method time starts once the study exists
+    while not trace.values or (not clock.out_of(budget) and len(trace.values) < (max_steps or math.inf)):
         clock.resume()
         trial = study.ask()
         h = torch.tensor([trial.suggest_float(f"h{i}", lo, hi) for i in range(d)], dtype=base.dtype,
@@ -216,20 +237,31 @@ def run_optuna(problem: BilevelProblem, budget: float, seed: int, *, storage: st
 RUNNERS = {"implicit": run_implicit, "unrolled": run_unrolled, "f2sa": run_f2sa, "optuna": run_optuna}
 
 
-def evaluate_trace(problem: BilevelProblem, trace: Trace, max_points: int = 8) -> Trace:
+def evaluate_trace(problem: BilevelProblem, trace: Trace, max_points: int = 8,
+                   deadline: float | None = None) -> Trace:
     """Fill in missing ``values`` with ``F(hparams)`` at up to ``max_points`` snapshots, spaced
     geometrically in index (dense early, where time-to-target is decided; first and last always
-    kept); the other snapshots are dropped."""
+    kept); the other snapshots are dropped. With a ``deadline`` (a ``time.perf_counter()``
+    value) the snapshots between first and last are skipped once another solve (as long as the
+    slowest so far) would end past it."""
     if all(v is not None for v in trace.values):
         return trace
     n = len(trace.values)
-    keep = sorted({0, n - 1} | {min(n - 1, round(n ** (j / max(max_points - 2, 1)))) for j in range(max_points - 1)})
+    middle = {min(n - 1, round(n ** (j / max(max_points - 2, 1)))) for j in range(max_points - 1)} - {0, n - 1}
+    values, slowest = {}, 0.0
+    for i in [n - 1, 0] + sorted(middle):
+        if i in values:
+            continue
+        if i in middle and deadline is not None and time.perf_counter() + slowest > deadline:
+            break
+        start = time.perf_counter()
+        values[i] = trace.values[i] if trace.values[i] is not None else _value(problem, trace.hparams[i])
+        slowest = max(slowest, time.perf_counter() - start)
     out = Trace(trace.method)
-    params = None
-    for i in keep:
-        h, value = trace.hparams[i], trace.values[i]
-        if value is None:
-            params = problem.solve(h, params) if problem.convex else problem.solve(h)
-            value = float(problem.outer_loss(params, h))
-        out.record(trace.seconds[i], trace.inner_trainings[i], h, value)
+    for i in sorted(values):
+        out.record(trace.seconds[i], trace.inner_trainings[i], trace.hparams[i], values[i])
     return out
+
+
+def _value(problem: BilevelProblem, h: Tensor) -> float:
+    return float(problem.outer_loss(problem.solve(h), h))

@@ -17,6 +17,7 @@ import torch
 from metaopt import zoo
 from metaopt.rule import UpdateRule, unroll
 
+from ._losses import check_loss
 from ._tree import leaves_of, unflatten
 
 
@@ -26,8 +27,9 @@ def unrolled_hypergrad(inner_loss: Callable, outer_loss: Callable, params: Any, 
                        batches: Sequence[Any] | None = None, return_value: bool = False):
     """``d f(theta_K, hparams) / d hparams`` through ``steps`` steps of ``rule`` from ``params``.
 
-    ``inner_loss(params, hparams, batch)`` (``batch`` is ``None`` when ``batches`` is not given)
-    and ``outer_loss(params, hparams)`` return scalars. ``rule`` is an ``UpdateRule`` or a zoo
+    ``inner_loss(params, hparams)`` - or ``inner_loss(params, hparams, batch)`` when ``batches``
+    (one per step) are given - and ``outer_loss(params, hparams)`` return scalars (the
+    convention of :mod:`bilevel._losses`). ``rule`` is an ``UpdateRule`` or a zoo
     name; ``rule_hp`` maps ``hparams`` to the rule's hyperparameters (or is a fixed mapping).
     With ``return_value`` also returns ``F_K``.
     """
@@ -38,15 +40,18 @@ def unrolled_hypergrad(inner_loss: Callable, outer_loss: Callable, params: Any, 
         raise ValueError(f"steps={steps!r}; it must be a positive integer")
     if batches is not None and len(batches) != steps:
         raise ValueError(f"got {len(batches)} batches for {steps} steps; pass one batch per step")
+    check_loss(inner_loss, "inner_loss", batched=batches is not None)
+    check_loss(outer_loss, "outer_loss", batched=False)
     the_rule = zoo.rule(rule) if isinstance(rule, str) else rule
     p_leaves, p_spec = leaves_of(params, "params")
     leaves_of(hparams, "hparams")
     start = [p.detach() for p in p_leaves]
     batch_list = list(batches) if batches is not None else [None] * steps
+    call = inner_loss if batches is not None else (lambda p, h, _: inner_loss(p, h))
 
     def objective(h):
         hp = rule_hp(h) if callable(rule_hp) else rule_hp
-        loss = lambda ps, batch: inner_loss(unflatten(ps, p_spec), h, batch)  # noqa: E731
+        loss = lambda ps, batch: call(unflatten(ps, p_spec), h, batch)  # noqa: E731
         final, _, _ = unroll(the_rule, loss, start, batch_list, hp)
         return outer_loss(unflatten(final, p_spec), h)
 

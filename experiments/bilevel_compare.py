@@ -174,11 +174,11 @@ def memory_probe(method: str, steps: int) -> None:
     # run both code paths once on a tiny problem so one-time (lazy import) allocations are not counted
     tiny = problems.get("ridge", n_features=3, n_train=5, n_val=5)
     t_in, t_out = (lambda p, x: tiny.inner_loss(p, x)), (lambda p, x: tiny.outer_loss(p, x))
-    bilevel.unrolled_hypergrad(lambda p, x, b: t_in(p, x), t_out, tiny.init_params(), tiny.init_hparams(), rule, 2)
+    bilevel.unrolled_hypergrad(t_in, t_out, tiny.init_params(), tiny.init_hparams(), rule, 2)
     bilevel.hypergrad(t_in, t_out, tiny.solve(tiny.init_hparams()), tiny.init_hparams(), "cg", maxiter=2)
     base = peak_rss_kib()
     if method == "unrolled":
-        bilevel.unrolled_hypergrad(lambda p, x, b: inner(p, x), outer, pb.init_params(), h, rule, steps)
+        bilevel.unrolled_hypergrad(inner, outer, pb.init_params(), h, rule, steps)
     else:
         params = rule_solve(lambda p: inner(p, h), pb.init_params(), rule="sgd", steps=steps, lr=0.1, momentum=0.9)
         bilevel.hypergrad(inner, outer, tuple(params), h, "cg", maxiter=20)
@@ -192,12 +192,14 @@ def peak_rss_kib() -> int:
         return next(int(line.split()[1]) for line in fh if line.startswith("VmHWM:"))
 
 
-def memory_table() -> str:
-    lines = ["| inner steps T | implicit (CG 20) peak RSS growth, MB | unrolled peak RSS growth, MB |", "|---|---|---|"]
+def memory_table(script: str = __file__, implicit: str = "implicit (CG 20)", unrolled: str = "unrolled") -> str:
+    """Rows of peak-RSS growth per inner-step count, each measured by ``script --memory-probe``
+    in a fresh process."""
+    lines = [f"| inner steps T | {implicit} peak RSS growth, MB | {unrolled} peak RSS growth, MB |", "|---|---|---|"]
     for steps in (25, 50, 100, 200):
         row = []
         for method in ("implicit", "unrolled"):
-            out = subprocess.run([sys.executable, __file__, "--memory-probe", method, str(steps)], capture_output=True,
+            out = subprocess.run([sys.executable, script, "--memory-probe", method, str(steps)], capture_output=True,
                                  text=True, check=True,
                                  # mmap every block >= 64 KiB so freed tensors leave the RSS at once
                                  env={**os.environ, "OMP_NUM_THREADS": "1", "MALLOC_MMAP_THRESHOLD_": "65536"})

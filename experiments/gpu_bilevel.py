@@ -63,7 +63,7 @@ def memory_and_time(dev) -> tuple[list[str], int]:
             return bilevel.hypergrad(inner, outer, params, h, "cg", maxiter=20, early_stop=False)
 
         def unrolled():
-            return bilevel.unrolled_hypergrad(lambda p, x, b: inner(p, x), outer, pb.init_params(), h, rule, steps)
+            return bilevel.unrolled_hypergrad(inner, outer, pb.init_params(), h, rule, steps)
 
         out = []
         for fn in (implicit, unrolled):

@@ -2,6 +2,8 @@
 
     python experiments/gpu_learned.py --out DIR      # writes DIR/learned.md and prints it
     python experiments/gpu_learned.py --cpu --out DIR    # the CPU version (4 x 1024^2)
+    python experiments/gpu_learned.py --quick --out DIR  # fused AdamW and the fused hidden-16
+                                                         # step only (gpu.sh part lostep)
 
 A 105M-parameter model as 50 fp32 tensors of [1448 x 1448] with random gradients (the optimizer
 step alone). Measured, each after warm-up, in one run on one device:
@@ -123,12 +125,13 @@ def meta_training_speed(rep: Report, dev, steps: int) -> None:
              f"5000 outer steps would take {5000 * per / 3600:.1f} h on this device.")
 
 
-def fused_rows(rep: Report, params, grads, states, info, dev, lopt, theta) -> None:
+def fused_rows(rep: Report, params, grads, states, info, dev, lopt, theta,
+               hiddens=(32, 16), state_gb: float | None = None) -> None:
     """The fused step (learned/fused_mlp.py: features, MLP and update in registers) for the
     same LO (hidden 32) and for hidden 16, checked against the eager step on one tensor."""
     from learned.fused_mlp import fused_rule_step
 
-    for hidden in (32, 16):
+    for hidden in hiddens:
         lo = lopt if hidden == 32 else MLPLOpt(hidden=16, step_mult=0.01, base_fan_in=128)
         th = theta if hidden == 32 else {
             k: v.to(dev) for k, v in lo.init_theta(torch.Generator().manual_seed(0)).items()}
@@ -147,7 +150,7 @@ def fused_rows(rep: Report, params, grads, states, info, dev, lopt, theta) -> No
         t = timed(lambda: fused(params, grads, states, hp, [1] * len(params)), 5)
         peak = peak_since(base_mem)
         rep.add(f"MLPLOpt fused (learned/fused_mlp.py), hidden {hidden}", t,
-                rep.rows[1][2], f"compile {compile_s:.0f} s; max rel. step diff vs eager "
+                rep.rows[1][2] if state_gb is None else state_gb, f"compile {compile_s:.0f} s; max rel. step diff vs eager "
                 f"{rel:.1e}; transient peak +{peak:.2f} GB")
 
 
@@ -165,6 +168,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", required=True)
     p.add_argument("--smoke", action="store_true", help="tiny sizes on the CPU (checks the code)")
+    p.add_argument("--quick", action="store_true",
+                   help="only fused AdamW and the fused hidden-16 step (with state sizes)")
     p.add_argument("--cpu", action="store_true",
                    help="the CPU version: 4 tensors of [1024 x 1024], no meta-training timing")
     a = p.parse_args(argv)
@@ -178,7 +183,8 @@ def main(argv=None) -> int:
         return 2
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    rep = Report(out / ("learned_step_cpu.md" if a.cpu else "learned.md"))
+    rep = Report(out / ("learned_step_cpu.md" if a.cpu else "lo_step.md" if a.quick
+                         else "learned.md"))
     dev = torch.device("cpu" if (a.smoke or a.cpu) else "cuda")
     gen = torch.Generator(device=dev).manual_seed(0)
     params = [torch.randn(SIDE, SIDE, device=dev, generator=gen) * 0.02 for _ in range(N_TENSORS)]
@@ -201,6 +207,10 @@ def main(argv=None) -> int:
         states = [lopt.init(x, info) for x in params]
         state = sum(v.numel() * v.element_size() for s in states for v in s.values())
         step_t = torch.ones((), device=dev)
+        if a.quick:
+            fused_rows(rep, params, grads, states, info, dev, lopt, theta, hiddens=(16,),
+                       state_gb=state / gb)
+            return 0
 
         def one(lo, x, g, s):
             delta, new = lo.update(theta, g, x, s, step_t, info)

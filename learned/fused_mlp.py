@@ -26,6 +26,9 @@ order); ``tests/learned/test_learned_fused_mlp.py`` checks it eagerly and compil
 from __future__ import annotations
 
 import functools
+import os
+import sys
+import time
 from typing import Callable, Sequence
 
 import torch
@@ -116,21 +119,40 @@ def theta_weights(lopt, theta: Theta, dtype: torch.dtype) -> tuple[Tensor, ...]:
     return tuple(theta[k].to(dtype) for k in keys + ["w_out", "b_out"])
 
 
+#: the one-off compile of one kernel family, for the message (issue 14 measured 227 s for a
+#: model's whole first step on 2 CPU cores, when every new shape could recompile; one family
+#: took over 7 min on a 2-core machine at load average 12-17); a later process loads the
+#: compiled kernels from Inductor's on-disk cache
+COMPILE_COST = ("about 1-2 min per kernel family on a 2-core CPU, longer under load; "
+                "much less from the on-disk cache")
+
+
+def kernel_family(p: Tensor) -> tuple:
+    """What one compiled graph of the step covers: sizes are dynamic, but the tensor's rank
+    and whether its ``[R, C]`` view has a side of 1 (specialised by the compiler) are not."""
+    r, c = matrix_shape(p.shape)
+    return p.device.type, p.dtype, p.dim(), r == 1, c == 1
+
+
 def fused_rule_step(lopt, theta: Theta, compile: bool = True) -> Callable[..., None]:
     """The in-place multi-tensor step ``fused(params, grads, states, hp, steps)`` of
     ``lopt`` with ``theta`` bound (:class:`metaopt.rule.UpdateRule`'s ``fused`` field).
 
-    With ``compile`` (the point of this path) each tensor's step runs as compiled kernels;
-    shapes recompile once and then run with dynamic sizes. ``compile=False`` runs the same
-    formulation eagerly (for tests).
+    With ``compile`` (the point of this path) each tensor's step runs as compiled kernels with
+    dynamic sizes from the start, so a model compiles one graph per :func:`kernel_family`
+    (typically two: matrices and vectors), not one per shape; the first step of each family
+    prints what it is compiling and how long it took (on stderr). ``compile=False`` runs the
+    same formulation eagerly (for tests).
     """
     step = functools.partial(tensor_step, exp_mult=lopt.exp_mult,
                              scale_features=lopt.scale_features,
                              adam_feature=lopt.adam_feature, adam_scale=lopt.adam_scale,
                              taus=lopt.taus)
+    compile = compile and not torch._dynamo.config.disable  # TORCH_COMPILE_DISABLE=1: eager
     if compile:
-        step = torch.compile(step, fullgraph=True)
+        step = torch.compile(step, fullgraph=True, dynamic=True)
     cache: dict = {}
+    compiled: set = set()
 
     def fused(params, grads, states, hp, steps) -> None:
         info = as_param_info(hp.get("info"))
@@ -141,6 +163,23 @@ def fused_rule_step(lopt, theta: Theta, compile: bool = True) -> Callable[..., N
             weights = cache[key]
             t = torch.tensor(float(st), dtype=p.dtype, device=p.device)
             mult = torch.tensor(lopt.step_mult * lopt.scale(info), dtype=p.dtype, device=p.device)
+            family = kernel_family(p) if compile else None
+            if family is None or family in compiled:
+                _inplace(step, g, p, s, t, mult, weights)
+                continue
+            start = _announce(family)
             _inplace(step, g, p, s, t, mult, weights)
+            compiled.add(family)
+            print(f"learned.fused_mlp: compiled in {time.perf_counter() - start:.0f} s",
+                  file=sys.stderr, flush=True)
 
     return fused
+
+
+def _announce(family: tuple) -> float:
+    device, dtype, dim, _, _ = family
+    cache = os.environ.get("TORCHINDUCTOR_CACHE_DIR", "Inductor's default cache folder")
+    print(f"learned.fused_mlp: compiling the fused MLPLOpt step for {dim}-d {dtype} tensors "
+          f"on {device} ({COMPILE_COST}; cached on disk in {cache} for later runs)",
+          file=sys.stderr, flush=True)
+    return time.perf_counter()

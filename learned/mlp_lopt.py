@@ -60,6 +60,10 @@ class MLPLOpt(LOpt):
       exp_mult, step_mult: the output rule's constants (learned_optimization: 1e-3 both; μLO
         uses step_mult 0.01).
       mup: scale hidden-weight steps by ``base_fan_in / fan_in`` (μLO) or not (SP-LO).
+      readout_scale: with ``mup``, scale output-weight steps by ``base_fan_in / fan_in`` too:
+        μP's Adam learning rate for a readout *without* the ``base / width`` output multiplier
+        (Tensor Programs V, Table 3), i.e. for ordinary (SP-initialised) ``nn.Module``s; off
+        for μP-parametrised tasks, whose readout multiplier already scales it.
       base_fan_in: see the module docstring.
       scale_features: also feed the log RMS of the gradient and the parameter (off by default:
         they make the output depend on the gradient's scale, against μP; needed for SGD).
@@ -79,6 +83,7 @@ class MLPLOpt(LOpt):
                  step_mult: float = 1e-3, mup: bool = True, base_fan_in: int = 1,
                  scale_features: bool = False, adam_feature: bool = False,
                  adam_scale: bool = False, taus: tuple[float, ...] = TAUS,
+                 readout_scale: bool = False,
                  chunk_elems: int = 1 << 18):
         for name, v in (("hidden", hidden), ("layers", layers), ("base_fan_in", base_fan_in),
                         ("chunk_elems", chunk_elems)):
@@ -96,7 +101,7 @@ class MLPLOpt(LOpt):
             raise ValueError("MLPLOpt: adam_scale=True needs adam_feature=True (it scales the "
                              "step by the Adam feature's RMS)")
         self.scale_features, self.adam_feature = bool(scale_features), bool(adam_feature)
-        self.adam_scale = bool(adam_scale)
+        self.adam_scale, self.readout_scale = bool(adam_scale), bool(readout_scale)
         self.taus = tuple(float(t) for t in taus)
         self.n_features = N_FEATURES + self.adam_feature
         self.n_tensor_features = len(self.taus) + (len(SCALE_FEATURES) if scale_features else 0)
@@ -107,7 +112,8 @@ class MLPLOpt(LOpt):
         return {"hidden": self.hidden, "layers": self.layers, "exp_mult": self.exp_mult,
                 "step_mult": self.step_mult, "mup": self.mup, "base_fan_in": self.base_fan_in,
                 "scale_features": self.scale_features, "adam_feature": self.adam_feature,
-                "adam_scale": self.adam_scale, "taus": list(self.taus)}
+                "adam_scale": self.adam_scale, "taus": list(self.taus),
+                "readout_scale": self.readout_scale}
 
     def init_theta(self, generator: torch.Generator | None = None) -> Theta:
         """Weights ~ N(0, 1/fan_in) (haiku's Linear default, truncation aside), biases 0."""
@@ -129,7 +135,8 @@ class MLPLOpt(LOpt):
 
     def scale(self, info: ParamInfo | None) -> float:
         """μLO's per-layer step scale ``s(info)``."""
-        if self.mup and info is not None and info.role == "hidden":
+        scaled = ("hidden", "output") if self.readout_scale else ("hidden",)
+        if self.mup and info is not None and info.role in scaled:
             return self.base_fan_in / info.fan_in
         return 1.0
 

@@ -22,6 +22,8 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
+from metaopt.rule import apply
+
 from .base import LOpt, Theta
 from .pytree import tree_index
 
@@ -44,14 +46,12 @@ def truncation_meta_loss(losses: Tensor, meta_loss: str) -> Tensor:
 
 
 def lopt_step(lopt: LOpt, theta: Theta, params: list[Tensor], grads: list[Tensor],
-              states: list[dict], step: Tensor, infos: list) -> tuple[list[Tensor], list[dict]]:
-    """One functional LO step over a list of tensors (``p - delta``, per-tensor ``info``)."""
-    new_params, new_states = [], []
-    for p, g, s, info in zip(params, grads, states, infos):
-        delta, s2 = lopt.update(theta, g, p, s, step, info)
-        new_params.append(p - delta)
-        new_states.append(s2)
-    return new_params, new_states
+              states: list[dict], step: Tensor, infos: list | None
+              ) -> tuple[list[Tensor], list[dict]]:
+    """One functional LO step over a list of tensors: :func:`metaopt.rule.apply` of
+    ``lopt.rule(theta)`` with each tensor's ``info`` as its per-tensor hyperparameter."""
+    hp = None if infos is None else [{"info": info} for info in infos]
+    return apply(lopt.rule(theta), params, grads, states, step, hp)
 
 
 def make_unroll(lopt: LOpt, loss_fn: Callable[[list[Tensor], Any], Tensor], infos: list,
@@ -64,16 +64,16 @@ def make_unroll(lopt: LOpt, loss_fn: Callable[[list[Tensor], Any], Tensor], info
     """
     check_meta_loss(meta_loss)
     grad_and_loss = torch.func.grad_and_value(lambda ps, b: loss_fn(list(ps), b))
+    hp = [{"info": info} for info in infos]
 
     def unroll(theta, params, states, step, batches):
-        params, states = list(params), list(states)
+        params, states, rule = list(params), list(states), lopt.rule(theta)
         after = []
         for k in range(truncation):
             grads, loss = grad_and_loss(tuple(params), tree_index(batches, k))
             if k > 0:
                 after.append(loss)
-            params, states = lopt_step(lopt, theta, params, list(grads), states, step + (k + 1),
-                                       infos)
+            params, states = apply(rule, params, list(grads), states, step + (k + 1), hp)
         after.append(loss_fn(params, tree_index(batches, truncation)))
         losses = torch.stack(after)
         value = truncation_meta_loss(losses, meta_loss)

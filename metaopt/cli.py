@@ -134,6 +134,10 @@ def _add_bench(p: Parser) -> None:
                    help="RuleOptimizer implementation path for every rule")
     p.add_argument("--resume", action="store_true",
                    help="continue OUT: skip finished runs and tried learning rates")
+    p.add_argument("--shared", action="store_true",
+                   help="join a sweep shared by many workers through --storage (every worker "
+                        "runs the same command with its own --out; tuning trials and seed runs "
+                        "are each done once, and every worker writes the merged table)")
     add_common_flags(p)
     p.set_defaults(run=run_bench_command, out=DEFAULT_OUT)
 
@@ -275,7 +279,7 @@ def run_bench_command(args: argparse.Namespace) -> int:
         out=args.out, seeds=args.seeds, steps=args.steps,
         eval_every=args.eval_every, tune_trials=args.tune_trials, storage=args.storage,
         device=str(resolve_device(args.device)), seed=args.seed, target_tol=args.target_tol,
-        impl=args.impl, resume=args.resume,
+        impl=args.impl, resume=args.resume, shared=args.shared,
     )
     check_out_dir(args.out, resume=args.resume, marker="bench_config.json")
     result = run_bench(config)

@@ -14,8 +14,9 @@ vector product ``hvp`` with a Rademacher probe ``u``), ``"gnb"`` (Sophia-G's est
 ``"layer"`` (``layer_in``, the input rows of the tensor's layer with a column of ones for a
 bias, and ``layer_grad_out``, the gradient of the loss with respect to the layer's output rows)
 or ``"layer_grad"`` (``layer_grad``, the layer's joint ``[dW, db]``); :class:`RuleOptimizer`
-supplies them, the per-layer ones from a :class:`metaopt.zoo.LayerStatistics` of the model
-(``None`` for a tensor that no captured layer owns).
+supplies them through the providers of :mod:`metaopt.extras`, the per-layer ones from a
+:class:`metaopt.zoo.LayerStatistics` of the model (``None`` for a tensor that no captured layer
+owns).
 A rule whose step depends on a sum over every tensor (a Polyak step size divides by the whole
 gradient's squared norm) gives a per-tensor ``reduce(grad, param, state, hp, step, **ext)``;
 the sum of its values over all tensors stepped together arrives in ``update`` as ``total``.
@@ -75,6 +76,12 @@ class UpdateRule:
         there for the closure and back before the update; :func:`unroll` differentiates
         there; :func:`apply` takes gradients its caller evaluated at
         :func:`predicted_params`.
+      origin: the zero-argument factory this rule came from (the registry sets it), so that
+        the rule pickles by reference (its functions may be closures); ``None`` otherwise.
+
+    A rule's extra inputs are capabilities named in ``needs`` and served by the providers of
+    :mod:`metaopt.extras` (a new kind of input is a new provider there, not a new field here or
+    a new ``step()`` argument); ``fused`` is the fast path :mod:`metaopt.fastpath` documents.
     """
 
     name: str
@@ -87,6 +94,7 @@ class UpdateRule:
     elementwise: bool = True
     reduce: Callable[..., Tensor] | None = None
     predict: Callable[..., Tensor] | None = None
+    origin: Callable[[], "UpdateRule"] | None = field(default=None, compare=False, repr=False)
 
     def with_hp(self, **hp: Any) -> "UpdateRule":
         """This rule with some default hyperparameters replaced (validated)."""
@@ -95,9 +103,53 @@ class UpdateRule:
             raise ValueError(
                 f"{self.name}: unknown hyperparameter(s) {unknown}; allowed: {sorted(self.hp)}"
             )
+        check_hp_types(self.name, self.hp, hp)
         merged = {**self.hp, **hp}
         self.check(merged)
         return replace(self, hp=merged)
+
+    def __reduce_ex__(self, protocol):
+        """Pickled (and deep-copied) as ``origin().with_hp(**hp)`` when the rule has an
+        ``origin`` (a module-level factory, as registered members do), since the rule's
+        functions may be closures that pickle cannot store; otherwise field by field."""
+        if self.origin is None:
+            return super().__reduce_ex__(protocol)
+        return _rebuild, (self.origin, dict(self.hp))
+
+
+def _rebuild(origin: Callable[[], UpdateRule], hp: dict) -> UpdateRule:
+    return replace(origin(), hp=hp)
+
+
+def check_hp_types(name: str, defaults: Mapping[str, Any], hp: Mapping[str, Any]) -> None:
+    """One-line ``ValueError`` for a hyperparameter whose type does not fit its default: a
+    number (int, float or tensor, not a string or bool) where the default is a number, a bool
+    where it is a bool, a tuple of numbers where it is one; the rule's ``check`` does the rest."""
+    for k, v in hp.items():
+        if k in defaults and not _fits(defaults[k], v):
+            raise ValueError(f"{name}: invalid {k}={v!r}: must be {_kind(defaults[k])}")
+
+
+def _is_number(v: Any) -> bool:
+    return (isinstance(v, (int, float)) and not isinstance(v, bool)) or isinstance(v, Tensor)
+
+
+def _fits(default: Any, v: Any) -> bool:
+    if isinstance(default, bool):
+        return isinstance(v, bool) or (isinstance(v, Tensor) and v.dtype == torch.bool)
+    if _is_number(default):
+        return _is_number(v)
+    if isinstance(default, tuple) and all(_is_number(x) for x in default):
+        return isinstance(v, (tuple, list)) and all(_is_number(x) for x in v)
+    return True  # strings and None often stand for a choice among kinds: the rule checks
+
+
+def _kind(default: Any) -> str:
+    if isinstance(default, bool):
+        return "True or False"
+    if _is_number(default):
+        return "a number"
+    return f"a tuple of {len(default)} numbers"
 
 
 def init_states(rule: UpdateRule, params: Sequence[Tensor]) -> list[State]:

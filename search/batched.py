@@ -15,6 +15,7 @@ computes on the flat vector.
 """
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 
@@ -138,11 +139,55 @@ class BatchedMachine:
         return upd
 
 
+#: Register-file budget of one batched run in bytes (``METAOPT_SEARCH_MEMORY`` overrides it):
+#: a batch whose registers (rows x slots x D values) would exceed it is split, and a single
+#: program that exceeds it alone scores worst instead of exhausting the machine.
+MEMORY_BYTES = int(os.environ.get("METAOPT_SEARCH_MEMORY", str(2 << 30)))
+
+
+def register_bytes(n_programs: int, n_slots: int, cfg: FitnessConfig, dim: int, itemsize: int) -> int:
+    """Bytes of the register file of ``n_programs`` programs with ``n_slots`` slots at most."""
+    return len(cfg.seeds) * len(cfg.lrs) * n_programs * n_slots * dim * itemsize
+
+
+def memory_chunks(programs: list[Program], cfg: FitnessConfig, dim: int, itemsize: int,
+                  budget: int) -> list[list[int]]:
+    """Program indices in consecutive chunks whose register files fit ``budget`` (a program
+    too large on its own forms a chunk by itself; the caller scores it worst)."""
+    chunks, cur, widest = [], [], 0
+    for i, p in enumerate(programs):
+        slots = compile_program(p).n_slots
+        w = max(widest, slots)
+        if cur and register_bytes(len(cur) + 1, w, cfg, dim, itemsize) > budget:
+            chunks.append(cur)
+            cur, w = [], slots
+        cur.append(i)
+        widest = w
+    if cur:
+        chunks.append(cur)
+    return chunks
+
+
 def fitness_batched(programs: list[Program], task, cfg: FitnessConfig) -> list[Fitness]:
-    """Fitness of every program in one batched run (falls back to one at a time on error)."""
+    """Fitness of every program, trained together in batches that fit :data:`MEMORY_BYTES`."""
     if not programs:
         return []
-    start, flat = time.perf_counter(), flat_task(task)
+    flat = flat_task(task)
+    itemsize = getattr(task, "dtype", torch.float32).itemsize
+    out: list[Fitness | None] = [None] * len(programs)
+    for chunk in memory_chunks(programs, cfg, flat.dim, itemsize, MEMORY_BYTES):
+        slots = compile_program(programs[chunk[0]]).n_slots
+        if len(chunk) == 1 and register_bytes(1, slots, cfg, flat.dim, itemsize) > MEMORY_BYTES:
+            out[chunk[0]] = Fitness(WORST, None, [], 0.0)
+            continue
+        for i, f in zip(chunk, _fitness_one_batch([programs[i] for i in chunk], task, flat, cfg)):
+            out[i] = f
+    return out
+
+
+def _fitness_one_batch(programs: list[Program], task, flat, cfg: FitnessConfig) -> list[Fitness]:
+    """Fitness of every program in one batched run (falls back to one at a time on error)."""
+    start = time.perf_counter()
     try:
         losses = _train_batched(programs, flat, cfg, start)
     except (RuntimeError, ValueError, ArithmeticError, IndexError):

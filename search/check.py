@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from .functions import INPUT_TYPES, result_type
 from .graph import prune
-from .program import Call, Const, Expr, Program, Var, expr_vars
+from .program import Call, Const, Expr, Program, Var, expr_vars, size_problem
 
 
 class InvalidProgram(ValueError):
@@ -44,6 +44,9 @@ def _type(e: Expr, env: dict, i: int) -> str:
 
 def check(prog: Program) -> Program:
     """Validate ``prog`` and return it pruned of dead code; raises InvalidProgram."""
+    problem = size_problem(prog.statements)
+    if problem:
+        raise InvalidProgram(f"program too large: {problem}")
     types = infer_types(prog)
     if types[prog.update] != "T":
         raise InvalidProgram("the update is a scalar, not a tensor")

@@ -1,9 +1,11 @@
 """``metaopt search``: discover an update rule by program search.
 
     metaopt search --task quadratic --budget 200 --seed 0 --out runs/q
+    metaopt search --family proxy --heldout heldout --validate-every 200 --budget 2000 --out runs/f
         [--warm-start adamw|sgd|random|FILE] [--population P] [--tournament T]
-        [--backend local|ray] [--resume] [--device D] [--steps K] [--batch B]
-        [--simplify-tol TOL] [--funnel-steps N]
+        [--strategy evolution|random] [--constants-only]
+        [--backend local|ray] [--address ADDR] [--workers N] [--resume] [--device D]
+        [--steps K] [--batch B] [--simplify-tol TOL] [--funnel-steps N]
 
 Writes ``DIR/best.txt`` (the best program), ``DIR/best_pruned.txt``, ``DIR/best_simplified.txt``,
 ``DIR/funnel.json`` (with ``--funnel-steps``), ``DIR/summary.json``
@@ -13,7 +15,9 @@ Writes ``DIR/best.txt`` (the best program), ``DIR/best_pruned.txt``, ``DIR/best_
 from __future__ import annotations
 
 import json
+import math
 import os
+import sys
 import tempfile
 
 from metaopt.cli_common import Parser, UsageError, add_common_flags, fail, resolve_device
@@ -22,7 +26,18 @@ from metaopt.cli_common import Parser, UsageError, add_common_flags, fail, resol
 def build_parser() -> Parser:
     p = Parser(prog="metaopt search", description="Program search over optimizer update rules.")
     add_common_flags(p)
-    p.add_argument("--task", required=True, help="a registered task name (metaopt.tasks.names())")
+    p.add_argument("--task", default=None, help="a registered task name (metaopt.tasks.names())")
+    p.add_argument("--family", default=None,
+                   help="search over a task family (e.g. proxy, tiny); fitness = mean log(loss / tuned AdamW loss)")
+    p.add_argument("--heldout", default=None,
+                   help="held-out family for meta-validation of the top programs and the final funnel")
+    p.add_argument("--validate-every", type=int, default=0,
+                   help="meta-validate the top programs on --heldout every N evaluations (default 0: at the end)")
+    p.add_argument("--validate-top", type=int, default=3, help="programs meta-validated each time (default 3)")
+    p.add_argument("--strategy", default="evolution", choices=["evolution", "random"],
+                   help="evolution (default) or random search: random mutation chains of the start program")
+    p.add_argument("--constants-only", action="store_true",
+                   help="mutate only the start program's constants (the constants-tuning arm)")
     p.add_argument("--budget", type=int, required=True, help="programs to evaluate (cache hits count)")
     p.add_argument("--warm-start", default="adamw", help="adamw | sgd | random | FILE (default adamw)")
     p.add_argument("--population", type=int, default=32, help="population size (default 32)")
@@ -34,7 +49,12 @@ def build_parser() -> Parser:
                    help="simplify the best program within this relative fitness loss (default 0.01; <0 skips)")
     p.add_argument("--funnel-steps", type=int, default=0,
                    help="re-evaluate the 5 best programs with this many steps against the tuned start program")
-    p.add_argument("--backend", default="local", choices=["local", "ray"])
+    p.add_argument("--backend", default="local", choices=["local", "ray"],
+                   help="where candidates train: this process (default) or Ray workers")
+    p.add_argument("--address", default=None,
+                   help="Ray cluster address to join (default: $RAY_ADDRESS, else start a local Ray)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="Ray tasks per round (default: the cluster's CPUs, or GPUs with --device cuda)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return p
@@ -45,13 +65,16 @@ def main(argv=None) -> int:
     try:
         from metaopt import tasks
 
-        if args.task not in tasks.names():
+        if (args.task is None) == (args.family is None):
+            raise UsageError("give exactly one of --task NAME and --family NAME")
+        if args.task is not None and args.task not in tasks.names():
             raise UsageError(f"unknown --task {args.task!r}; choose one of: {', '.join(tasks.names())}")
         if args.out is None:
             raise UsageError("--out DIR is required (the search database and results go there)")
         device = resolve_device(args.device)
         from .evolve import run
         from .fitness import FitnessConfig
+        from .mutate import MUTATIONS
         from .warm import warm_start
 
         start = warm_start(args.warm_start, args.seed)
@@ -63,9 +86,17 @@ def main(argv=None) -> int:
                      plateau=args.plateau, resume=args.resume, device=str(device),
                      progress=not args.no_progress,
                      simplify_tol=args.simplify_tol if args.simplify_tol >= 0 else None,
-                     funnel_steps=args.funnel_steps or None)
+                     funnel_steps=args.funnel_steps or None, family=args.family,
+                     heldout=args.heldout, validate_every=args.validate_every,
+                     validate_top=args.validate_top, strategy=args.strategy,
+                     mutations=("perturb_constant",) if args.constants_only else MUTATIONS,
+                     workers=args.workers, address=args.address)
     except ValueError as err:
         return fail(str(err).splitlines()[0])
+    except KeyboardInterrupt:
+        print("metaopt search: interrupted; every committed evaluation is saved (rerun the same "
+              "command with --resume to continue)", file=sys.stderr)
+        return 130
     write_outputs(args.out, result)
     print(f"best fitness {result.fitness:.6g} after {result.summary['evaluated']} programs "
           f"({result.summary['unique']} trained); see {os.path.join(args.out, 'best.txt')}")
@@ -73,50 +104,108 @@ def main(argv=None) -> int:
 
 
 def write_outputs(out: str, result) -> None:
-    """best.txt, best_pruned.txt, summary.json and progress.png, each written atomically."""
+    """best.txt (+ best.json with its tuned lr), best_pruned.txt, best_simplified.txt,
+    validated.txt, funnel.json, validation.json, summary.json, progress.png and validation.png,
+    each written atomically with mode 0644."""
     _atomic_text(os.path.join(out, "best.txt"), result.best.to_text())
+    best = {"text": result.best_pruned.to_text(), "lr": result.summary.get("best_lr"),
+            "task_lrs": result.summary.get("best_task_lrs"), "fitness": result.fitness}
+    _atomic_text(os.path.join(out, "best.json"), _json(best))
     _atomic_text(os.path.join(out, "best_pruned.txt"), result.best_pruned.to_text())
     if result.simplified is not None:
         _atomic_text(os.path.join(out, "best_simplified.txt"), result.simplified.to_text())
+    if result.validated is not None:
+        _atomic_text(os.path.join(out, "validated.txt"), result.validated.to_text())
     if result.funnel:
-        _atomic_text(os.path.join(out, "funnel.json"), json.dumps(result.funnel, indent=2) + "\n")
-    summary = {k: (None if isinstance(v, float) and v != v else v) for k, v in result.summary.items()}
-    summary["best_fitness"] = result.fitness if result.fitness != float("inf") else None
-    _atomic_text(os.path.join(out, "summary.json"), json.dumps(summary, indent=2) + "\n")
+        _atomic_text(os.path.join(out, "funnel.json"), _json(result.funnel))
+    if result.validation:
+        _atomic_text(os.path.join(out, "validation.json"), _json(result.validation))
+        plot_validation(result.validation, os.path.join(out, "validation.png"))
+    _atomic_text(os.path.join(out, "summary.json"), _json(result.summary))
     plot_progress(result.history, os.path.join(out, "progress.png"))
 
 
+def _json(value) -> str:
+    """JSON with non-finite floats as null (strict JSON has no inf/nan)."""
+    def clean(v):
+        if isinstance(v, float) and not math.isfinite(v):
+            return None
+        if isinstance(v, dict):
+            return {k: clean(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [clean(x) for x in v]
+        return v
+
+    return json.dumps(clean(value), indent=2) + "\n"
+
+
 def _atomic_text(path: str, text: str) -> None:
+    _atomic_write(path, text.encode("utf-8"))
+
+
+def _atomic_write(path: str, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file and a rename, mode 0644."""
     fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(text)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
+    os.chmod(tmp, 0o644)
     os.replace(tmp, path)
 
 
-def plot_progress(history: list[dict], path: str) -> None:
-    """Fitness of every evaluated program and the best so far, against evaluations."""
-    import math
+def plot_validation(rows: list[dict], path: str) -> None:
+    """Held-out score (log loss ratio to tuned AdamW) of the meta-validated top programs and
+    the best of them, against evaluations."""
+    pts = [(r["evaluated"], r["score"]) for r in rows if math.isfinite(r["score"])]
+    best: dict[int, float] = {}
+    for x, y in pts:
+        best[x] = min(best.get(x, math.inf), y)
+    fig, ax = _figure()
+    if pts:
+        ax.scatter(*zip(*pts), s=8, alpha=0.5, label="validated top-k")
+        ax.plot(sorted(best), [best[x] for x in sorted(best)], color="C3", marker="o",
+                label="best held-out")
+    ax.axhline(0.0, color="grey", lw=0.8, ls="--", label="tuned AdamW")
+    ax.set_xlabel("programs evaluated")
+    ax.set_ylabel("held-out mean log(loss / tuned AdamW)")
+    ax.legend()
+    _save(fig, path)
 
+
+def _figure():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt.subplots(figsize=(6, 4))
+
+
+def _save(fig, path: str) -> None:
+    import io
+
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    _atomic_write(path, buf.getvalue())
+
+
+def plot_progress(history: list[dict], path: str) -> None:
+    """Fitness of every evaluated program and the best so far, against evaluations (log
+    scale when every value is positive: a family's log ratios can be negative)."""
     xs = list(range(1, len(history) + 1))
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = _figure()
     pts = [(x, h["fitness"]) for x, h in zip(xs, history) if math.isfinite(h["fitness"])]
     if pts:
         ax.scatter(*zip(*pts), s=4, alpha=0.3, label="evaluated")
     best = [(x, h["best"]) for x, h in zip(xs, history) if math.isfinite(h["best"])]
     if best:
         ax.plot(*zip(*best), color="C3", label="best so far")
-    ax.set_yscale("log")
+    if pts and all(y > 0 for _, y in pts):
+        ax.set_yscale("log")
     ax.set_xlabel("programs evaluated")
-    ax.set_ylabel("validation loss (fitness)")
+    ax.set_ylabel("fitness (lower is better)")
     ax.legend()
-    fig.tight_layout()
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", suffix=".png")
-    os.close(fd)
-    fig.savefig(tmp)
-    plt.close(fig)
-    os.replace(tmp, path)
+    _save(fig, path)

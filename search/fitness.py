@@ -45,12 +45,17 @@ class FitnessConfig:
 
 @dataclass
 class Fitness:
-    """The score (lower is better), the best lr and the loss for each lr (mean over seeds)."""
+    """The score (lower is better), the best lr and the loss for each lr (mean over seeds).
+    On a task family (:mod:`search.family`) ``per_lr`` holds the members' normalised scores,
+    ``task_lrs`` each member's tuned lr and ``task_scores`` the scores again (inf where it
+    diverged)."""
 
     value: float
     best_lr: float | None
     per_lr: list[float] = field(default_factory=list)
     seconds: float = 0.0
+    task_lrs: list[float | None] | None = None
+    task_scores: list[float] | None = None
 
 
 def reduce_losses(losses: list[list[float]], lrs) -> Fitness:

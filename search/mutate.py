@@ -5,6 +5,7 @@ re-mutated from the parent (:func:`valid_child`).
 """
 from __future__ import annotations
 
+import math
 import random
 
 from .check import InvalidProgram, check
@@ -109,6 +110,8 @@ def perturb_constant(prog: Program, rng: random.Random) -> Program:
     i, path = rng.choice(spots)
     old = _get_at(prog.statements[i].expr, path).value
     value = _const(rng) if rng.random() < 0.5 else old * 2.0 ** rng.gauss(0.0, 1.0)
+    if not math.isfinite(float(f"{value:.4g}")):  # no constant the parser would reject
+        value = _const(rng)
     st = prog.statements[i]
     new = Statement(st.target, _replace_at(st.expr, path, Const(float(f"{value:.4g}"))))
     return prog.replace_statements(prog.statements[:i] + (new,) + prog.statements[i + 1:])

@@ -11,7 +11,9 @@ from __future__ import annotations
 import ast
 
 from .functions import CONSTANTS, FUNCTIONS, INPUTS, RESERVED
-from .program import Call, Const, Expr, Program, Statement, Var
+import math
+
+from .program import MAX_DEPTH, Call, Const, Expr, Program, Statement, Var, size_problem
 
 MAX_CHARS = 100_000
 _BINOPS = {ast.Add: "add", ast.Sub: "sub", ast.Mult: "mul", ast.Div: "div"}
@@ -45,10 +47,27 @@ def parse(text: str) -> Program:
     if len(tree.body) != 1 or not isinstance(tree.body[0], ast.FunctionDef):
         node = tree.body[1] if len(tree.body) > 1 else (tree.body[0] if tree.body else tree)
         _fail(node, "a program is exactly one 'def train(w, g, ..., lr):' and nothing else")
+    depth = _ast_depth(tree.body[0])
+    if depth > MAX_DEPTH + 8:
+        raise ParseError(f"program is nested {depth} deep (expressions at most {MAX_DEPTH})", 1, 1)
     try:
-        return _function(tree.body[0])
+        prog = _function(tree.body[0])
     except RecursionError:
         raise ParseError("program expression is nested too deeply", 1, 1) from None
+    problem = size_problem(prog.statements)
+    if problem:
+        raise ParseError(f"program too large: {problem}", 1, 1)
+    return prog
+
+
+def _ast_depth(root) -> int:
+    """Depth of the syntax tree, without recursion."""
+    depth, stack = 0, [(root, 1)]
+    while stack:
+        node, d = stack.pop()
+        depth = max(depth, d)
+        stack.extend((c, d + 1) for c in ast.iter_child_nodes(node))
+    return depth
 
 
 def _function(fn: ast.FunctionDef) -> Program:
@@ -114,8 +133,14 @@ def _expr(node, defined: set) -> Expr:
         return Var(node.id)
     if isinstance(node, ast.Constant):
         if isinstance(node.value, bool) or not isinstance(node.value, (int, float)):
-            _fail(node, f"only numeric constants are allowed, got {node.value!r}")
-        return Const(float(node.value))
+            _fail(node, f"only numeric constants are allowed, got {node.value!r:.40}")
+        try:
+            value = float(node.value)
+        except OverflowError:
+            value = math.inf
+        if not math.isfinite(value):
+            _fail(node, "numbers must be finite (at most about 1.8e308)")
+        return Const(value)
     if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
         inner = _expr(node.operand, defined)
         if isinstance(node.op, ast.UAdd):
@@ -147,7 +172,7 @@ def _call(node: ast.Call, defined: set) -> Call:
 def _returns(node: ast.Return, states: list[str], defined: set) -> str:
     value = node.value
     names = value.elts if isinstance(value, ast.Tuple) else [value]
-    if value is None or not all(isinstance(n, ast.Name) for n in names):
+    if value is None or not names or not all(isinstance(n, ast.Name) for n in names):
         _fail(node, "return plain names: 'return update, <state...>'")
     ids = [n.id for n in names]
     if ids[0] not in defined or ids[0] in INPUTS:

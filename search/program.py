@@ -13,6 +13,39 @@ from typing import Union
 
 from .functions import CONSTANTS, FUNCTIONS, INPUTS
 
+#: Size limits of the language (parse rejects more, abstract execution rejects children over
+#: them): they bound recursion in printing/hashing and the batched interpreter's register file
+#: (one slot per call). The Lion search's programs are far smaller.
+MAX_STATEMENTS = 100
+MAX_DEPTH = 32          # nesting of one expression
+MAX_CALLS = 400         # calls in the whole program
+
+
+def expr_depth(e: "Expr") -> int:
+    """Nesting depth of an expression (a leaf is 1), computed without recursion."""
+    depth, stack = 0, [(e, 1)]
+    while stack:
+        node, d = stack.pop()
+        depth = max(depth, d)
+        if isinstance(node, Call):
+            stack.extend((a, d + 1) for a in node.args)
+    return depth
+
+
+def size_problem(statements) -> str | None:
+    """Why ``statements`` exceed the language's limits, or None."""
+    if len(statements) > MAX_STATEMENTS:
+        return f"{len(statements)} statements (at most {MAX_STATEMENTS})"
+    calls = 0
+    for i, st in enumerate(statements):
+        d = expr_depth(st.expr)
+        if d > MAX_DEPTH:
+            return f"statement {i + 1} is nested {d} deep (at most {MAX_DEPTH})"
+        calls += len(expr_calls(st.expr))
+    if calls > MAX_CALLS:
+        return f"{calls} function calls (at most {MAX_CALLS})"
+    return None
+
 
 @dataclass(frozen=True)
 class Var:
@@ -102,6 +135,8 @@ def _wrap(e: Expr, parent_prec: int, right: bool) -> str:
 
 
 def _const_text(v: float) -> str:
+    """A constant as the parser reads it back: a name, a ``repr`` (exact round trip), and
+    parentheses around negatives. Only finite constants exist (parse and mutation keep it)."""
     for name, value in CONSTANTS.items():
         if float(v) == value:
             return name

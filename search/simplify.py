@@ -22,15 +22,57 @@ def size(prog: Program) -> tuple[int, int]:
     return sum(len(expr_calls(st.expr)) for st in prog.statements), len(prog.statements)
 
 
+def depends_on_lr(prog: Program, steps: int = 3, seed: int = 0) -> bool:
+    """Whether the update changes with ``lr``: the program runs ``steps`` steps from the same
+    random ``w``, ``g`` (float64) at two learning rates; identical updates at every step mean
+    the learning rate does not act (such a program is not a rule one can tune)."""
+    import torch
+
+    from .interpret import step
+
+    gen = torch.Generator().manual_seed(seed)
+    w = torch.randn(16, generator=gen, dtype=torch.float64)
+    grads = [torch.randn(16, generator=gen, dtype=torch.float64) for _ in range(steps)]
+    runs = []
+    for lr in (1e-3, 0.37):
+        state = {s: torch.zeros_like(w) for s in prog.states}
+        ups = []
+        for k, g in enumerate(grads):
+            try:
+                u, state = step(prog, w, g, state, lr, k + 1)
+            except (RuntimeError, ValueError, ArithmeticError):
+                return True  # cannot tell; the fitness decides
+            ups.append(u)
+        runs.append(ups)
+    return not all(torch.allclose(a, b, rtol=1e-9, atol=1e-12, equal_nan=True)
+                   for a, b in zip(*runs))
+
+
+def _bound(fit: float, tol: float, task) -> float:
+    """The worst score a simplification may reach: ``(1 + tol)`` times the loss; on a family
+    (scores are log loss ratios) ``+ log(1 + tol)``."""
+    from .family import Family
+
+    if isinstance(task, Family):
+        return fit + math.log1p(tol)
+    return fit * (1 + tol) if fit >= 0 else fit * (1 - tol)
+
+
 def simplify(prog: Program, task, cfg: FitnessConfig, tol: float = 0.01,
-             evaluator: str = "batched") -> tuple[Program, float]:
+             evaluator: str = "batched", heldout=None,
+             heldout_checks: int = 3) -> tuple[Program, float]:
     """Greedy simplification: each round tries every single deletion and every bypass (a
     statement replaced by one of its arguments) and keeps the smallest, fittest candidate
-    whose fitness stays within ``(1 + tol)`` of the original's. Returns
-    ``(program, fitness)``."""
+    whose fitness stays within ``tol`` of the original's (relative loss), whose update still
+    depends on ``lr`` (:func:`depends_on_lr`) and, with a ``heldout`` family, whose held-out
+    score stays within ``tol`` of the original's too (up to ``heldout_checks`` candidates per
+    round are tried there). Returns ``(program, fitness)``."""
     best = check(prog)
     best_fit = evaluate_local([best], task, cfg, evaluator)[0].value
-    bound = best_fit * (1 + tol) if best_fit >= 0 else best_fit * (1 - tol)
+    bound = _bound(best_fit, tol, task)
+    held_bound = None
+    if heldout is not None:
+        held_bound = _bound(evaluate_local([best], heldout, cfg, evaluator)[0].value, tol, heldout)
     while best.statements:
         candidates = {}
         for cand in _smaller(best):
@@ -38,17 +80,21 @@ def simplify(prog: Program, task, cfg: FitnessConfig, tol: float = 0.01,
                 c = check(cand)
             except InvalidProgram:
                 continue
-            if size(c) < size(best):
+            if size(c) < size(best) and depends_on_lr(c):
                 candidates[c.to_text()] = c
         if not candidates:
             break
         progs = list(candidates.values())
         fits = [f.value for f in evaluate_local(progs, task, cfg, evaluator)]
-        i = min(range(len(fits)), key=lambda k: (size(progs[k]), fits[k]) if
-                math.isfinite(fits[k]) and fits[k] <= bound else ((math.inf, 0), 0))
-        if not (math.isfinite(fits[i]) and fits[i] <= bound):
+        ok = sorted((k for k in range(len(progs)) if math.isfinite(fits[k]) and fits[k] <= bound),
+                    key=lambda k: (size(progs[k]), fits[k], progs[k].to_text()))
+        if held_bound is not None:
+            tried = ok[:heldout_checks]  # scored together (one batched run)
+            held = evaluate_local([progs[k] for k in tried], heldout, cfg, evaluator)
+            ok = [k for k, f in zip(tried, held) if f.value <= held_bound][:1]
+        if not ok:
             break
-        best, best_fit = progs[i], fits[i]
+        best, best_fit = progs[ok[0]], fits[ok[0]]
     return best, best_fit
 
 
@@ -107,3 +153,24 @@ def funnel(programs: list[Program], baseline: Program, task, cfg: FitnessConfig,
     base = fits[-1].value
     out = [(p, f.value, f.value < base) for p, f in zip(programs, fits[:-1])]
     return sorted(out, key=lambda x: x[1]), base
+
+
+def funnel_stages(programs: list[Program], stages: list, cfg: FitnessConfig,
+                  evaluator: str = "batched") -> list[dict]:
+    """The funnel at growing scale (Chen et al. 2023, Sec. 3): ``programs`` are scored on each
+    stage (a :class:`search.family.Family`, normalised against tuned AdamW, so < 0 beats it)
+    in turn; only those that beat tuned AdamW go on to the next stage. Returns one dict per
+    stage reached: ``{"stage", "programs": [{"text", "score", "task_scores", "advances"}]}``
+    best first (ties by text)."""
+    out, alive = [], [check(p) for p in programs]
+    for stage in stages:
+        if not alive:
+            break
+        stage.prepare(cfg, evaluator)
+        fits = evaluate_local(alive, stage, cfg, evaluator)
+        rows = sorted(({"text": p.to_text(), "score": f.value, "task_scores": f.task_scores,
+                        "advances": f.value < 0} for p, f in zip(alive, fits)),
+                      key=lambda r: (r["score"], r["text"]))
+        out.append({"stage": stage.name, "labels": stage.labels(), "programs": rows})
+        alive = [p for p, f in zip(alive, fits) if f.value < 0]
+    return out

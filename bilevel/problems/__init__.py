@@ -8,8 +8,9 @@ from .hyperclean import HypercleanDigits
 from .logreg import LogregDigits
 from .mlp_wd import MLPWeightDecay
 from .ridge import Ridge
+from .task_head import TaskHead
 
-_PROBLEMS = {cls.name: cls for cls in (Ridge, LogregDigits, HypercleanDigits, MLPWeightDecay)}
+_PROBLEMS = {cls.name: cls for cls in (Ridge, LogregDigits, HypercleanDigits, MLPWeightDecay, TaskHead)}
 
 
 def names() -> list[str]:
@@ -29,4 +30,4 @@ def get(name: str, **kw) -> BilevelProblem:
     return cls(**kw)
 
 
-__all__ = ["BilevelProblem", "HypercleanDigits", "LogregDigits", "MLPWeightDecay", "Ridge", "get", "names"]
+__all__ = ["BilevelProblem", "HypercleanDigits", "LogregDigits", "MLPWeightDecay", "Ridge", "TaskHead", "get", "names"]

@@ -11,8 +11,8 @@ unroll 20, 500 outer steps, 64 instances, Adam lr 1e-2 (LASSO) / 3e-3 (logistic)
 This trainer exists beside the generic :func:`learned.meta_train` because Math-L2O needs the
 problem's structure (``grad f`` apart from the L1 term, the L1 weight and L) that the generic
 task interface does not carry; L2O-DM and RNNprop also train with ``learned.meta_train``.
-A checkpoint (``torch.save`` of tensors, lists and numbers, written atomically, read back with
-``weights_only=True``) lets a crashed run resume.
+A checkpoint folder in :func:`learned.meta_train`'s format (:mod:`learned.checkpoint`:
+safetensors + JSON, written atomically, nothing unpickled) lets a crashed run resume.
 """
 from __future__ import annotations
 
@@ -25,6 +25,8 @@ import torch
 from tqdm.auto import tqdm
 
 from ..base import LOpt, Theta
+from ..checkpoint import LATEST, CheckpointError, load_checkpoint, save_checkpoint
+from ..pytree import flatten_named
 from .run import l2o_step
 
 
@@ -50,7 +52,7 @@ def meta_train_l2o(lopt: LOpt, make_problem: Callable[[int], object], outer_step
     theta = {k: v.detach().clone().requires_grad_(True) for k, v in theta.items()}
     opt = torch.optim.Adam(list(theta.values()), lr=lr)
     start, history = 0, []
-    if checkpoint and os.path.exists(checkpoint):
+    if checkpoint:
         start, history = _load(checkpoint, theta, opt)
     bar = tqdm(range(start, outer_steps), disable=not progress, desc=f"meta-train {lopt.name}")
     t0 = time.perf_counter()
@@ -84,20 +86,41 @@ def _outer_step(lopt, theta, opt, problem, horizon, unroll) -> list[float]:
     return losses
 
 
-def _save(path, theta, opt, step, history) -> None:
-    tmp = f"{path}.tmp"
-    torch.save({"theta": {k: v.detach() for k, v in theta.items()}, "adam": opt.state_dict(),
-                "step": step, "history": history}, tmp)
-    os.replace(tmp, path)
+def _save(folder, theta, opt, step, history) -> None:
+    """The shared checkpoint format (:mod:`learned.checkpoint`): theta and Adam's per-tensor
+    state in safetensors, the history in JSON."""
+    tensors = {**flatten_named({k: v.detach() for k, v in theta.items()}, "theta"),
+               **flatten_named(opt.state_dict()["state"], "adam")}
+    save_checkpoint(folder, step, tensors, {"config": {"theta": sorted(theta)},
+                                            "history": history})
 
 
-def _load(path, theta, opt) -> tuple[int, list[float]]:
-    ckpt = torch.load(path, weights_only=True)
-    if set(ckpt["theta"]) != set(theta):
-        raise ValueError(f"checkpoint {path} holds another model's theta; remove it or use "
-                         "another path")
-    with torch.no_grad():
-        for k, v in theta.items():
-            v.copy_(ckpt["theta"][k])
-    opt.load_state_dict(ckpt["adam"])
-    return int(ckpt["step"]), list(ckpt["history"])
+def _load(folder, theta, opt) -> tuple[int, list[float]]:
+    if os.path.isfile(folder):
+        raise CheckpointError(f"checkpoint {folder} is a file; give a folder (checkpoints are "
+                              "a folder with latest.json, as learned.meta_train writes)")
+    ckpt = load_checkpoint(folder)
+    if ckpt is None:
+        return 0, []
+    tensors, meta = ckpt
+    where = os.path.join(folder, LATEST)
+    if not isinstance(meta.get("config"), dict) or meta["config"].get("theta") != sorted(theta):
+        raise CheckpointError(f"checkpoint {where} holds another model's theta; remove it or use "
+                              "another folder")
+    history = meta.get("history")
+    if not isinstance(history, list):
+        raise CheckpointError(f"checkpoint {where}: 'history' must be a list")
+    try:
+        with torch.no_grad():
+            for k, v in theta.items():
+                v.copy_(tensors[f"theta/{k}"])
+        state = opt.state_dict()
+        state["state"] = {}
+        for name, t in tensors.items():
+            if name.startswith("adam/"):
+                _, i, field = name.split("/", 2)
+                state["state"].setdefault(int(i), {})[field] = t
+        opt.load_state_dict(state)
+    except (KeyError, ValueError, RuntimeError) as e:
+        raise CheckpointError(f"checkpoint {where}: {' '.join(str(e).split())}") from None
+    return int(meta["outer_step"]), [float(h) for h in history]

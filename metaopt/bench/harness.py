@@ -22,6 +22,7 @@ work already done, so a killed benchmark loses at most the run in progress.
 from __future__ import annotations
 
 import json
+import os
 import re
 import sys
 from dataclasses import dataclass, field, fields
@@ -38,7 +39,7 @@ from .atomic import write_atomic
 from .machine import machine_line
 from .plots import plot_profile, plot_task_curves
 from .profile import performance_ratios
-from .records import CurveStore
+from .records import CurveStore, record_key
 from .run import final_val_loss, jsonable, train_curve
 from .summary import group_runs, markdown_table, median, steps_to_target, summary_rows, task_target
 from .tune import check_storage_url, completed_trials, open_storage, tune_lr
@@ -77,6 +78,7 @@ class BenchConfig:
     resume: bool = False
     task_options: dict[str, Any] = field(default_factory=dict)
     skip_unrunnable: bool = False
+    shared: bool = False
 
     def resolved(self) -> "BenchConfig":
         """Validated, with defaults filled in."""
@@ -107,6 +109,10 @@ class BenchConfig:
             if lacking:
                 raise ValueError(f"impl 'fused' is not available for: {', '.join(lacking)}; "
                                  "use auto or loop")
+        if self.shared and not self.storage:
+            raise ValueError("a shared sweep needs --storage: an Optuna storage URL every "
+                             "worker reaches (postgresql://..., sqlite:///file, "
+                             "journal:///file)")
         if not self.target_tol >= 0:
             raise ValueError(f"target_tol must be >= 0, got {self.target_tol}")
         out = str(Path(self.out).resolve())
@@ -136,6 +142,8 @@ def run_bench(config: BenchConfig) -> BenchResult:
     from ..cli_common import check_out_dir
 
     cfg = config.resolved()
+    if cfg.shared:
+        return _run_shared(cfg)
     out = Path(cfg.out)
     check_out_dir(out, resume=True, marker=CONFIG_FILE, flag="out")  # a file / unwritable
     _check_resume(cfg)
@@ -244,6 +252,47 @@ def _storage_before_writing(cfg: BenchConfig):
 def _study_name(cfg: BenchConfig, task_name: str, opt: str) -> str:
     lo, hi = cfg.lr_range
     return f"{task_name}/{opt}/steps={cfg.steps}/seed={cfg.seed}/lr=default*[{lo:g},{hi:g}]"
+
+
+def _run_shared(cfg: BenchConfig) -> BenchResult:
+    """This worker's share of a sweep shared through ``cfg.storage`` (:mod:`.shared`): tuning
+    trials and seed runs are claimed from the storage, each done once over all workers; the
+    runs this worker did go to its own ``curves.jsonl``, and the table is rendered from every
+    worker's runs in the storage."""
+    from .shared import open_shared_storage, run_seeds_shared, shared_records, tune_shared
+
+    storage = open_shared_storage(cfg.storage)
+    built = {task_label(t): _build_task(t, cfg) for t in cfg.tasks}
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    store = CurveStore(out / CURVES_FILE)
+    seeds = [cfg.seed + i for i in range(cfg.seeds)]
+    pairs = [(t, o) for t in built for o in cfg.optimizers]
+    with tqdm(desc="bench (shared)", unit="run", dynamic_ncols=True) as bar:
+        for t, o in pairs:
+            task, lr, name = built[t], zoo.defaults(o).get("lr"), _study_name(cfg, t, o)
+            if cfg.tune_trials and isinstance(lr, (int, float)) and lr > 0:
+                def objective(lr_try: float, task=task, o=o) -> float:
+                    return final_val_loss(train_curve(task, _rule(o, lr_try),
+                                                      cfg.seed + TUNE_SEED_OFFSET, cfg.steps,
+                                                      cfg.steps, cfg.impl))
+                bar.set_postfix_str(f"{t}/{o}/tuning")
+                lr = tune_shared(objective, study_name=name, storage=storage,
+                                 trials=cfg.tune_trials, default_lr=float(lr),
+                                 lr_range=cfg.lr_range, seed=cfg.seed, worker=os.getpid(),
+                                 on_trial=lambda: bar.update(1))
+
+            def run(seed: int, task=task, t=t, o=o, lr=lr) -> dict:
+                bar.set_postfix_str(f"{t}/{o}/seed {seed}")
+                record = train_curve(task, _rule(o, lr), seed, cfg.steps, cfg.eval_every,
+                                     cfg.impl)
+                return {"task": t, "optimizer": o, "seed": seed, **record}
+
+            run_seeds_shared(run, study_name=name + "/runs", storage=storage, seeds=seeds,
+                             value=final_val_loss,
+                             on_run=lambda r: (store.append(r), bar.update(1)))
+    records = shared_records(storage, [_study_name(cfg, t, o) + "/runs" for t, o in pairs])
+    return write_report(cfg, sorted(records, key=record_key))
 
 
 def _progress(cfg, pairs, seeds, done, storage) -> tuple[int, int]:

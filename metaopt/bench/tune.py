@@ -51,15 +51,16 @@ def check_storage_url(url: str) -> None:
                          f"pip install {package}") from None
 
 
-def open_storage(url: str) -> Any:
-    """An Optuna RDB storage for ``url``; a malformed or unreachable URL, or a missing
-    driver, is a one-line ValueError."""
+def open_storage(url: str, **rdb_options: Any) -> Any:
+    """An Optuna RDB storage for ``url`` (``rdb_options`` go to ``RDBStorage``, e.g.
+    heartbeats); a malformed or unreachable URL, or a missing driver, is a one-line
+    ValueError."""
     check_storage_url(url)
     import optuna
     import sqlalchemy.exc
 
     try:
-        return optuna.storages.RDBStorage(url)
+        return optuna.storages.RDBStorage(url, **rdb_options)
     except (ImportError, sqlalchemy.exc.SQLAlchemyError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ValueError(f"cannot open storage {url!r}: {first}") from None

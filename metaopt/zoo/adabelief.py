@@ -25,6 +25,7 @@ from ..rule import UpdateRule
 from ._scalar import select
 from .checks import check_betas, check_min
 from .registry import register
+from ._multi_tensor import multi_tensor
 from ._weight_decay import split_weight_decay
 
 
@@ -61,6 +62,36 @@ def _update(g, p, state, hp, step):
     return lr * d + decay, {"exp_avg": m, "exp_avg_var": s}
 
 
+def _kernel(ps, gs, st, hp, step):
+    """:func:`_update` in place on lists of tensors (the multi-tensor fast path)."""
+    b1, b2 = hp["betas"]
+    lr, wd, eps = hp["lr"], hp["weight_decay"], hp["eps"]
+    m, s = st["exp_avg"], st["exp_avg_var"]
+    if wd and hp["weight_decouple"]:
+        torch._foreach_mul_(ps, 1 - lr * wd)
+    elif wd:
+        gs = torch._foreach_add(gs, ps, alpha=wd)
+    torch._foreach_lerp_(m, gs, 1 - b1)
+    diff = torch._foreach_sub(gs, m)
+    torch._foreach_mul_(s, b2)
+    torch._foreach_addcmul_(s, diff, diff, value=1 - b2)
+    torch._foreach_add_(s, eps)
+    bc1 = 1 - b1**step
+    if not hp["rectify"]:
+        denom = torch._foreach_sqrt(s)
+        torch._foreach_div_(denom, (1 - b2**step) ** 0.5)
+        torch._foreach_add_(denom, eps)
+        torch._foreach_addcdiv_(ps, m, denom, value=-lr / bc1)
+        return
+    rho, r = rectification(b2, step)
+    if rho >= 5:
+        denom = torch._foreach_sqrt(s)
+        torch._foreach_add_(denom, eps)
+        torch._foreach_addcdiv_(ps, m, denom, value=-lr * r / bc1)
+    elif hp["degenerated_to_sgd"]:
+        torch._foreach_add_(ps, m, alpha=-lr / bc1)
+
+
 def _check(hp):
     check_min(hp, "lr", name="adabelief")
     check_betas(hp, 2, name="adabelief")
@@ -68,11 +99,11 @@ def _check(hp):
     check_min(hp, "weight_decay", name="adabelief")
 
 
-@register("adabelief")
+@register("adabelief", sample={"weight_decay": 0.05})
 def adabelief() -> UpdateRule:
     return UpdateRule(
         "adabelief", _init, _update,
         hp={"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-16, "weight_decay": 0.0,
             "weight_decouple": True, "rectify": True, "degenerated_to_sgd": True},
-        check=_check,
+        check=_check, fused=multi_tensor(_kernel, ["exp_avg", "exp_avg_var"], _update),
     )

@@ -21,6 +21,7 @@ import torch
 from ..rule import UpdateRule
 from .checks import check_betas, check_min, check_unit
 from .registry import register
+from ._multi_tensor import multi_tensor
 from ._sqrt import sqrt0
 from ._weight_decay import coupled_weight_decay
 
@@ -46,6 +47,30 @@ def _update(g, p, state, hp, step):
     return eta * m, new
 
 
+def _kernel(ps, gs, st, hp, step):
+    """:func:`_update` in place on lists of tensors (the multi-tensor fast path)."""
+    b1, b2 = hp["betas"]
+    wd = hp["weight_decay"]
+    m, v = st["exp_avg"], st["exp_avg_sq"]
+    if wd:
+        gs = torch._foreach_add(gs, ps, alpha=wd)
+    torch._foreach_lerp_(m, gs, 1 - b1)
+    torch._foreach_mul_(v, b2)
+    torch._foreach_addcmul_(v, gs, gs, value=1 - b2)
+    if hp["amsbound"]:
+        torch._foreach_maximum_(st["max_exp_avg_sq"], v)
+        v = st["max_exp_avg_sq"]
+    step_size = hp["lr"] * (1 - b2**step) ** 0.5 / (1 - b1**step)
+    final, gamma = hp["final_lr"], hp["gamma"]
+    eta = torch._foreach_sqrt(v)
+    torch._foreach_add_(eta, hp["eps"])
+    torch._foreach_reciprocal_(eta)
+    torch._foreach_mul_(eta, step_size)
+    torch._foreach_clamp_min_(eta, final * (1 - 1 / (gamma * step + 1)))
+    torch._foreach_clamp_max_(eta, final * (1 + 1 / (gamma * step)))
+    torch._foreach_addcmul_(ps, eta, m, value=-1)
+
+
 def _check(hp):
     check_min(hp, "lr", name="adabound")
     check_betas(hp, 2, name="adabound")
@@ -56,11 +81,12 @@ def _check(hp):
     check_min(hp, "weight_decay", name="adabound")
 
 
-@register("adabound")
+@register("adabound", sample={"weight_decay": 0.05})
 def adabound() -> UpdateRule:
     return UpdateRule(
         "adabound", _init, _update,
         hp={"lr": 1e-3, "betas": (0.9, 0.999), "final_lr": 0.1, "gamma": 1e-3, "eps": 1e-8,
             "weight_decay": 0.0, "amsbound": False},
         check=_check,
+        fused=multi_tensor(_kernel, ["exp_avg", "exp_avg_sq", "max_exp_avg_sq"], _update),
     )

@@ -16,6 +16,7 @@ import torch
 from ..rule import UpdateRule
 from .checks import check_min, check_unit
 from .registry import register
+from ._multi_tensor import multi_tensor
 from ._weight_decay import coupled_weight_decay
 
 
@@ -32,6 +33,25 @@ def _update(g, p, state, hp, step):
     return hp["lr"] * d, {"square_avg": v, "acc_delta": u}
 
 
+def _kernel(ps, gs, st, hp, step):
+    """:func:`_update` in place on lists of tensors (the multi-tensor fast path)."""
+    rho, eps, wd = hp["rho"], hp["eps"], hp["weight_decay"]
+    v, acc = st["square_avg"], st["acc_delta"]
+    if wd:
+        gs = torch._foreach_add(gs, ps, alpha=wd)
+    torch._foreach_mul_(v, rho)
+    torch._foreach_addcmul_(v, gs, gs, value=1 - rho)
+    d = torch._foreach_add(acc, eps)
+    torch._foreach_sqrt_(d)
+    denom = torch._foreach_add(v, eps)
+    torch._foreach_sqrt_(denom)
+    torch._foreach_div_(d, denom)
+    torch._foreach_mul_(d, gs)
+    torch._foreach_mul_(acc, rho)
+    torch._foreach_addcmul_(acc, d, d, value=1 - rho)
+    torch._foreach_add_(ps, d, alpha=-hp["lr"])
+
+
 def _check(hp):
     check_min(hp, "lr", name="adadelta")
     check_unit(hp, "rho", name="adadelta", closed=True)
@@ -39,10 +59,10 @@ def _check(hp):
     check_min(hp, "weight_decay", name="adadelta")
 
 
-@register("adadelta")
+@register("adadelta", sample={"weight_decay": 0.05})
 def adadelta() -> UpdateRule:
     return UpdateRule(
         "adadelta", _init, _update,
         hp={"lr": 1.0, "rho": 0.9, "eps": 1e-6, "weight_decay": 0.0},
-        check=_check,
+        check=_check, fused=multi_tensor(_kernel, ["square_avg", "acc_delta"], _update),
     )

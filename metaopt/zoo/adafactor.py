@@ -77,7 +77,7 @@ def _check(hp):
         raise ValueError(f"adafactor: invalid beta2_decay={b}: must be <= 0")
 
 
-@register("adafactor")
+@register("adafactor", sample={"weight_decay": 0.05})
 def adafactor() -> UpdateRule:
     return UpdateRule(
         "adafactor", _init, _update,

@@ -52,11 +52,11 @@ import math
 import torch
 from torch import Tensor
 
+from ..helpers import compute_dtype
 from ..rule import UpdateRule
 from ._weight_decay import split_weight_decay
 from .checks import check_int, check_min, check_unit
 from .registry import register
-from .shampoo import stat_dtype
 
 MINMAX_EPS = 1e-6  # the official MinMaxNormalization's epsilon
 
@@ -102,7 +102,7 @@ def _update(g, p, state, hp, step, layer_in=None, layer_grad_out=None):
     state = dict(state)
     if layer_in is not None and layer_grad_out is not None:
         state["h_diag"], state["s_diag"] = refreshed_diagonals(
-            state, layer_in, layer_grad_out, hp["gamma"], stat_dtype(p.dtype))
+            state, layer_in, layer_grad_out, hp["gamma"], compute_dtype(p.dtype))
     g, decay = split_weight_decay(g, p, lr, hp["weight_decay"], hp["decoupled_weight_decay"])
     m = beta * state["exp_avg"] + (1 - beta) * g
     direction = m / (1 - beta ** step)
@@ -131,7 +131,7 @@ def _check(hp):
                          f"{hp['decoupled_weight_decay']!r}: must be True or False")
 
 
-@register("adafisher")
+@register("adafisher", sample={"stat_period": 3, "weight_decay": 0.01})
 def adafisher() -> UpdateRule:
     return UpdateRule(
         "adafisher", _init, _update,

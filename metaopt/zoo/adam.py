@@ -115,7 +115,7 @@ def _fused_ok(kernel_name: str, update=None, amsgrad=False):
     return _fused(getattr(torch, kernel_name), update, amsgrad)
 
 
-@register("adam")
+@register("adam", sample={"weight_decay": 0.05})
 def adam() -> UpdateRule:
     return UpdateRule(
         "adam", _init, _adam_update,
@@ -124,7 +124,7 @@ def adam() -> UpdateRule:
     )
 
 
-@register("adamw")
+@register("adamw", sample={"weight_decay": 0.05})
 def adamw() -> UpdateRule:
     return UpdateRule(
         "adamw", _init, _adamw_update,
@@ -134,7 +134,7 @@ def adamw() -> UpdateRule:
     )
 
 
-@register("amsgrad")
+@register("amsgrad", sample={"weight_decay": 0.05})
 def amsgrad() -> UpdateRule:
     return UpdateRule(
         "amsgrad", _init_ams, _amsgrad_update,

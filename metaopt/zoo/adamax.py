@@ -15,6 +15,7 @@ import torch
 from ..rule import UpdateRule
 from .checks import check_betas, check_min
 from .registry import register
+from ._multi_tensor import multi_tensor
 from ._weight_decay import coupled_weight_decay
 
 
@@ -30,6 +31,20 @@ def _update(g, p, state, hp, step):
     return hp["lr"] / (1 - b1**step) * m / u, {"exp_avg": m, "exp_inf": u}
 
 
+def _kernel(ps, gs, st, hp, step):
+    """:func:`_update` in place on lists of tensors (the multi-tensor fast path)."""
+    b1, b2 = hp["betas"]
+    m, u, wd = st["exp_avg"], st["exp_inf"], hp["weight_decay"]
+    if wd:
+        gs = torch._foreach_add(gs, ps, alpha=wd)
+    torch._foreach_lerp_(m, gs, 1 - b1)
+    torch._foreach_mul_(u, b2)
+    bound = torch._foreach_abs(gs)
+    torch._foreach_add_(bound, hp["eps"])
+    torch._foreach_maximum_(u, bound)
+    torch._foreach_addcdiv_(ps, m, u, value=-hp["lr"] / (1 - b1**step))
+
+
 def _check(hp):
     check_min(hp, "lr", name="adamax")
     check_betas(hp, 2, name="adamax")
@@ -37,10 +52,10 @@ def _check(hp):
     check_min(hp, "weight_decay", name="adamax")
 
 
-@register("adamax")
+@register("adamax", sample={"weight_decay": 0.05})
 def adamax() -> UpdateRule:
     return UpdateRule(
         "adamax", _init, _update,
         hp={"lr": 2e-3, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.0},
-        check=_check,
+        check=_check, fused=multi_tensor(_kernel, ["exp_avg", "exp_inf"], _update),
     )

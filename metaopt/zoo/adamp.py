@@ -104,7 +104,7 @@ def _sgdp_check(hp):
     check_unit(hp, "dampening", name="sgdp", closed=True)
 
 
-@register("adamp")
+@register("adamp", sample={"weight_decay": 0.05})
 def adamp() -> UpdateRule:
     return UpdateRule(
         "adamp", _adamp_init, _adamp_update,
@@ -114,7 +114,7 @@ def adamp() -> UpdateRule:
     )
 
 
-@register("sgdp")
+@register("sgdp", sample={"momentum": 0.9, "weight_decay": 0.01})
 def sgdp() -> UpdateRule:
     return UpdateRule(
         "sgdp", _sgdp_init, _sgdp_update,

@@ -25,6 +25,7 @@ from ..rule import UpdateRule
 from ._scalar import select
 from .checks import check_betas, check_min
 from .registry import register
+from ._multi_tensor import multi_tensor
 from ._sqrt import sqrt0
 
 
@@ -67,6 +68,27 @@ def _update(g, p, state, hp, step):
     return hp["lr"] * (d + hp["weight_decay"] * p), new
 
 
+def _kernel(ps, gs, st, hp, step):
+    """:func:`_update` in place on lists of tensors (the multi-tensor fast path)."""
+    b1, b2, b3 = hp["betas"]
+    alpha = alpha_schedule(step, hp["alpha"], hp["alpha_warmup"])
+    b3 = beta3_schedule(step, b1, b3, hp["beta3_warmup"])
+    lr, wd = hp["lr"], hp["weight_decay"]
+    m1, m2, v = st["exp_avg_fast"], st["exp_avg_slow"], st["exp_avg_sq"]
+    torch._foreach_lerp_(m1, gs, 1 - b1)
+    torch._foreach_lerp_(m2, gs, 1 - b3)
+    torch._foreach_mul_(v, b2)
+    torch._foreach_addcmul_(v, gs, gs, value=1 - b2)
+    denom = torch._foreach_sqrt(v)
+    torch._foreach_div_(denom, (1 - b2**step) ** 0.5)
+    torch._foreach_add_(denom, hp["eps"])
+    num = torch._foreach_div(m1, 1 - b1**step)
+    torch._foreach_add_(num, m2, alpha=alpha)
+    if wd:
+        torch._foreach_mul_(ps, 1 - lr * wd)
+    torch._foreach_addcdiv_(ps, num, denom, value=-lr)
+
+
 def _check(hp):
     check_min(hp, "lr", name="ademamix")
     check_betas(hp, 3, name="ademamix")
@@ -78,11 +100,12 @@ def _check(hp):
             check_min(hp, key, 0.0, strict=True, name="ademamix")
 
 
-@register("ademamix")
+@register("ademamix", sample={"weight_decay": 0.05})
 def ademamix() -> UpdateRule:
     return UpdateRule(
         "ademamix", _init, _update,
         hp={"lr": 1e-3, "betas": (0.9, 0.999, 0.9999), "alpha": 2.0, "beta3_warmup": None,
             "alpha_warmup": None, "eps": 1e-8, "weight_decay": 0.0},
         check=_check,
+        fused=multi_tensor(_kernel, ["exp_avg_fast", "exp_avg_slow", "exp_avg_sq"], _update),
     )

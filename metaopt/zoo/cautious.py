@@ -50,7 +50,7 @@ def _cadamw_check(hp):
     check_min(hp, "weight_decay", name="cadamw")
 
 
-@register("cadamw")
+@register("cadamw", sample={"weight_decay": 0.05})
 def cadamw() -> UpdateRule:
     return UpdateRule(
         "cadamw", _cadamw_init, _cadamw_update,
@@ -63,7 +63,7 @@ def _clion_update(g, p, state, hp, step):
     return lion.update(g, p, state, dict(hp, cautious=True), step)
 
 
-@register("clion")
+@register("clion", sample={"weight_decay": 0.05})
 def clion() -> UpdateRule:
     return UpdateRule(
         "clion", lion.init, _clion_update,

@@ -17,6 +17,7 @@ import torch
 from ..rule import UpdateRule
 from .checks import check_betas, check_min
 from .registry import register
+from ._multi_tensor import multi_tensor
 from ._sqrt import sqrt0
 from ._weight_decay import coupled_weight_decay
 
@@ -37,6 +38,26 @@ def _update(g, p, state, hp, step):
     return delta, {"exp_avg": m, "exp_avg_sq": v, "previous_grad": g}
 
 
+def _kernel(ps, gs, st, hp, step):
+    """:func:`_update` in place on lists of tensors (the multi-tensor fast path)."""
+    b1, b2 = hp["betas"]
+    m, v, prev, wd = st["exp_avg"], st["exp_avg_sq"], st["previous_grad"], hp["weight_decay"]
+    if wd:
+        gs = torch._foreach_add(gs, ps, alpha=wd)
+    torch._foreach_lerp_(m, gs, 1 - b1)
+    torch._foreach_mul_(v, b2)
+    torch._foreach_addcmul_(v, gs, gs, value=1 - b2)
+    friction = torch._foreach_sub(prev, gs)
+    torch._foreach_abs_(friction)
+    torch._foreach_sigmoid_(friction)
+    torch._foreach_mul_(friction, m)
+    denom = torch._foreach_sqrt(v)
+    torch._foreach_add_(denom, hp["eps"])
+    step_size = hp["lr"] * (1 - b2**step) ** 0.5 / (1 - b1**step)
+    torch._foreach_addcdiv_(ps, friction, denom, value=-step_size)
+    torch._foreach_copy_(prev, gs)
+
+
 def _check(hp):
     check_min(hp, "lr", name="diffgrad")
     check_betas(hp, 2, name="diffgrad")
@@ -44,10 +65,11 @@ def _check(hp):
     check_min(hp, "weight_decay", name="diffgrad")
 
 
-@register("diffgrad")
+@register("diffgrad", sample={"weight_decay": 0.05})
 def diffgrad() -> UpdateRule:
     return UpdateRule(
         "diffgrad", _init, _update,
         hp={"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.0},
         check=_check,
+        fused=multi_tensor(_kernel, ["exp_avg", "exp_avg_sq", "previous_grad"], _update),
     )

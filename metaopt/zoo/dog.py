@@ -44,7 +44,10 @@ def _check(hp):
     check_min(hp, "weight_decay", name="dog")
 
 
-@register("dog")
+@register("dog",
+          sample={"lr": 0.9},
+          opt_out={"low_precision": "its first steps are reps_rel (1e-6) times the weights' norm, below "
+                       "bf16/fp16 resolution until the distance grows"})
 def dog() -> UpdateRule:
     return UpdateRule("dog", _init, _update,
                       hp={"lr": 1.0, "reps_rel": 1e-6, "eps": 1e-8, "weight_decay": 0.0},

@@ -57,6 +57,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..helpers import compute_dtype
 from ..rule import UpdateRule
 from .adam import adam_direction
 from .checks import check_betas, check_choice, check_int, check_min, check_unit
@@ -80,18 +81,13 @@ def subspace_rank(m: int, n: int, density: float) -> int:
     """``r = round(rho min(m, n))``: the number of basis vectors (official rounding)."""
     return round(min(m, n) * density)
 
-
-def _basis_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
 def svd_basis(G: Tensor, r: int) -> Tensor:
     """The top ``r`` left singular vectors of ``G`` (``m < n``) or right ones (``m >= n``),
     as the columns of ``Q``; a selection, held constant under differentiation (the SVD's
     derivative is infinite where singular values repeat, e.g. the zeros of a gradient with
     dead columns)."""
     G = G.detach()
-    U, _, Vh = torch.linalg.svd(G.to(_basis_dtype(G.dtype)), full_matrices=False)
+    U, _, Vh = torch.linalg.svd(G.to(compute_dtype(G.dtype)), full_matrices=False)
     Q = U[:, :r] if projects_left(*G.shape) else Vh[:r].T
     return Q.to(G.dtype)
 
@@ -100,7 +96,7 @@ def random_basis(G: Tensor, r: int) -> Tensor:
     """A random ``Q`` with ``r`` orthonormal columns on ``G``'s side (drawn as the official
     code draws it: ``orthogonal_`` of an ``m x r``, or ``r x n`` then transposed, matrix)."""
     m, n = G.shape
-    dt = _basis_dtype(G.dtype)
+    dt = compute_dtype(G.dtype)
     if projects_left(m, n):
         Q = torch.nn.init.orthogonal_(torch.empty(m, r, dtype=dt, device=G.device))
     else:
@@ -204,7 +200,7 @@ def _check(hp):
     check_min(hp, "proj_params_lr_scale", name="frugal")
 
 
-@register("frugal")
+@register("frugal", sample={"weight_decay": 0.05})
 def frugal() -> UpdateRule:
     return UpdateRule(
         "frugal", _init, _update,

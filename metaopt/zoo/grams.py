@@ -17,6 +17,7 @@ from ..rule import UpdateRule
 from .adam import adam_direction
 from .checks import check_betas, check_min
 from .registry import register
+from ._multi_tensor import multi_tensor
 
 
 def _init(p):
@@ -28,6 +29,25 @@ def _update(g, p, state, hp, step):
     return hp["lr"] * (g.sign() * d.abs() + hp["weight_decay"] * p), new
 
 
+def _kernel(ps, gs, st, hp, step):
+    """:func:`_update` in place on lists of tensors (the multi-tensor fast path)."""
+    b1, b2 = hp["betas"]
+    lr, wd = hp["lr"], hp["weight_decay"]
+    m, v = st["exp_avg"], st["exp_avg_sq"]
+    torch._foreach_lerp_(m, gs, 1 - b1)
+    torch._foreach_mul_(v, b2)
+    torch._foreach_addcmul_(v, gs, gs, value=1 - b2)
+    denom = torch._foreach_sqrt(v)
+    torch._foreach_div_(denom, (1 - b2**step) ** 0.5)
+    torch._foreach_add_(denom, hp["eps"])
+    size = torch._foreach_abs(m)
+    torch._foreach_div_(size, denom)
+    sign = torch._foreach_sign(gs)
+    if wd:
+        torch._foreach_mul_(ps, 1 - lr * wd)
+    torch._foreach_addcmul_(ps, sign, size, value=-lr / (1 - b1**step))
+
+
 def _check(hp):
     check_min(hp, "lr", name="grams")
     check_betas(hp, 2, name="grams")
@@ -35,10 +55,10 @@ def _check(hp):
     check_min(hp, "weight_decay", name="grams")
 
 
-@register("grams")
+@register("grams", sample={"weight_decay": 0.05})
 def grams() -> UpdateRule:
     return UpdateRule(
         "grams", _init, _update,
         hp={"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-6, "weight_decay": 0.0},
-        check=_check,
+        check=_check, fused=multi_tensor(_kernel, ["exp_avg", "exp_avg_sq"], _update),
     )

@@ -22,7 +22,7 @@ from .registry import register
 
 
 def _init(p):
-    return {"v": torch.randn_like(p)}
+    return {"v": torch.randn(p.shape, dtype=p.dtype, device=p.device)}  # logical order
 
 
 def _update(g, p, state, hp, step):
@@ -41,7 +41,10 @@ def _check(hp):
     check_unit(hp, "beta", name="gravity", closed=True)
 
 
-@register("gravity")
+@register("gravity",
+          sample={},
+          opt_out={"independent_tensors": "initialises each velocity with random draws, tensor "
+                       "by tensor: tensors stepped together and apart see different draws"})
 def gravity() -> UpdateRule:
     return UpdateRule("gravity", _init, _update, hp={"lr": 1e-2, "alpha": 0.01, "beta": 0.9},
                       check=_check, elementwise=False)

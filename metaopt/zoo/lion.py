@@ -14,6 +14,7 @@ import torch
 
 from ..rule import UpdateRule
 from ._cautious_mask import cautious
+from ._multi_tensor import multi_tensor
 from .checks import check_betas, check_min
 from .registry import register
 
@@ -31,6 +32,19 @@ def update(g, p, state, hp, step):
     return hp["lr"] * (u + hp["weight_decay"] * p), {"exp_avg": torch.lerp(m, g, 1 - b2)}
 
 
+def lion_kernel(ps, gs, st, hp, step):
+    """:func:`update` in place on lists of tensors (the multi-tensor fast path)."""
+    b1, b2 = hp["betas"]
+    lr, wd = hp["lr"], hp["weight_decay"]
+    m = st["exp_avg"]
+    u = torch._foreach_lerp(m, gs, 1 - b1)
+    torch._foreach_sign_(u)
+    if wd:
+        torch._foreach_mul_(ps, 1 - lr * wd)
+    torch._foreach_add_(ps, u, alpha=-lr)
+    torch._foreach_lerp_(m, gs, 1 - b2)
+
+
 def check(name):
     def check_hp(hp):
         check_min(hp, "lr", name=name)
@@ -40,8 +54,8 @@ def check(name):
     return check_hp
 
 
-@register("lion")
+@register("lion", sample={"weight_decay": 0.05})
 def lion() -> UpdateRule:
     return UpdateRule("lion", init, update,
                       hp={"lr": 1e-4, "betas": (0.9, 0.99), "weight_decay": 0.0, "cautious": False},
-                      check=check("lion"))
+                      check=check("lion"), fused=multi_tensor(lion_kernel, ["exp_avg"], update))

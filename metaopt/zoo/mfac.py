@@ -49,12 +49,12 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..helpers import compute_dtype
 from ..rule import UpdateRule
 from ._scalar import nonzero
 from ._weight_decay import coupled_weight_decay
 from .checks import check_int, check_min, check_unit
 from .registry import register
-from .shampoo import stat_dtype
 
 
 def ring_slot(step, m: int, device: torch.device) -> Tensor:
@@ -93,7 +93,7 @@ def _init(p):
 
 
 def _first_state(p: Tensor, hp) -> dict:
-    dt, m = stat_dtype(p.dtype), hp["ngrads"]
+    dt, m = compute_dtype(p.dtype), hp["ngrads"]
     state = {"grads": torch.zeros(m, p.numel(), dtype=dt, device=p.device),
              "dots": torch.zeros(m, m, dtype=dt, device=p.device)}
     if nonzero(hp["momentum"]):
@@ -123,7 +123,8 @@ def _check(hp):
     check_min(hp, "damp", strict=True, name="mfac")
 
 
-@register("mfac")
+@register("mfac",
+          sample={"lr": 0.05, "ngrads": 3, "damp": 0.1, "momentum": 0.5, "weight_decay": 0.05})
 def mfac() -> UpdateRule:
     return UpdateRule("mfac", _init, _update,
                       hp={"lr": 1e-3, "momentum": 0.0, "weight_decay": 0.0, "ngrads": 1024,

@@ -54,6 +54,7 @@ import math
 import torch
 from torch import Tensor
 
+from ..helpers import compute_dtype
 from ..rule import UpdateRule
 from ._sqrt import sqrt0
 from .checks import check_betas, check_int, check_min, check_unit
@@ -66,12 +67,6 @@ LEVELS = 2**BITS - 1  # the largest code
 def topk_count(numel: int, k_init: float) -> int:
     """``k = ceil(k_init d)`` entries kept per step (at most ``d``)."""
     return min(numel, math.ceil(k_init * numel))
-
-
-def compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    """Arithmetic runs in float32 for lower-precision parameters."""
-    return dtype if dtype in (torch.float32, torch.float64) else torch.float32
-
 
 def index_dtype(numel: int) -> torch.dtype:
     return torch.int32 if numel < 2**31 else torch.int64
@@ -204,7 +199,7 @@ def _check(hp):
     check_int(hp, "quant_block_size", 1, name="microadam")
 
 
-@register("microadam")
+@register("microadam", sample={"k_init": 0.2, "quant_block_size": 4, "m": 2, "weight_decay": 0.05})
 def microadam() -> UpdateRule:
     return UpdateRule(
         "microadam", _init, _update,

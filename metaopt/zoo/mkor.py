@@ -50,11 +50,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..helpers import compute_dtype
 from ..rule import UpdateRule
 from .checks import check_int, check_min, check_unit
 from .registry import register
 from .sgd import check_sgd_hp, sgd
-from .shampoo import stat_dtype
 
 _BACKEND = sgd()
 BACKEND_KEYS = ("lr", "momentum", "dampening", "weight_decay", "nesterov")
@@ -128,7 +128,7 @@ def _update(g, p, state, hp, step, layer_in=None, layer_grad_out=None, layer_gra
     state = dict(state)
     if layer_in is not None and layer_grad_out is not None:
         u, v = rank1_vectors(layer_in, layer_grad_out, hp["clipping_value"],
-                             stat_dtype(p.dtype))
+                             compute_dtype(p.dtype))
         state.update(refreshed_factors(state, u, v, hp))
     if layer_grad is not None and "a_inv" in state:
         g = preconditioned_grad(p, layer_grad, state).to(p.dtype)
@@ -154,7 +154,7 @@ def _check(hp):
     check_int(hp, "warmup_steps", 0, name="mkor")
 
 
-@register("mkor")
+@register("mkor", sample={"inv_freq": 3, "weight_decay": 0.01, "lr": 0.05, "reset_threshold": 0.9})
 def mkor() -> UpdateRule:
     return UpdateRule(
         "mkor", _init, _update,

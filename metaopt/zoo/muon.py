@@ -66,7 +66,11 @@ def _check(hp):
         raise ValueError(f"muon: invalid ns_steps={n!r}: must be an integer in [1, 100)")
 
 
-@register("muon")
+@register("muon",
+          sample={},
+          opt_out={"differentiable": "Newton-Schulz runs in bfloat16 (as torch.optim.Muon): "
+                       "float64 finite differences are below its resolution"},
+          matrices_only=True)
 def muon() -> UpdateRule:
     return UpdateRule(
         "muon", _init, _update,

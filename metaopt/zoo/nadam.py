@@ -20,6 +20,7 @@ from ..rule import UpdateRule
 
 from .checks import check_betas, check_min
 from .registry import register
+from ._multi_tensor import blocks, by_step, fast_path, plain_numbers
 from ._sqrt import sqrt0
 from ._weight_decay import split_weight_decay
 
@@ -46,6 +47,45 @@ def _update(g, p, state, hp, step):
     return lr * d + decay, {"mu_product": prod, "exp_avg": m, "exp_avg_sq": v}
 
 
+def _kernel(ps, gs, st, hp, step, prod):
+    """:func:`_update` in place on lists of tensors whose momentum products (after this
+    step's factor) all equal ``prod``."""
+    b1, b2 = hp["betas"]
+    lr, wd, psi = hp["lr"], hp["weight_decay"], hp["momentum_decay"]
+    m, v = st["exp_avg"], st["exp_avg_sq"]
+    if wd and hp["decoupled_weight_decay"]:
+        torch._foreach_mul_(ps, 1 - lr * wd)
+    elif wd:
+        gs = torch._foreach_add(gs, ps, alpha=wd)
+    mu = b1 * (1.0 - 0.5 * 0.96 ** (step * psi))
+    mu_next = b1 * (1.0 - 0.5 * 0.96 ** ((step + 1) * psi))
+    torch._foreach_lerp_(m, gs, 1 - b1)
+    torch._foreach_mul_(v, b2)
+    torch._foreach_addcmul_(v, gs, gs, value=1 - b2)
+    denom = torch._foreach_div(v, 1 - b2**step)
+    torch._foreach_sqrt_(denom)
+    torch._foreach_add_(denom, hp["eps"])
+    torch._foreach_addcdiv_(ps, gs, denom, value=-lr * (1 - mu) / (1 - prod))
+    torch._foreach_addcdiv_(ps, m, denom, value=-lr * mu_next / (1 - prod * mu_next))
+
+
+def _fused(params, grads, states, hp, steps):
+    """The multi-tensor fast path: each tensor's momentum product advanced in place, then
+    :func:`_kernel` block by block over the tensors sharing a step and a product."""
+    hp = plain_numbers(hp)
+    b1, psi = hp["betas"][0], hp["momentum_decay"]
+    for step, idx in by_step(steps):
+        prods = [states[i]["mu_product"] for i in idx]
+        torch._foreach_mul_(prods, b1 * (1.0 - 0.5 * 0.96 ** (step * psi)))
+        groups: dict[float, list[int]] = {}
+        for i, value in zip(idx, torch.stack(prods).tolist()):
+            groups.setdefault(value, []).append(i)
+        for prod, ids in groups.items():
+            for ps, gs, st in blocks([params[i] for i in ids], [grads[i] for i in ids],
+                                     [states[i] for i in ids], ["exp_avg", "exp_avg_sq"]):
+                _kernel(ps, gs, st, hp, step, prod)
+
+
 def _check(hp):
     check_min(hp, "lr", name="nadam")
     check_betas(hp, 2, name="nadam")
@@ -54,11 +94,11 @@ def _check(hp):
     check_min(hp, "momentum_decay", name="nadam")
 
 
-@register("nadam")
+@register("nadam", sample={"weight_decay": 0.05})
 def nadam() -> UpdateRule:
     return UpdateRule(
         "nadam", _init, _update,
         hp={"lr": 2e-3, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.0,
             "momentum_decay": 4e-3, "decoupled_weight_decay": False},
-        check=_check,
+        check=_check, fused=fast_path(_fused),
     )

@@ -177,7 +177,11 @@ def _check(hp):
     check_int(hp, "rank", 1, name=name)
 
 
-@register("online_subspace_descent")
+@register("online_subspace_descent",
+          sample={"weight_decay": 0.05},
+          dtypes=(torch.float64, torch.float32, torch.bfloat16),
+          opt_out={"float16": "the projection's update overflows float16 at step 2 "
+                       "(bf16 works); no float32 compute path yet"})
 def online_subspace_descent() -> UpdateRule:
     return UpdateRule(
         "online_subspace_descent", _init, _update,

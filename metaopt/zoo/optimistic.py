@@ -24,6 +24,7 @@ from ..rule import UpdateRule
 from ._scalar import select
 from .checks import check_betas, check_min
 from .registry import register
+from ._multi_tensor import multi_tensor
 
 
 def _init(p):
@@ -46,13 +47,34 @@ def _update(g, p, state, hp, step):
     return p - new_p, new
 
 
+def _kernel(ps, gs, st, hp, step):
+    """:func:`_update` in place on lists of tensors (the multi-tensor fast path); ``theta``
+    and ``h`` are the same average of the old momentum and ``g``, computed once."""
+    b1, b2 = hp["betas"]
+    lr, eps = hp["lr"], hp["eps"]
+    half, m, v, vhat = st["half"], st["exp_avg"], st["exp_avg_sq"], st["max_exp_avg_sq"]
+    if step == 1:
+        torch._foreach_add_(v, eps)
+        torch._foreach_add_(vhat, eps)
+    torch._foreach_lerp_(m, gs, 1 - b1)
+    torch._foreach_mul_(v, b2)
+    torch._foreach_addcmul_(v, gs, gs, value=1 - b2)
+    torch._foreach_maximum_(vhat, v)
+    denom = torch._foreach_sqrt(vhat)
+    torch._foreach_addcdiv_(half, m, denom, value=-lr)
+    torch._foreach_copy_(ps, half)
+    torch._foreach_addcdiv_(ps, m, denom, value=-lr)
+
+
 def _check(hp):
     check_min(hp, "lr", name="optimistic_amsgrad")
     check_betas(hp, 2, name="optimistic_amsgrad")
     check_min(hp, "eps", 0.0, strict=True, name="optimistic_amsgrad")
 
 
-@register("optimistic_amsgrad")
+@register("optimistic_amsgrad", sample={})
 def optimistic_amsgrad() -> UpdateRule:
     return UpdateRule("optimistic_amsgrad", _init, _update,
-                      hp={"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8}, check=_check)
+                      hp={"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8}, check=_check,
+                      fused=multi_tensor(
+                          _kernel, ["half", "exp_avg", "exp_avg_sq", "max_exp_avg_sq"], _update))

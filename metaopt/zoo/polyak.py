@@ -75,6 +75,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..helpers import compute_dtype
 from ..rule import UpdateRule
 from ._scalar import minimum, select
 from ._sqrt import sqrt0
@@ -85,12 +86,6 @@ PSPS_PRECONDITIONERS = ("none", "hutchinson", "adam", "adagrad")
 SANIA_PRECONDITIONERS = ("adagrad", "adam")
 #: the state each preconditioner keeps (one tensor shaped like the parameter)
 STATE_KEY = {"hutchinson": "hessian", "adam": "exp_avg_sq", "adagrad": "sum"}
-
-
-def compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    """float32 for half-precision tensors, else the tensor's own dtype."""
-    return dtype if dtype in (torch.float32, torch.float64) else torch.float32
-
 
 def safe_ratio(num, den: Tensor) -> Tensor:
     """``num / den`` where ``den > 0``, else 0; the double ``where`` keeps the derivative
@@ -138,7 +133,7 @@ def _sps_check(hp):
     check_min(hp, "eps", name="sps")
 
 
-@register("sps")
+@register("sps", sample={})
 def sps() -> UpdateRule:
     return UpdateRule(
         "sps", _init, _sps_update,
@@ -205,7 +200,7 @@ def _psps_check(hp):
     check_min(hp, "eps", strict=True, name="psps")
 
 
-@register("psps")
+@register("psps", sample={})
 def psps() -> UpdateRule:
     return UpdateRule(
         "psps", _init, _psps_update,
@@ -260,7 +255,7 @@ def _sania_check(hp):
     check_min(hp, "eps", strict=True, name="sania")
 
 
-@register("sania")
+@register("sania", sample={})
 def sania() -> UpdateRule:
     return UpdateRule(
         "sania", _init, _sania_update,

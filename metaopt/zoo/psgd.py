@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import torch
 
+from ..helpers import compute_dtype
 from ..rule import UpdateRule
 from .checks import check_choice, check_int, check_min, check_unit
 from .registry import register
@@ -50,11 +51,6 @@ def diagonal_dims(shape, hp) -> list[bool]:
         diag[largest] = True
     return [d or size == 1 or size > hp["max_size_triangular"] or n < hp["min_ndim_triangular"]
             for size, d in zip(shape, diag)]
-
-
-def precond_dtype(dtype: torch.dtype) -> torch.dtype:
-    return dtype if dtype in (torch.float32, torch.float64) else torch.float32
-
 
 def initial_factors(shape, hp, device, dtype) -> list[torch.Tensor]:
     scale = hp["precondition_init_scale"] ** (1.0 / len(shape))
@@ -144,7 +140,7 @@ def _init(p):
 def _update(g, p, state, hp, step):
     t = int(step)
     shape = p.shape if p.dim() > 0 else (1,)
-    pdt = precond_dtype(p.dtype)
+    pdt = compute_dtype(p.dtype)
     k = len(shape)
     qs = ([state[f"q_{i}"] for i in range(k)] if state else
           initial_factors(shape, hp, p.device, pdt))
@@ -161,7 +157,8 @@ def _update(g, p, state, hp, step):
         if p.dim() > 1:
             qs = balance(qs)
         target = m_hat if hp["momentum_into_precondition_update"] else g.to(pdt).reshape(shape)
-        qs = update_factors(qs, target, torch.randn_like(m_hat), hp["precondition_lr"])
+        probe = torch.randn(m_hat.shape, dtype=m_hat.dtype, device=m_hat.device)  # logical order
+        qs = update_factors(qs, target, probe, hp["precondition_lr"])
     d = precondition(qs, m_hat).to(p.dtype).reshape(p.shape)
     d = d * torch.clamp(1.1 / (d.square().mean().sqrt() + 1e-6), max=1.0)
     if wd != 0 and p.dim() >= 2 and hp["weight_decouple"]:
@@ -184,7 +181,10 @@ def _check(hp):
         check_unit(hp, "update_probability", name="psgd", closed=True)
 
 
-@register("psgd")
+@register("psgd",
+          sample={"weight_decay": 0.05},
+          opt_out={"independent_tensors": "draws random probes tensor by tensor: tensors stepped "
+                       "together and apart see different draws"})
 def psgd() -> UpdateRule:
     return UpdateRule(
         "psgd", _init, _update,

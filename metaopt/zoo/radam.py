@@ -21,6 +21,7 @@ from ._scalar import select
 from .adabelief import rectification
 from .checks import check_betas, check_min
 from .registry import register
+from ._multi_tensor import by_step, fast_path, multi_tensor, pick, plain_numbers, split_dense
 from ._sqrt import sqrt0
 from ._weight_decay import split_weight_decay
 
@@ -41,6 +42,63 @@ def _update(g, p, state, hp, step):
     return lr * d + decay, {"exp_avg": m, "exp_avg_sq": v}
 
 
+def _kernel(ps, gs, st, hp, step):
+    """:func:`_update` in place on lists of tensors (the multi-tensor fast path)."""
+    b1, b2 = hp["betas"]
+    lr, wd = hp["lr"], hp["weight_decay"]
+    m, v = st["exp_avg"], st["exp_avg_sq"]
+    if wd and hp["decoupled_weight_decay"]:
+        torch._foreach_mul_(ps, 1 - lr * wd)
+    elif wd:
+        gs = torch._foreach_add(gs, ps, alpha=wd)
+    torch._foreach_lerp_(m, gs, 1 - b1)
+    torch._foreach_mul_(v, b2)
+    torch._foreach_addcmul_(v, gs, gs, value=1 - b2)
+    bc1 = 1 - b1**step
+    rho, r = rectification(b2, step)
+    if rho > 5:
+        denom = torch._foreach_sqrt(v)
+        torch._foreach_add_(denom, hp["eps"])
+        torch._foreach_addcdiv_(ps, m, denom, value=-lr * r / bc1)
+    else:
+        torch._foreach_add_(ps, m, alpha=-lr / bc1)
+
+
+_foreach_fused = multi_tensor(_kernel, ["exp_avg", "exp_avg_sq"], _update)
+
+
+def _fused(params, grads, states, hp, steps):
+    """Rectified steps (``rho_t > 5``) as torch's fused Adam kernel, one pass: with
+    ``lr' = lr r / sqrt(1 - b2^t)`` and ``eps' = eps / sqrt(1 - b2^t)`` Adam's
+    ``lr' / bc1 * m / (sqrt(v) / sqrt(bc2) + eps')`` is RAdam's ``lr r / bc1 * m /
+    (sqrt(v) + eps)`` (AdamW's kernel, with ``wd' = lr wd / lr'``, for decoupled decay).
+    The first steps (unrectified) and non-contiguous tensors take :func:`_kernel`."""
+    hp = plain_numbers(hp)
+    b1, b2 = hp["betas"]
+    lr, wd = hp["lr"], hp["weight_decay"]
+    decoupled = bool(wd) and hp["decoupled_weight_decay"]
+    kernel = getattr(torch, "_fused_adamw_" if decoupled else "_fused_adam_", None)
+    for step, idx in by_step(steps):
+        rho, r = rectification(b2, step)
+        dense, rest = [], idx
+        if kernel is not None and rho > 5 and r > 0:
+            d, o = split_dense(*pick(idx, params, grads, states), ["exp_avg", "exp_avg_sq"])
+            dense, rest = [idx[i] for i in d], [idx[i] for i in o]
+        if rest:
+            ps, gs, ss = pick(rest, params, grads, states)
+            _foreach_fused(ps, gs, ss, hp, [step] * len(rest))
+        if not dense:
+            continue
+        ps, gs, ss = pick(dense, params, grads, states)
+        bc2_sqrt = (1 - b2**step) ** 0.5
+        lr_adam = lr * r / bc2_sqrt
+        t = torch.full((), float(step), dtype=torch.float32, device=ps[0].device)
+        kernel(ps, gs, [s["exp_avg"] for s in ss], [s["exp_avg_sq"] for s in ss], [],
+               [t] * len(ps), amsgrad=False, lr=lr_adam, beta1=b1, beta2=b2,
+               weight_decay=lr * wd / lr_adam if decoupled else wd,
+               eps=hp["eps"] / bc2_sqrt, maximize=False)
+
+
 def _check(hp):
     check_min(hp, "lr", name="radam")
     check_betas(hp, 2, name="radam")
@@ -48,11 +106,11 @@ def _check(hp):
     check_min(hp, "weight_decay", name="radam")
 
 
-@register("radam")
+@register("radam", sample={"weight_decay": 0.05})
 def radam() -> UpdateRule:
     return UpdateRule(
         "radam", _init, _update,
         hp={"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.0,
             "decoupled_weight_decay": False},
-        check=_check,
+        check=_check, fused=fast_path(_fused, devices=("cpu", "cuda")),
     )

@@ -20,6 +20,7 @@ from ..rule import UpdateRule
 from ._scalar import nonzero
 from .checks import check_min, check_unit
 from .registry import register
+from ._multi_tensor import multi_tensor
 from ._sqrt import sqrt0
 from ._weight_decay import coupled_weight_decay
 
@@ -45,6 +46,32 @@ def _update(g, p, state, hp, step):
     return hp["lr"] * d, new
 
 
+def _kernel(ps, gs, st, hp, step):
+    """:func:`_update` in place on lists of tensors (the multi-tensor fast path)."""
+    alpha, mu, wd = hp["alpha"], hp["momentum"], hp["weight_decay"]
+    v = st["square_avg"]
+    if wd:
+        gs = torch._foreach_add(gs, ps, alpha=wd)
+    torch._foreach_mul_(v, alpha)
+    torch._foreach_addcmul_(v, gs, gs, value=1 - alpha)
+    if hp["centered"]:
+        avg = st["grad_avg"]
+        torch._foreach_lerp_(avg, gs, 1 - alpha)
+        denom = torch._foreach_addcmul(v, avg, avg, value=-1)
+        torch._foreach_clamp_min_(denom, 0.0)  # sqrt0: 0 where the centred estimate is <= 0
+        torch._foreach_sqrt_(denom)
+    else:
+        denom = torch._foreach_sqrt(v)
+    torch._foreach_add_(denom, hp["eps"])
+    if mu:
+        buf = st["momentum_buffer"]
+        torch._foreach_mul_(buf, mu)
+        torch._foreach_addcdiv_(buf, gs, denom)
+        torch._foreach_add_(ps, buf, alpha=-hp["lr"])
+    else:
+        torch._foreach_addcdiv_(ps, gs, denom, value=-hp["lr"])
+
+
 def _check(hp):
     check_min(hp, "lr", name="rmsprop")
     check_unit(hp, "alpha", name="rmsprop", closed=True)
@@ -53,11 +80,12 @@ def _check(hp):
     check_min(hp, "momentum", name="rmsprop")
 
 
-@register("rmsprop")
+@register("rmsprop", sample={"momentum": 0.5, "centered": True})
 def rmsprop() -> UpdateRule:
     return UpdateRule(
         "rmsprop", _init, _update,
         hp={"lr": 1e-2, "alpha": 0.99, "eps": 1e-8, "weight_decay": 0.0, "momentum": 0.0,
             "centered": False},
         check=_check,
+        fused=multi_tensor(_kernel, ["square_avg", "grad_avg", "momentum_buffer"], _update),
     )

@@ -21,6 +21,7 @@ from ._cautious_mask import cautious
 from ._scalar import nonzero
 from .checks import check_min, check_unit
 from .registry import register
+from ._multi_tensor import multi_tensor
 from ._weight_decay import coupled_weight_decay
 
 
@@ -47,6 +48,27 @@ def _update(g, p, state, hp, step):
     return lr * d, {"momentum_buffer": buf}
 
 
+def sgd_kernel(ps, gs, st, hp, step):
+    """:func:`_update` in place on lists of tensors (the multi-tensor fast path)."""
+    lr, mu, damp, wd = hp["lr"], hp["momentum"], hp["dampening"], hp["weight_decay"]
+    if wd:
+        gs = torch._foreach_add(gs, ps, alpha=wd)
+    if not mu:
+        torch._foreach_add_(ps, gs, alpha=-lr)
+        return
+    buf = st["momentum_buffer"]
+    if step == 1:
+        torch._foreach_copy_(buf, gs)
+    else:
+        torch._foreach_mul_(buf, mu)
+        torch._foreach_add_(buf, gs, alpha=1 - damp)
+    if hp["nesterov"]:
+        torch._foreach_add_(ps, gs, alpha=-lr)
+        torch._foreach_add_(ps, buf, alpha=-lr * mu)
+    else:
+        torch._foreach_add_(ps, buf, alpha=-lr)
+
+
 def check_sgd_hp(hp, name: str = "sgd") -> None:
     """SGD's hyperparameters (``lr``, ``momentum``, ``weight_decay``, ``dampening``,
     ``nesterov``), errors naming member ``name`` (rules built on SGD's step check them too)."""
@@ -58,11 +80,11 @@ def check_sgd_hp(hp, name: str = "sgd") -> None:
         raise ValueError(f"{name}: nesterov=True requires momentum > 0 and dampening = 0")
 
 
-@register("sgd")
+@register("sgd", sample={"momentum": 0.9, "weight_decay": 0.01})
 def sgd() -> UpdateRule:
     return UpdateRule(
         "sgd", _init, _update,
         hp={"lr": 1e-3, "momentum": 0.0, "dampening": 0.0, "weight_decay": 0.0, "nesterov": False,
             "cautious": False},
-        check=check_sgd_hp,
+        check=check_sgd_hp, fused=multi_tensor(sgd_kernel, ["momentum_buffer"], _update),
     )

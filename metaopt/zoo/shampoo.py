@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import torch
 
+from ..helpers import compute_dtype, mode_gram
 from ..rule import UpdateRule
 from .checks import check_choice, check_int, check_min, check_unit
 from .registry import register
@@ -39,13 +40,6 @@ GRAFTS = ("none", "adagrad")
 def precond_dims(shape: torch.Size, max_dim: int) -> list[int]:
     """Dimensions that get a Kronecker factor."""
     return [i for i, n in enumerate(shape) if n <= max_dim]
-
-
-def mode_gram(g: torch.Tensor, i: int) -> torch.Tensor:
-    """``G_(i) G_(i)^T``: the Gram matrix of the mode-``i`` unfolding."""
-    u = g.movedim(i, 0).reshape(g.shape[i], -1)
-    return u @ u.T
-
 
 def mode_product(g: torch.Tensor, mat: torch.Tensor, i: int) -> torch.Tensor:
     """``G x_i M``: multiply dimension ``i`` of ``g`` by the matrix ``mat``."""
@@ -65,15 +59,9 @@ def inverse_root(mat: torch.Tensor, root: int, floor: float) -> torch.Tensor:
 def _init(p):
     return {}
 
-
-def stat_dtype(dtype: torch.dtype) -> torch.dtype:
-    """Statistics and roots are kept in float32 for lower-precision parameters."""
-    return dtype if dtype in (torch.float32, torch.float64) else torch.float32
-
-
 def _first_state(p, hp) -> dict:
     state = {}
-    dt = stat_dtype(p.dtype)
+    dt = compute_dtype(p.dtype)
     for i in precond_dims(p.shape, hp["max_precond_dim"]):
         state[f"stat_{i}"] = hp["eps"] * torch.eye(p.shape[i], dtype=dt, device=p.device)
         state[f"root_{i}"] = torch.zeros_like(state[f"stat_{i}"])
@@ -84,7 +72,7 @@ def _update(g, p, state, hp, step):
     out_dtype = p.dtype
     state = dict(state) if state else _first_state(p, hp)
     mu, wd, order = hp["momentum"], hp["weight_decay"], max(p.dim(), 1)
-    g, p = g.to(stat_dtype(p.dtype)), p.to(stat_dtype(p.dtype))
+    g, p = g.to(compute_dtype(p.dtype)), p.to(compute_dtype(p.dtype))
     if mu > 0:
         g = g if int(step) == 1 else torch.lerp(g, state["momentum_buffer"], mu)
     if wd != 0:
@@ -117,7 +105,7 @@ def _check(hp):
     check_choice(hp, "graft", GRAFTS, name="shampoo")
 
 
-@register("shampoo")
+@register("shampoo", sample={"weight_decay": 0.05})
 def shampoo() -> UpdateRule:
     return UpdateRule(
         "shampoo", _init, _update,

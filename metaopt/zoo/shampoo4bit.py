@@ -48,11 +48,11 @@ from functools import lru_cache
 import torch
 from torch import Tensor
 
+from ..helpers import compute_dtype, mode_gram
 from ..rule import UpdateRule
 from .adam import adam_direction
 from .checks import check_betas, check_choice, check_int, check_min, check_unit
 from .registry import register
-from .shampoo import mode_gram, stat_dtype
 
 LEVEL_MAPS = ("linear-2", "dynamic")
 BITS = (4, 8, 32)
@@ -238,7 +238,7 @@ def _first_state(p: Tensor, hp) -> dict:
     shape = matrix_shape(p.shape)
     if shape is None:
         return state
-    dt = stat_dtype(p.dtype)
+    dt = compute_dtype(p.dtype)
     for b, sides in enumerate(_block_shapes(shape, hp["prec_maxorder"])):
         for s, n in enumerate(sides):
             eye = torch.eye(n, dtype=dt, device=p.device)
@@ -254,7 +254,7 @@ def shampoo_direction(g: Tensor, state: dict, hp, step: int) -> tuple[Tensor, di
     """Update the factors due this step; return the grafted preconditioned gradient (``g``
     itself before the first inverse roots) and the updated factor entries of the state."""
     shape = matrix_shape(g.shape)
-    mat = g.to(stat_dtype(g.dtype)).reshape(shape)
+    mat = g.to(compute_dtype(g.dtype)).reshape(shape)
     order = hp["prec_maxorder"]
     blocks = partition(mat, order)
     keys = [(f"{b}_{s}", blk, s) for b, blk in enumerate(blocks) for s in (0, 1)]
@@ -307,7 +307,12 @@ def _check(hp):
     check_choice(hp, "quan_map", LEVEL_MAPS, name=name)
 
 
-@register("shampoo4bit")
+@register("shampoo4bit",
+          sample={"stat_compute_steps": 1, "prec_compute_steps": 1, "min_lowbit_size": 0,
+                  "prec_maxorder": 3, "weight_decay": 0.05},
+          dtypes=(torch.float64, torch.float32, torch.bfloat16),
+          opt_out={"float16": "its 4-bit roots of float16 gradients' statistics give NaN "
+                              "within 5 steps (open; bf16 works)"})
 def shampoo4bit() -> UpdateRule:
     return UpdateRule(
         "shampoo4bit", _init, _update,

@@ -17,7 +17,8 @@ descending); it does not move the parameter. Every ``precondition_frequency`` st
 divisible by it) ``Q_i`` is refreshed by one step of power iteration and a QR decomposition,
 ``Q_i <- qr(L_i Q_i)``, with the columns sorted by the estimated eigenvalues
 ``diag(Q_i^T L_i Q_i)`` and ``v`` permuted the same way; the QR runs in float32 as in the
-official code. Defaults (official): lr 3e-3, betas (0.95, 0.95), eps 1e-8, weight_decay 0.01,
+official code. Statistics of bf16/fp16 parameters are kept in float32.
+Defaults (official): lr 3e-3, betas (0.95, 0.95), eps 1e-8, weight_decay 0.01,
 precondition_frequency 10, max_precond_dim 10000, precondition_1d False. Not supported:
 ``merge_dims`` and ``normalize_grads`` (both off by default in the official code).
 """
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import torch
 
+from ..helpers import compute_dtype, mode_gram
 from ..rule import UpdateRule
 from .checks import check_betas, check_min, check_unit
 from .registry import register
@@ -35,12 +37,6 @@ def factor_dims(p: torch.Tensor, hp) -> list[int]:
     if p.dim() == 1 and not hp["precondition_1d"]:
         return []
     return [i for i, n in enumerate(p.shape) if n <= hp["max_precond_dim"]]
-
-
-def gram(g: torch.Tensor, i: int) -> torch.Tensor:
-    u = g.movedim(i, 0).reshape(g.shape[i], -1)
-    return u @ u.T
-
 
 def rotate(x: torch.Tensor, qs: dict[int, torch.Tensor], back: bool = False) -> torch.Tensor:
     """``x x_i Q_i^T`` for every factored dimension (``x x_i Q_i`` when ``back``)."""
@@ -76,9 +72,11 @@ def _shampoo_beta(hp):
 
 def _first_step(g, p, hp):
     sb = _shampoo_beta(hp)
-    state = {"exp_avg": torch.zeros_like(p), "exp_avg_sq": torch.zeros_like(p)}
+    wd = compute_dtype(p.dtype)
+    g = g.to(wd)
+    state = {k: torch.zeros_like(p, dtype=wd) for k in ("exp_avg", "exp_avg_sq")}
     for i in factor_dims(p, hp):
-        state[f"gg_{i}"] = (1 - sb) * gram(g, i)
+        state[f"gg_{i}"] = (1 - sb) * mode_gram(g, i)
         state[f"q_{i}"] = eigenbasis(state[f"gg_{i}"])
     return torch.zeros_like(p), state
 
@@ -90,6 +88,10 @@ def _update(g, p, state, hp, step):
     s = int(step) - 1
     dims = factor_dims(p, hp)
     qs = {i: state[f"q_{i}"] for i in dims}
+    # bf16/fp16 parameters: statistics and arithmetic in float32 (eps 1e-8 and the squares of
+    # small rotated gradients are 0 in float16)
+    out, wd = p.dtype, compute_dtype(p.dtype)
+    g, p = g.to(wd), p.to(wd)
     m = torch.lerp(state["exp_avg"], g, 1 - b1)
     v = torch.lerp(state["exp_avg_sq"], rotate(g, qs) ** 2, 1 - b2)
     direction = rotate(rotate(m, qs) / (v.sqrt() + hp["eps"]), qs, back=True)
@@ -98,12 +100,12 @@ def _update(g, p, state, hp, step):
     new = {"exp_avg": m}
     sb = _shampoo_beta(hp)
     for i in dims:
-        new[f"gg_{i}"] = torch.lerp(state[f"gg_{i}"], gram(g, i), 1 - sb)
+        new[f"gg_{i}"] = torch.lerp(state[f"gg_{i}"], mode_gram(g, i), 1 - sb)
         new[f"q_{i}"] = qs[i]
         if s % int(hp["precondition_frequency"]) == 0:
             new[f"q_{i}"], v = refresh_basis(new[f"gg_{i}"], qs[i], v, i)
     new["exp_avg_sq"] = v
-    return p - moved, new
+    return (p - moved).to(out), new
 
 
 def _check(hp):
@@ -119,7 +121,7 @@ def _check(hp):
             raise ValueError(f"soap: invalid {key}={v!r}: must be an integer >= 1")
 
 
-@register("soap")
+@register("soap", sample={"weight_decay": 0.05})
 def soap() -> UpdateRule:
     return UpdateRule(
         "soap", _init, _update,

@@ -76,7 +76,10 @@ def _check(hp):
         )
 
 
-@register("sophia")
+@register("sophia",
+          sample={"weight_decay": 0.05},
+          opt_out={"complex": "its Hutchinson estimate draws real Rademacher probes; complex probes "
+                       "are not defined here"})
 def sophia() -> UpdateRule:
     return UpdateRule(
         "sophia", _init, _update,

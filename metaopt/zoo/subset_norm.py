@@ -256,21 +256,21 @@ def _rule(name: str, adam: bool, subspace: bool) -> UpdateRule:
                       elementwise=False)
 
 
-@register("adamw_sn")
+@register("adamw_sn", sample={"weight_decay": 0.05})
 def adamw_sn() -> UpdateRule:
     return _rule("adamw_sn", adam=True, subspace=False)
 
 
-@register("adagrad_sn")
+@register("adagrad_sn", sample={"weight_decay": 0.05})
 def adagrad_sn() -> UpdateRule:
     return _rule("adagrad_sn", adam=False, subspace=False)
 
 
-@register("adamw_snsm")
+@register("adamw_snsm", sample={"weight_decay": 0.05})
 def adamw_snsm() -> UpdateRule:
     return _rule("adamw_snsm", adam=True, subspace=True)
 
 
-@register("adagrad_snsm")
+@register("adagrad_snsm", sample={"weight_decay": 0.05})
 def adagrad_snsm() -> UpdateRule:
     return _rule("adagrad_snsm", adam=False, subspace=True)

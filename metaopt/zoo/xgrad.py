@@ -105,18 +105,18 @@ def _xgrad(base: UpdateRule, name: str, predict: Callable, hp: dict,
                    check=_check(base, name, plain, extra), predict=predict)
 
 
-@register("xgrad_sgd")
+@register("xgrad_sgd", sample={"weight_decay": 0.05})
 def xgrad_sgd() -> UpdateRule:
     return _xgrad(sgd(), "xgrad_sgd", _predict_sgd, {"momentum": 0.9},
                   plain=("nesterov", "cautious"),
                   extra=lambda hp: check_min(hp, "momentum", strict=True, name="xgrad_sgd"))
 
 
-@register("xgrad_adam")
+@register("xgrad_adam", sample={"weight_decay": 0.05})
 def xgrad_adam() -> UpdateRule:
     return _xgrad(adam(), "xgrad_adam", _predict_adam, {})
 
 
-@register("xgrad_adamw")
+@register("xgrad_adamw", sample={"weight_decay": 0.05})
 def xgrad_adamw() -> UpdateRule:
     return _xgrad(adamw(), "xgrad_adamw", _predict_adam, {}, plain=("cautious",))

@@ -74,8 +74,36 @@ def test_bad_problem_schedule_and_unroll_arguments(ridge):
         F2SASchedule(a=0.2, c=0.5)
     h = torch.zeros(6, dtype=DT)
     with pytest.raises(ValueError, match="batches for 3 steps"):
-        bilevel.unrolled_hypergrad(lambda p, x, b: ridge.inner_loss(p, x), lambda p, x: ridge.outer_loss(p, x),
+        bilevel.unrolled_hypergrad(lambda p, x: ridge.inner_loss(p, x), lambda p, x: ridge.outer_loss(p, x),
                                    ridge.init_params(), h, "sgd", 3, batches=[None])
     with pytest.raises(ValueError, match="unknown optimizer 'adamx'"):
-        bilevel.unrolled_hypergrad(lambda p, x, b: ridge.inner_loss(p, x), lambda p, x: ridge.outer_loss(p, x),
+        bilevel.unrolled_hypergrad(lambda p, x: ridge.inner_loss(p, x), lambda p, x: ridge.outer_loss(p, x),
                                    ridge.init_params(), h, "adamx", 3)
+
+
+def test_one_loss_convention_with_a_one_line_arity_error(ridge):
+    """loss(params, hparams) without batches, loss(params, hparams, batch) with them."""
+    h = torch.zeros(6, dtype=DT)
+    two = lambda p, x: ridge.inner_loss(p, x)  # noqa: E731
+    three = lambda p, x, b: ridge.inner_loss(p, x, b)  # noqa: E731
+    outer = lambda p, x: ridge.outer_loss(p, x)  # noqa: E731
+    params = ridge.init_params()
+    # the README-style two-argument loss works in all three methods
+    for_two = [lambda: bilevel.hypergrad(two, outer, ridge.solve(h), h),
+               lambda: bilevel.unrolled_hypergrad(two, outer, params, h, "sgd", 2),
+               lambda: bilevel.f2sa(two, outer, params, h, outer_steps=1)]
+    hg, unrolled, f2sa = (run() for run in for_two)
+    assert torch.isfinite(hg).all() and torch.isfinite(unrolled).all() and torch.isfinite(f2sa.hparams).all()
+    batches = [torch.arange(4)] * 2
+    with pytest.raises(ValueError, match=r"inner_loss must be callable as inner_loss\(params, hparams, batch\) "
+                                         "because batches are given") as e:
+        bilevel.unrolled_hypergrad(two, outer, params, h, "sgd", 2, batches=batches)
+    _one_line(e)
+    with pytest.raises(ValueError, match=r"inner_loss must be callable as inner_loss\(params, hparams\) because no"):
+        bilevel.hypergrad(three, outer, ridge.solve(h), h)
+    with pytest.raises(ValueError, match=r"outer_loss\(params, hparams, batch\)"):
+        bilevel.f2sa(three, outer, params, h, outer_steps=1, sample_inner=lambda: torch.arange(4),
+                     sample_outer=lambda: torch.arange(4))
+    # a default batch=None serves both
+    bilevel.unrolled_hypergrad(ridge.inner_loss, outer, params, h, "sgd", 2, batches=batches)
+    bilevel.unrolled_hypergrad(ridge.inner_loss, outer, params, h, "sgd", 2)

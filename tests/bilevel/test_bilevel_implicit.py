@@ -109,7 +109,8 @@ def test_neumann_hypergradient_error_decays_at_its_rate(ridge):
     mixed_norm = float((h.exp() * theta).abs().max())  # ||d^2 g / dlam dtheta|| (diagonal)
     ks = list(range(5, 80, 5))
     errors = [float(torch.linalg.vector_norm(
-        bilevel.hypergrad(inner, outer, params, h, "neumann", alpha=alpha, iters=k) - exact)) for k in ks]
+        bilevel.hypergrad(inner, outer, params, h, "neumann", alpha=alpha, iters=k, on_fail="ignore") - exact))
+        for k in ks]
     for k, err in zip(ks, errors):  # ||e_K|| <= ||M|| (1 - alpha mu)^{K+1} ||H^{-1}|| ||b||
         assert err <= mixed_norm * rate ** (k + 1) * b_norm / mu * (1 + 1e-9)
     slope = (math.log(errors[-1]) - math.log(errors[-5])) / (ks[-1] - ks[-5])
@@ -149,7 +150,8 @@ def test_hparams_structure_is_preserved(ridge):
 def test_cg_diagnostics_report_non_convergence(ridge):
     h = 3 * randn(20, seed=9)
     inner, outer = _losses(ridge)
-    _, info = bilevel.hypergrad(inner, outer, ridge.solve(h), h, "cg", maxiter=2, return_info=True)
+    _, info = bilevel.hypergrad(inner, outer, ridge.solve(h), h, "cg", maxiter=2, return_info=True,
+                                on_fail="ignore")
     assert not bool(info.converged) and int(info.iterations) == 2 and info.products == 3
     assert float(info.relative_residual) > 1e-6
 

@@ -33,7 +33,7 @@ def test_mlp_weight_decay_hypergradient_matches_fd():
     assert pb.num_hparams == 64 * 16 + 16 + 16 * 10 + 10
 
     def run(x):
-        return bilevel.unrolled_hypergrad(lambda p, y, b: pb.inner_loss(p, y), lambda p, y: pb.outer_loss(p, y),
+        return bilevel.unrolled_hypergrad(lambda p, y: pb.inner_loss(p, y), lambda p, y: pb.outer_loss(p, y),
                                           pb.init_params(), x, "sgd", 8, rule_hp={"lr": 0.5, "momentum": 0.9},
                                           return_value=True)
 
@@ -46,3 +46,22 @@ def test_mlp_weight_decay_hypergradient_matches_fd():
 
 def test_default_mlp_problem_has_thousands_of_hyperparameters():
     assert problems.get("mlp_wd").num_hparams == 2410
+
+
+@pytest.mark.slow
+def test_task_head_implicit_hypergradient_matches_fd():
+    """Per-weight decay + example weights of a head on a trained mlp_digits network (float64)."""
+    import bilevel
+
+    pb = problems.get("task_head", width=8, train_steps=20, seed=0)
+    assert pb.num_hparams == 9 * 10 + pb.n_train
+    g = torch.Generator().manual_seed(0)
+    h = pb.init_hparams() + 0.5 * torch.randn(pb.num_hparams, generator=g, dtype=DT)
+    params = pb.solve(h)
+    hg, info = bilevel.hypergrad(pb.inner_loss, pb.outer_loss, params, h, "cg", tol=1e-12, return_info=True)
+    assert bool(info.converged)
+    eps = 1e-5
+    for _ in range(2):
+        u = torch.randn(pb.num_hparams, generator=g, dtype=DT)
+        fd = (pb.value(h + eps * u) - pb.value(h - eps * u)) / (2 * eps)
+        assert float(hg @ u) == pytest.approx(fd, rel=1e-6)

@@ -21,7 +21,7 @@ def test_unrolled_converges_to_implicit_as_k_grows(ridge):
     exact = ridge.closed_form_hypergrad(h)
     errors = []
     for k in (5, 20, 80, 320):
-        hg = bilevel.unrolled_hypergrad(lambda p, x, b: ridge.inner_loss(p, x), lambda p, x: ridge.outer_loss(p, x),
+        hg = bilevel.unrolled_hypergrad(lambda p, x: ridge.inner_loss(p, x), lambda p, x: ridge.outer_loss(p, x),
                                         ridge.init_params(), h, zoo.rule("sgd", lr=1.0 / lip), k)
         errors.append(float(torch.linalg.vector_norm(hg - exact) / torch.linalg.vector_norm(exact)))
     assert all(b < 0.5 * a for a, b in zip(errors, errors[1:])), errors

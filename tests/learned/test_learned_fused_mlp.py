@@ -76,3 +76,21 @@ def test_compiled_fused_optimizer_equals_the_loop():
         torch.testing.assert_close(b.detach(), a.detach(), rtol=1e-5, atol=1e-6)
         for k in ol.state[a]:
             torch.testing.assert_close(of.state[b][k], ol.state[a][k], rtol=1e-5, atol=1e-6)
+
+
+def test_compile_is_announced_once_per_kernel_family(monkeypatch, capsys):
+    """The first step of each kernel family (rank, sides of 1) says what it compiles, how
+    long that may take and where it is cached, and then how long it took; other shapes of
+    a family reuse its dynamic-shape graph silently (``torch.compile`` stubbed: the message
+    logic, not Inductor, is under test)."""
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: fn)
+    lopt = MLPLOpt(hidden=4, step_mult=0.1)
+    theta = lopt.init_theta(torch.Generator().manual_seed(0))
+    fused = fused_rule_step(lopt, theta, compile=True)
+    ps = [torch.randn(5, 6), torch.randn(7, 3), torch.randn(4), torch.randn(9)]
+    for _ in range(2):
+        fused(ps, [torch.randn_like(p) for p in ps], [lopt.init(p) for p in ps], {}, [1] * 4)
+    err = capsys.readouterr().err
+    assert err.count("compiling the fused MLPLOpt step") == 2, err
+    assert "2-d torch.float32" in err and "1-d torch.float32" in err
+    assert err.count("compiled in") == 2

@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 
+from learned import estimators
 from learned.estimators import estimate
 from learned.meta_train import meta_train
 from learned.pool import InnerPool
@@ -93,10 +94,11 @@ def test_pes_estimate_is_unbiased_for_the_full_unroll_gradient():
     within 5 standard errors; TBPTT's truncated gradient is measurably different."""
     task = tasks.get("quadratic", dim=3, cond=4.0, noise=0.0, dtype=torch.float64)
     truncation, n = 2, 2000
-    pool = _pool(SingleTask(task, horizon=100), n, 2, truncation)
     theta, std, gen = _theta64(lr=0.3, momentum=0.5), 0.01, torch.Generator().manual_seed(0)
-    estimate("pes", pool, theta, std, gen)
-    est = estimate("pes", pool, theta, std, gen)
+    pes = estimators.get("pes")(SGDMLOpt(), SingleTask(task, horizon=100), n, seed=3,
+                                truncation=truncation, std=std)
+    pes.estimate(theta, gen)
+    est = pes.estimate(theta, gen)
     zeros = [torch.zeros(3, dtype=torch.float64)] * (2 * (truncation + 1))
     th = {k: v.clone().requires_grad_(True) for k, v in theta.items()}
     true = torch.autograd.grad(reference_windows(task, th, 2, truncation, zeros), list(th.values()))
@@ -257,3 +259,91 @@ def test_truncation_meta_losses_match_their_definitions(meta_loss):
             "mean_log_train_loss": sum(math.log(v) for v in after) / truncation}[meta_loss]
     est = estimate("tbptt", pool, theta, std=0.01, generator=torch.Generator())
     assert est.meta_loss == pytest.approx(want, rel=1e-12)
+
+
+def test_ctrl_c_at_step_3_saves_a_checkpoint_that_resumes_exactly(tmp_path, capsys):
+    """SIGINT during outer step 3 of steps=100: the step finishes, a checkpoint for step 3 is
+    written (the interval is 50), KeyboardInterrupt is raised, and resuming equals a straight
+    run."""
+    import os
+    import signal
+
+    fam = SingleTask(tasks.get("quadratic", dim=4, cond=10.0, noise=0.5), horizon=6)
+    kw = dict(truncation=2, num_tasks=2, outer_lr=0.05, progress=False, seed=2)
+
+    def ctrl_c(step, loss, bad):
+        if step == 3:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    with pytest.raises(KeyboardInterrupt, match="meta-train"):
+        meta_train(SGDMLOpt(), fam, steps=100, checkpoint_dir=tmp_path, callback=ctrl_c, **kw)
+    assert "meta-train: interrupted" in capsys.readouterr().err
+    import json
+
+    assert json.loads((tmp_path / "latest.json").read_text())["outer_step"] == 3
+    resumed = meta_train(SGDMLOpt(), fam, steps=5, checkpoint_dir=tmp_path, **kw)
+    straight = meta_train(SGDMLOpt(), fam, steps=5, **kw)
+    assert all(torch.equal(straight[k], resumed[k]) for k in straight)
+
+
+def test_a_checkpoint_is_written_every_checkpoint_seconds(tmp_path, monkeypatch):
+    import json
+    import sys
+
+    mt = sys.modules["learned.meta_train"]
+    clock = iter(range(0, 10_000, 7))
+    monkeypatch.setattr(mt.time, "monotonic", lambda: float(next(clock)))
+    seen = []
+    fam = SingleTask(tasks.get("quadratic", dim=2), horizon=4)
+    meta_train(SGDMLOpt(), fam, steps=4, truncation=2, num_tasks=1, progress=False,
+               checkpoint_dir=tmp_path, checkpoint_seconds=10.0,
+               callback=lambda step, *_: seen.append(
+                   json.loads((tmp_path / "latest.json").read_text())["outer_step"]
+                   if (tmp_path / "latest.json").exists() else 0))
+    # the clock advances 7 s per reading: a save every second step, not only at the end
+    assert seen == [0, 0, 2, 2]
+
+
+def test_progress_shows_the_expected_time_left(capsys):
+    import re
+
+    fam = SingleTask(tasks.get("quadratic", dim=2), horizon=4)
+    meta_train(SGDMLOpt(), fam, steps=3, truncation=2, num_tasks=1, progress=True)
+    assert re.search(r"3/3 \[\d\d:\d\d<\d\d:\d\d", capsys.readouterr().err)
+
+
+def test_an_estimator_added_as_one_file_is_found_by_name(monkeypatch):
+    """A module dropped into learned/estimators registers itself; meta_train(method=...) and
+    the CLI's --method list accept it without touching any other file."""
+    import importlib
+    import sys
+
+    import learned.estimators as pkg
+
+    text = (
+        "from . import register\n"
+        "from .es import ES\n\n\n"
+        "@register\n"
+        "class MirrorES(ES):\n"
+        "    name = 'mirror_es'\n")
+    path = pkg.__path__[0] + "/mirror_es.py"
+    with open(path, "w") as f:
+        f.write(text)
+    try:
+        for name in [m for m in sys.modules if m.startswith("learned.estimators")]:
+            del sys.modules[name]
+        fresh = importlib.import_module("learned.estimators")
+        assert "mirror_es" in fresh.METHODS
+        fam = SingleTask(tasks.get("quadratic", dim=2), horizon=4)
+        kw = dict(truncation=2, num_tasks=2, progress=False)
+        monkeypatch.setattr(sys.modules["learned.meta_train"], "estimators", fresh)
+        a = meta_train(SGDMLOpt(), fam, steps=2, method="mirror_es", **kw)
+        b = meta_train(SGDMLOpt(), fam, steps=2, method="es", **kw)
+        assert all(torch.equal(a[k], b[k]) for k in a)
+    finally:
+        import os
+
+        os.remove(path)
+        for name in [m for m in sys.modules if m.startswith("learned.estimators")]:
+            del sys.modules[name]
+        importlib.import_module("learned.estimators")

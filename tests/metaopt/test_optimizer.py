@@ -200,12 +200,12 @@ def test_compiled_equals_loop_and_schedules_do_not_recompile(monkeypatch, name, 
     rate, state included, and the lr changes do not trigger recompilation."""
     import torch._dynamo
 
-    from metaopt import optimizer
+    from metaopt import fastpath
 
-    monkeypatch.setattr(optimizer, "FLAT_BIG_NUMEL", 20)  # the 5x6 weight goes in place
-    monkeypatch.setattr(optimizer, "FLAT_CHUNK_NUMEL", 16)  # the rest in three chunks
+    monkeypatch.setattr(fastpath, "FLAT_BIG_NUMEL", 20)  # the 5x6 weight goes in place
+    monkeypatch.setattr(fastpath, "FLAT_CHUNK_NUMEL", 16)  # the rest in three chunks
     torch._dynamo.reset()
-    optimizer._COMPILED.clear()
+    fastpath._COMPILED.clear()
     loop_m, comp_m = _model(dtype=torch.float32), _model(dtype=torch.float32)
     opts = [zoo.create(name, m.parameters(), impl=impl, lr=0.01, **hp)
             for m, impl in ((loop_m, "loop"), (comp_m, "compiled"))]
@@ -215,7 +215,7 @@ def test_compiled_equals_loop_and_schedules_do_not_recompile(monkeypatch, name, 
     _train(opts[1], comp_m, 2, hvp, sched=scheds[1])
     with torch._dynamo.config.patch(error_on_recompile=True):
         _train(opts[1], comp_m, 4, hvp, sched=scheds[1], seed0=2)
-    layout = next(iter(opts[1]._flat.values()))
+    layout = next(iter(opts[1]._paths.flat.values()))
     assert layout.big == [0] and len(layout.chunks) == 3
     for a, b in zip(loop_m.parameters(), comp_m.parameters()):
         torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
@@ -225,9 +225,9 @@ def test_compiled_equals_loop_and_schedules_do_not_recompile(monkeypatch, name, 
 
 @pytest.mark.slow
 def test_compiled_state_dict_round_trip_is_bit_identical(monkeypatch):
-    from metaopt import optimizer
+    from metaopt import fastpath
 
-    monkeypatch.setattr(optimizer, "FLAT_BIG_NUMEL", 20)
+    monkeypatch.setattr(fastpath, "FLAT_BIG_NUMEL", 20)
     full = _model(dtype=torch.float32)
     opt = zoo.create("adamw", full.parameters(), impl="compiled")
     _train(opt, full, 8)
@@ -247,9 +247,9 @@ def test_compiled_state_dict_round_trip_is_bit_identical(monkeypatch):
 def test_compiled_follows_loop_when_the_tensors_with_gradients_change(monkeypatch):
     """A step where the first tensor has no gradient rebuilds the flat layout from the current
     state; the next full step must not reuse the stale buffers."""
-    from metaopt import optimizer
+    from metaopt import fastpath
 
-    monkeypatch.setattr(optimizer, "FLAT_BIG_NUMEL", 20)
+    monkeypatch.setattr(fastpath, "FLAT_BIG_NUMEL", 20)
     models = [_model(dtype=torch.float32), _model(dtype=torch.float32)]
     opts = [zoo.create("lion", m.parameters(), impl=impl, lr=0.01)
             for m, impl in zip(models, ("loop", "compiled"))]

@@ -60,3 +60,50 @@ def test_funnel_keeps_only_programs_beating_the_baseline(task):
     assert fits == sorted(fits)
     for p, f, ok in ranked:
         assert ok == (f < base)
+
+
+SCALED_SGD = """def train(w, g, lr):
+    u = g * 0.1
+    update = u * lr
+    return update
+"""
+
+
+def test_depends_on_lr_separates_rules_from_lr_free_updates():
+    from search.simplify import depends_on_lr
+
+    assert depends_on_lr(parse(SGD))
+    assert depends_on_lr(parse(BLOATED))
+    assert not depends_on_lr(parse("def train(w, g, lr):\n    update = g * 0.1\n    return update\n"))
+    # lr only reaches a state that the update never reads
+    assert not depends_on_lr(parse("def train(w, g, m, lr):\n    m = m + lr\n    update = sign(g)\n"
+                                   "    return update, m\n"))
+    # lr that cancels out: (g * lr) / lr
+    assert not depends_on_lr(parse("def train(w, g, lr):\n    a = g * lr\n    update = a / lr\n"
+                                   "    return update\n"))
+
+
+def test_simplify_never_drops_the_learning_rate(task):
+    """With a grid of tiny lrs the lr-free bypass ``update = u`` trains far better, so a
+    simplifier that only watched fitness would take it; the result must keep ``* lr``."""
+    from search.simplify import depends_on_lr
+
+    cfg = FitnessConfig(steps=20, lrs=(1e-6,))
+    lr_free = parse("def train(w, g, lr):\n    u = g * 0.1\n    update = u\n    return update\n")
+    fits = evaluate_local([parse(SCALED_SGD), lr_free], task, cfg)
+    assert fits[1].value < 0.5 * fits[0].value  # the bypass would win on fitness
+    simple, fit = simplify(parse(SCALED_SGD), task, cfg, tol=0.05)
+    assert depends_on_lr(simple) and "lr" in simple.to_text()
+    assert fit <= fits[0].value * 1.05
+
+
+def test_simplify_keeps_the_heldout_score_within_tolerance():
+    from search.family import Family
+
+    cfg = FitnessConfig(steps=8, lrs=(0.01, 0.1))
+    proxy = Family.build([("logreg_digits", {"batch_size": 16}, 8)])
+    held = Family.build([("mlp_digits", {"width": 8, "depth": 1, "batch_size": 16}, 12)])
+    prog = parse(ADAMW)
+    simple, _ = simplify(prog, proxy, cfg, tol=0.02, heldout=held)
+    base = held.evaluate([prog], cfg)[0].value
+    assert held.evaluate([simple], cfg)[0].value <= base + math.log1p(0.02) + 1e-9

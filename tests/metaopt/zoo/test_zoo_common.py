@@ -19,22 +19,9 @@ MEMBERS = ["adabelief", "adabound", "adadelta", "adafactor", "adagrad", "adagrad
 # members that keep their statistics in float32 for bf16 parameters (as the official code)
 FLOAT32_STATISTICS = {"mfac", "shampoo4bit"}
 
-# hyperparameters used for the behavioural checks (weight decay on where the member has it)
-HP = {name: {} for name in MEMBERS}
-HP.update(sgd={"momentum": 0.9, "weight_decay": 0.01}, sgdp={"momentum": 0.9, "weight_decay": 0.01},
-          rmsprop={"momentum": 0.5, "centered": True},
-          # DoG at lr = 1 sits on the kink of max(rbar, ||x_2 - x_0||) (the second step's
-          # distance equals rbar up to eps), where finite differences are meaningless
-          dog={"lr": 0.9},
-          # a window that wraps, several quantization blocks, more than one coordinate kept
-          microadam={"k_init": 0.2, "quant_block_size": 4, "m": 2},
-          # a window that wraps; 4-bit factors of every matrix, recomputed every step
-          mfac={"lr": 0.05, "ngrads": 3, "damp": 0.1, "momentum": 0.5},
-          shampoo4bit={"stat_compute_steps": 1, "prec_compute_steps": 1, "min_lowbit_size": 0,
-                       "prec_maxorder": 3})
-for _name in MEMBERS:
-    if "weight_decay" in zoo.defaults(_name) and "weight_decay" not in HP[_name]:
-        HP[_name]["weight_decay"] = 0.05
+# hyperparameters used for the behavioural checks: each member's contract sample from its
+# registry entry (weight decay on where the member has it)
+HP = {name: dict(zoo.entry(name).sample) for name in MEMBERS}
 
 SHAPES = [(5,), (3, 4), (2, 3, 2, 2)]
 

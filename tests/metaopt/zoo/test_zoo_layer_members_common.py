@@ -10,12 +10,11 @@ from metaopt import zoo
 
 from layer_toy import toy_batches, toy_loss, toy_model  # noqa: I001
 
-# name: (hyperparameters for the round trip, for training, the momentum key, statistics keys)
+# name: (hyperparameters for the round trip: the contract sample of its registry entry, for
+# training, the momentum key, statistics keys)
 MEMBERS = {
-    "adafisher": ({"stat_period": 3, "weight_decay": 0.01}, {}, "exp_avg",
-                  ("h_diag", "s_diag")),
-    "mkor": ({"inv_freq": 3, "weight_decay": 0.01, "lr": 0.05, "reset_threshold": 0.9},
-             {"lr": 0.05}, "momentum_buffer", ("a_inv", "g_inv")),
+    "adafisher": (zoo.entry("adafisher").sample, {}, "exp_avg", ("h_diag", "s_diag")),
+    "mkor": (zoo.entry("mkor").sample, {"lr": 0.05}, "momentum_buffer", ("a_inv", "g_inv")),
 }
 pytestmark = pytest.mark.filterwarnings("ignore:Full backward hook is firing")
 

@@ -1,0 +1,258 @@
+"""The pretrained μLO shipped as ``learned.pretrained("mulo_small")``: meta-training and evaluation.
+
+    python experiments/pretrained.py --stage meta-train --minutes 45 [--work DIR] [--device cpu]
+    python experiments/pretrained.py --stage evaluate [--work DIR] [--out experiments/results/pretrained.md]
+
+Stage ``meta-train`` (resumable: rerun the same command after a crash):
+
+1. Warm start: :func:`learned.adam_like_theta` (the exact Adam feature, so theta *is* μAdam
+   at ``lr0``), ``lr0`` picked on a small grid by the geometric mean final train loss over a
+   few problems of the *training* family (one seed).
+2. PES (:func:`learned.meta_train`, meta-objective ``mean_log_train_loss``, so problems of
+   different loss scales weigh alike) on :func:`train_family`: MLPs (μP and SP, two widths, two
+   batch sizes), CNNs (two widths) and byte-level transformers (μP and SP, two widths) on the
+   digits and the Python standard library's text, horizon ``HORIZON``.
+3. Meta-validation every ``--val-every`` outer steps on :func:`validation_problems` (wider
+   models and a longer horizon than meta-training, seeds never used elsewhere): the best
+   theta so far (the warm start included) is kept. Snapshots of theta at every validation are
+   kept too, for the quality-vs-compute table. The held-out test problems of stage
+   ``evaluate`` are never run here.
+
+Every outer step's seconds are logged, so the results give outer steps per hour. The run stops
+at ``--meta-steps`` or after ``--minutes`` of meta-training (checked between validations).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from learned import (MLPLOpt, TaskChoice, TaskFamily, adam_like_theta, load_theta,  # noqa: E402
+                     meta_train, save_theta)
+from learned.unroll import lopt_step  # noqa: E402
+from metaopt import tasks  # noqa: E402
+
+#: the shipped LO's configuration (learned/pretrained/mulo_small.safetensors carries it)
+LOPT_CONFIG = dict(hidden=16, layers=2, step_mult=0.01, exp_mult=1e-3, mup=True, base_fan_in=64,
+                   adam_feature=True, adam_scale=True, taus=(1, 3, 10, 30), readout_scale=True)
+HORIZON = 100          # inner steps of a meta-training run
+TRUNCATION = 10
+NUM_TASKS = 8
+OUTER_LR = 1e-3
+LR0_GRID = (1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
+VAL_SEEDS = (100, 101)  # meta-validation seeds; the evaluation uses others
+CHARLM = dict(depth=1, heads=4, context=32, base_width=64, eval_windows=64)
+
+
+def make_lopt() -> MLPLOpt:
+    return MLPLOpt(**LOPT_CONFIG)
+
+
+class Mixture(TaskFamily):
+    """A task family drawing one of several families uniformly per sample (one horizon)."""
+
+    vmappable = False
+
+    def __init__(self, name: str, families: list[TaskFamily], horizon: int):
+        self.name, self.families, self.horizon = name, families, horizon
+
+    def sample(self, generator: torch.Generator):
+        i = int(torch.randint(len(self.families), (), generator=generator))
+        return self.families[i].sample(generator)
+
+    def __repr__(self) -> str:
+        return f"Mixture({self.name!r}, horizon={self.horizon}, {self.families!r})"
+
+
+def train_family(device: str = "cpu") -> Mixture:
+    """The meta-training distribution (see the module docstring)."""
+    h = HORIZON
+    return Mixture("pretrained-train", [
+        TaskChoice("mlp_digits", h, {"width": [32, 64], "batch_size": [32, 128],
+                                     "param": ["mup", "sp"]}, device=device, depth=2,
+                   base_width=64),
+        TaskChoice("cnn_digits", h, {"channels": [8, 16], "batch_size": [32, 128]},
+                   device=device),
+        TaskChoice("charlm", h, {"width": [32, 64], "param": ["mup", "sp"]}, device=device,
+                   batch_size=16, **CHARLM),
+    ], h)
+
+
+def lr0_problems(device: str = "cpu") -> list:
+    """Training-family problems on which the warm start's lr is picked."""
+    return [tasks.get("mlp_digits", width=64, depth=2, param="mup", base_width=64,
+                      batch_size=32, device=device),
+            tasks.get("cnn_digits", channels=16, batch_size=32, device=device),
+            tasks.get("charlm", width=64, param="mup", batch_size=16, device=device, **CHARLM)]
+
+
+def validation_problems(device: str = "cpu") -> list:
+    """Meta-validation: the training kinds in SP (as users' modules), 4x wider and 2x longer
+    (seeds ``VAL_SEEDS``)."""
+    return [tasks.get("mlp_digits", width=256, depth=2, param="sp", base_width=64,
+                      batch_size=32, device=device),
+            tasks.get("charlm", width=128, param="sp", batch_size=16, device=device, **CHARLM)]
+
+
+def run_lo(task, lopt, theta, steps: int, seed: int) -> float:
+    """Final training loss (a fixed batch of 512 training examples) after ``steps`` LO steps;
+    inf when not finite."""
+    params = [p.detach() for p in task.init(task.generator(seed))]
+    infos = task.param_info
+    theta = {k: v.to(params[0].device) for k, v in theta.items()}
+    states = [lopt.init(p, i) for p, i in zip(params, infos)]
+    gen, grad = task.generator(1000 + seed), torch.func.grad(task.loss)
+    for t in range(1, steps + 1):
+        grads = grad(params, task.sample_batch(gen))
+        with torch.no_grad():
+            params, states = lopt_step(lopt, theta, params, list(grads), states, t, infos)
+    with torch.no_grad():
+        loss = float(task.loss(params, score_batch(task)))
+    return loss if math.isfinite(loss) else float("inf")
+
+
+def score_batch(task):
+    """A fixed scoring batch of the task's training data (seed 12345, 512 examples)."""
+    old = getattr(task, "batch_size", None)
+    if old is not None:
+        task.batch_size = 512
+    try:
+        return task.sample_batch(task.generator(12345))
+    finally:
+        if old is not None:
+            task.batch_size = old
+
+
+def geomean(xs) -> float:
+    xs = list(xs)
+    return math.exp(sum(math.log(max(x, 1e-30)) for x in xs) / len(xs))
+
+
+def validate(lopt, theta, device: str, steps: int | None = None) -> float:
+    steps = 2 * HORIZON if steps is None else steps
+    return geomean(run_lo(t, lopt, theta, steps, s) for t in validation_problems(device)
+                   for s in VAL_SEEDS)
+
+
+def pick_lr0(lopt, device: str) -> tuple[float, dict]:
+    scores = {}
+    for lr in LR0_GRID:
+        theta = adam_like_theta(lopt, lr, torch.Generator().manual_seed(0), noise=0.0)
+        scores[lr] = geomean(run_lo(t, lopt, theta, HORIZON, 0) for t in lr0_problems(device))
+        print(f"warm start lr {lr:g}: training-family geomean loss {scores[lr]:.4f}", flush=True)
+    return min(scores, key=scores.get), scores
+
+
+def meta_train_stage(work: Path, minutes: float, meta_steps: int, val_every: int,
+                     device: str = "cpu", init: str | None = None) -> dict:
+    """Meta-train (resuming ``work``), validating every ``val_every`` outer steps, for at
+    most ``minutes`` from now (a chunk of outer steps and its validation start only when
+    their measured time still fits); returns the log. ``work/best.safetensors`` is the
+    selected theta. ``init``: a theta file to start from instead of the Adam warm start."""
+    deadline = time.time() + 60 * minutes
+    work.mkdir(parents=True, exist_ok=True)
+    lopt = make_lopt()
+    log_path = work / "meta.json"
+    log = json.loads(log_path.read_text()) if log_path.exists() else {
+        "config": {**LOPT_CONFIG, "taus": list(LOPT_CONFIG["taus"])}, "val": [],
+        "seconds": 0.0, "device": device}
+    if "lr0" not in log:
+        t0 = time.perf_counter()
+        log["lr0"], log["lr0_scores"] = pick_lr0(lopt, device)
+        log["lr0_seconds"] = time.perf_counter() - t0
+    start = adam_like_theta(lopt, log["lr0"], torch.Generator().manual_seed(0))
+    if init is not None:
+        start = load_theta(init, lopt)
+    if not log["val"]:
+        t0 = time.perf_counter()
+        log["val"].append([0, validate(lopt, start, device), 0.0])
+        log["val_seconds"] = time.perf_counter() - t0
+        save_theta(work / "best.safetensors", start, lopt)
+        save_theta(work / "theta_0.safetensors", start, lopt)
+        _write(log_path, log)
+    family = train_family(device)
+    while log["val"][-1][0] < meta_steps:
+        upto = log["val"][-1][0] + val_every
+        per_step = log["seconds"] / log["val"][-1][0] if log["val"][-1][0] else 0.0
+        if time.time() + val_every * per_step + log.get("val_seconds", 0.0) > deadline:
+            break
+        t0 = time.perf_counter()
+        theta = meta_train(lopt, family, upto, method="pes", truncation=TRUNCATION,
+                           num_tasks=NUM_TASKS, outer_lr=OUTER_LR, std=0.01,
+                           checkpoint_dir=str(work / "ckpt"), checkpoint_every=val_every,
+                           seed=0, theta=start, meta_loss="mean_log_train_loss",
+                           progress=False, device=device)
+        log["seconds"] += time.perf_counter() - t0
+        score = validate(lopt, theta, device)
+        if score < min(v for _, v, _ in log["val"]):
+            save_theta(work / "best.safetensors", theta, lopt)
+        save_theta(work / f"theta_{upto}.safetensors", theta, lopt)
+        log["val"].append([upto, score, log["seconds"]])
+        _write(log_path, log)
+        rate = 3600 * upto / log["seconds"]
+        print(f"outer step {upto}: validation {score:.4f} ({rate:.0f} outer steps/hour)",
+              flush=True)
+    return log
+
+
+def _write(path: Path, data: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    os.replace(tmp, path)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--stage", choices=("meta-train", "evaluate", "report"), required=True)
+    p.add_argument("--work", default="/tmp/pretrained_work")
+    p.add_argument("--minutes", type=float, default=45.0)
+    p.add_argument("--meta-steps", type=int, default=10_000)
+    p.add_argument("--val-every", type=int, default=20)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--out", default="experiments/results/pretrained.md")
+    p.add_argument("--init", default=None, help="start from this theta file (meta-train)")
+    p.add_argument("--results", default="/tmp/pretrained_results",
+                   help="evaluate/report: folder of the evaluation's runs (eval.json)")
+    p.add_argument("--theta", default="learned/pretrained/mulo_small.safetensors",
+                   help="evaluate: the theta file evaluated")
+    p.add_argument("--snapshots", nargs="*", default=[],
+                   help="evaluate: more theta files (meta-training checkpoints), default lr only")
+    p.add_argument("--workers", type=int, default=1, help="evaluate: processes")
+    p.add_argument("--eval-steps", type=int, default=400)
+    p.add_argument("--eval-width", type=int, default=1024,
+                   help="evaluate: width of the held-out problems (see pretrained_eval.py)")
+    p.add_argument("--lo-grid", default=",".join(f"{10 ** (e / 2):.6g}" for e in range(-2, 3)),
+                   help="evaluate: the LO's lr multipliers tried (comma-separated)")
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--problems", default="gru_markov,ae_digits,resmlp_synth,mlp_diabetes")
+    p.add_argument("--no-width", dest="width", action="store_false",
+                   help="evaluate: skip the width-transfer runs")
+    p.add_argument("--width-size", type=int, default=2048)
+    p.add_argument("--no-soap", dest="soap", action="store_false",
+                   help="evaluate: skip the SOAP reference")
+    p.add_argument("--command", nargs="*", default=[],
+                   help="report: the exact command lines that produced the results")
+    p.add_argument("--width-steps", type=int, default=100)
+    a = p.parse_args(argv)
+    torch.set_num_threads(a.threads)
+    work = Path(a.work)
+    if a.stage == "meta-train":
+        meta_train_stage(work, a.minutes, a.meta_steps, a.val_every, a.device, a.init)
+        return 0
+    from pretrained_eval import evaluate_stage, report_stage
+    if a.stage == "evaluate":
+        return evaluate_stage(work, a)
+    return report_stage(work, a)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,255 @@
+"""The adapter's fast paths: one function of a param group, computed in fewer kernels.
+
+:class:`metaopt.optimizer.RuleOptimizer` computes every step as the rule's pure ``update``
+per tensor (``impl="loop"``). A fast path computes the same function faster and is chosen by
+:func:`choose_impl`:
+
+  * ``"fused"``: the rule's own in-place multi-tensor kernel, the rule field ``fused``
+    (``fused(params, grads, states, hp, steps) -> None``, must equal ``update``; e.g. torch's
+    fused AdamW, or a ``torch._foreach_*`` multi-tensor step). A member adds one by passing
+    ``fused=`` to its :class:`~metaopt.rule.UpdateRule`; nothing else changes. The adapter
+    only calls it on a group whose tensors are dense, contiguous, real, of one dtype and
+    device (torch's fused kernels write outside a non-contiguous view), and never when the
+    step needs extra inputs or checks its update (``skip_nonfinite``).
+  * ``"compiled"``: ``torch.compile``d steps with hyperparameters and the step count as 0-d
+    tensors (LR schedules change values, not graphs). Elementwise rules run on flat 1-D
+    buffers: tensors of at least ``FLAT_BIG_NUMEL`` elements in place by one graph for all of
+    them, smaller ones gathered with ``_foreach_copy_`` into chunks whose state is kept flat
+    (``opt.state[p][k]`` are views), so many small tensors cost a few kernels, not a few per
+    tensor; the scratch stays below one parameter-sized buffer. Other rules compile the
+    per-tensor loop of a whole group.
+  * ``"auto"`` (default): fused when the rule has it, else compiled for elementwise rules on
+    CUDA, else the loop.
+"""
+from __future__ import annotations
+
+import types
+from typing import Any, Callable
+
+import torch
+from torch import Tensor
+
+from .rule import UpdateRule
+
+IMPLS = ("auto", "loop", "fused", "compiled")
+
+
+def choose_impl(rule: UpdateRule, impl: str, params: list[Tensor], grads: list[Tensor],
+                plain: bool) -> str:
+    """The path for one group's step: ``impl`` resolved for ``"auto"``, the loop where a fast
+    path cannot run. ``plain``: the step needs no extra inputs and no update check."""
+    if impl == "auto":
+        if rule.fused is not None:
+            impl = "fused"
+        elif rule.elementwise and params[0].is_cuda:
+            impl = "compiled"
+        else:
+            impl = "loop"
+    if impl != "loop" and not plain:  # extra inputs (loss, hvp) go through the loop
+        return "loop"
+    if impl == "fused" and not kernel_safe(params, grads):
+        return "loop"
+    return impl
+
+
+def kernel_safe(params: list[Tensor], grads: list[Tensor]) -> bool:
+    """Whether a multi-tensor kernel may run on these tensors: dense, contiguous, real, one
+    dtype and one device (torch's fused Adam mis-updates a non-contiguous view and writes
+    outside it)."""
+    p0 = params[0]
+    return all(t.is_contiguous() and not t.is_complex() and not t.is_sparse
+               and t.dtype == p0.dtype and t.device == p0.device
+               for t in (*params, *grads))
+
+
+class CompiledPaths:
+    """The ``"compiled"`` path of one optimizer: its compiled group step and one flat layout
+    per param group (``key``), kept while the group's last step took it."""
+
+    def __init__(self, rule: UpdateRule):
+        self.rule = rule
+        self._compiled: Callable | None = None
+        self.flat: dict[int, _FlatLayout] = {}
+
+    def step(self, params, grads, states, hp, steps, key: int, opt_state) -> None:
+        """One compiled step of a group; ``opt_state`` (the optimizer's ``state``) is
+        re-pointed at the flat buffers' views when a layout is built."""
+        if self._compiled is None:
+            self._compiled = compiled_group_step(self.rule)
+        dev, dtype = params[0].device, _hp_dtype(params[0].dtype)
+        hp_t = {k: _as_tensor(v, dev, dtype) for k, v in hp.items()}
+        # the cautious mask rescales by its mean over each tensor: not elementwise across tensors
+        elementwise = self.rule.elementwise and not hp.get("cautious", False)
+        layout = self.flat.get(key)
+        if layout is not None and not layout.matches(params):
+            layout = None
+        if elementwise and len(set(steps)) == 1 and (layout or _flattenable(params, states)):
+            self.flat_step(params, grads, states, hp, steps[0], key, layout, opt_state)
+            return
+        self.flat.pop(key, None)  # a layout is kept only while it is the group's last path
+        if len(set(steps)) == 1:
+            steps_t = torch.full((), float(steps[0]), device=dev, dtype=dtype)
+        else:
+            steps_t = torch.tensor([float(s) for s in steps], device=dev, dtype=dtype).unbind()
+        self._compiled(self.rule.update, params, grads, states, hp_t, steps_t)
+
+    def flat_step(self, params, grads, states, hp, step: int, key: int,
+                  layout: "_FlatLayout | None", opt_state) -> None:
+        """An elementwise rule over flat buffers: large contiguous tensors in place by one
+        compiled graph for all of them, the others gathered into chunks whose state lives in
+        flat buffers (``opt.state[p][k]`` are views of them), so a group of many small tensors
+        costs a few kernels instead of a few per tensor. One layout per param group (``key``),
+        rebuilt from the current state when the group's tensors with gradients change."""
+        if layout is None:
+            layout = self.flat[key] = _FlatLayout(params, states)
+            for p, st in zip(params, states):  # re-point the optimizer's state at the views
+                opt_state[p].update(st)
+        dev, dtype = params[0].device, _hp_dtype(params[0].dtype)
+        hp_t = {k: _as_tensor(v, dev, dtype) for k, v in hp.items()}
+        step_t = torch.full((), float(step), device=dev, dtype=dtype)
+        layout.step(self.rule, params, grads, hp_t, step_t)
+
+
+def compiled_group_step(rule: UpdateRule) -> Callable:
+    """``_inplace_group_step`` under ``torch.compile``: one graph for a whole param group (the
+    path of non-elementwise rules). Hyperparameters and steps are 0-d tensors, so schedules
+    change values, not graphs."""
+    return _compiled_copy(_inplace_group_step, rule, dynamic=False)
+
+
+#: tensors with at least this many elements are updated in place through 1-D views; smaller
+#: ones are gathered into flat chunks (at most ``FLAT_CHUNK_NUMEL`` elements each).
+FLAT_BIG_NUMEL = 1 << 22
+FLAT_CHUNK_NUMEL = 1 << 24
+_COMPILED: dict[tuple, Callable] = {}
+
+
+def _flat_update(update, p, g, state, hp, step) -> None:
+    """``p -= delta`` and the state written back, on 1-D tensors of any length."""
+    delta, new = update(g, p, state, hp, step)
+    p.sub_(delta)
+    for k, v in new.items():
+        state[k].copy_(v)
+
+
+def flat_update(rule: UpdateRule) -> Callable:
+    """:func:`_flat_update` for ``rule``, compiled once with a dynamic length."""
+    return _compiled_copy(_flat_update, rule, dynamic=True)
+
+
+def _compiled_copy(fn: Callable, rule: UpdateRule, dynamic: bool) -> Callable:
+    """``torch.compile`` of a copy of ``fn`` with its own code object per rule: dynamo keeps
+    its graphs (and its recompilation limit) per code object, so rules sharing one ``fn``
+    would evict each other's graphs and fall back to eager after a few members."""
+    key = (fn, rule.update, dynamic)
+    if key not in _COMPILED:
+        code = fn.__code__.replace(co_name=f"{fn.__name__}__{rule.name}")
+        copy = types.FunctionType(code, fn.__globals__, code.co_name)
+        _COMPILED[key] = torch.compile(copy, dynamic=dynamic)
+    return _COMPILED[key]
+
+
+def _flattenable(params, states) -> bool:
+    """Same dtype and device, every state tensor shaped like its parameter."""
+    p0 = params[0]
+    return all(p.dtype == p0.dtype and p.device == p0.device for p in params) and all(
+        torch.is_tensor(v) and v.shape == p.shape and v.dtype == p.dtype
+        for p, st in zip(params, states) for v in st.values())
+
+
+class _FlatLayout:
+    """How one param group is laid out for :meth:`RuleOptimizer._flat_step`.
+
+    ``big``: indices of large contiguous tensors (updated in place by one compiled graph).
+    ``chunks``: lists of indices of the others; each chunk owns one flat buffer per state key
+    (the group's state tensors become views of it) and shares two scratch buffers (parameters
+    and gradients gathered by ``_foreach_copy_``) with the other chunks. The scratch is at
+    most ``FLAT_CHUNK_NUMEL`` and about half the small tensors' size, so the extra memory
+    stays below one parameter-sized buffer.
+    """
+
+    def __init__(self, params, states):
+        self.ids = [id(p) for p in params]
+        self.states = states
+        self.big = [i for i, p in enumerate(params)
+                    if p.numel() >= FLAT_BIG_NUMEL and p.is_contiguous()]
+        small = [i for i in range(len(params)) if i not in set(self.big)]
+        total = sum(params[i].numel() for i in small)
+        cap = min(FLAT_CHUNK_NUMEL, max(1, -(-total // 2)))
+        self.chunks: list[list[int]] = []
+        for i in small:
+            if not self.chunks or sum(params[j].numel() for j in self.chunks[-1]) + \
+                    params[i].numel() > cap:
+                self.chunks.append([])
+            self.chunks[-1].append(i)
+        longest = max((sum(params[j].numel() for j in c) for c in self.chunks), default=0)
+        p0 = params[0]
+        self.scratch_p = torch.empty(longest, dtype=p0.dtype, device=p0.device)
+        self.scratch_g = torch.empty_like(self.scratch_p)
+        self.state_bufs = [self._flatten_state(c, params, states) for c in self.chunks]
+        self.sizes = [sum(params[i].numel() for i in c) for c in self.chunks]
+        self.views = [(_views(self.scratch_p, [params[i] for i in c]),
+                       _views(self.scratch_g, [params[i] for i in c])) for c in self.chunks]
+
+    def matches(self, params) -> bool:
+        return list(map(id, params)) == self.ids
+
+    @staticmethod
+    def _flatten_state(chunk, params, states) -> dict:
+        keys = list(states[chunk[0]])
+        n = sum(params[i].numel() for i in chunk)
+        bufs = {k: torch.empty(n, dtype=params[chunk[0]].dtype, device=params[0].device)
+                for k in keys}
+        for k, buf in bufs.items():
+            views = _views(buf, [params[i] for i in chunk])
+            for i, v in zip(chunk, views):
+                v.copy_(states[i][k])
+                states[i][k] = v
+        return bufs
+
+    def step(self, rule, params, grads, hp, step) -> None:
+        fn, update = flat_update(rule), rule.update
+        if self.big:  # one graph for all of them: one call, one guard check per step
+            compiled_group_step(rule)(update, [params[i] for i in self.big],
+                                      [grads[i] for i in self.big],
+                                      [self.states[i] for i in self.big], hp, step)
+        for chunk, n, bufs, (pv, gv) in zip(self.chunks, self.sizes, self.state_bufs, self.views):
+            ps = [params[i] for i in chunk]
+            torch._foreach_copy_(pv, ps)
+            torch._foreach_copy_(gv, [grads[i] for i in chunk])
+            fn(update, self.scratch_p[:n], self.scratch_g[:n], bufs, hp, step)
+            torch._foreach_copy_(ps, pv)
+
+
+def _views(buf: Tensor, like: list[Tensor]) -> list[Tensor]:
+    """Consecutive views of the flat ``buf`` shaped like the tensors in ``like``."""
+    out, offset = [], 0
+    for t in like:
+        out.append(buf[offset:offset + t.numel()].view(t.shape))
+        offset += t.numel()
+    return out
+
+
+def _hp_dtype(param_dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if param_dtype == torch.float64 else torch.float32
+
+
+def _as_tensor(v: Any, device, dtype) -> Any:
+    """Float hyperparameters (also inside tuples like ``betas``) as 0-d tensors; the rest as is."""
+    if isinstance(v, float):
+        return torch.tensor(v, device=device, dtype=dtype)
+    if isinstance(v, tuple) and all(isinstance(x, float) for x in v):
+        return tuple(torch.tensor(x, device=device, dtype=dtype) for x in v)
+    return v
+
+
+def _inplace_group_step(update, params, grads, states, hp, steps) -> None:
+    """Every tensor of a group: ``p -= delta`` and the state written back in place. ``steps``
+    is one 0-d tensor shared by all tensors, or one per tensor."""
+    per_tensor = isinstance(steps, (list, tuple))
+    for i, (p, g, s) in enumerate(zip(params, grads, states)):
+        delta, new = update(g, p, s, hp, steps[i] if per_tensor else steps)
+        p.sub_(delta)
+        for k, v in new.items():
+            s[k].copy_(v)
+

@@ -1,0 +1,223 @@
+"""Task families: the fitness of a program over several proxy tasks, each normalised against
+tuned AdamW on that task (Chen et al. 2023, Sec. 3: proxy tasks that resemble the targets,
+and meta-validation on larger held-out tasks).
+
+A family is a list of members ``(task name, options, steps)`` (or a built Task with its
+steps). The score of a program on a family is
+
+    score = (1 / N) * sum_i log(L_i(program) / L_i(AdamW))
+
+where ``L_i`` is the validation loss after the member's ``steps`` with the lr chosen from the
+grid (per task, as in the single-task fitness) and AdamW is the search's start program
+(:data:`search.warm.ADAMW`) tuned on the same grid and seeds. 0 means "as good as tuned AdamW",
+-0.105 means 0.90x its loss (geometric mean over the members); a program that diverges on any
+member scores ``inf``. The log ratio keeps a task whose losses are large from dominating and
+never saturates at a tie the way a loss that reaches 0 does.
+
+Named families come from ``metaopt.tasks.families`` when that module exists, else from
+:data:`BUILTIN` (registered tasks at proxy and held-out scale).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+
+from .fitness import WORST, Fitness, FitnessConfig
+from .program import Program
+
+LOSS_FLOOR = 1e-12  # losses are clamped here before the log (a task that reaches 0 exactly)
+
+#: Families built from registered tasks: (task, options, steps). Held-out members are
+#: 4-8x wider and about 4x longer than the proxies, with other widths/batch sizes.
+BUILTIN: dict[str, list[tuple[str, dict, int]]] = {
+    "proxy": [
+        ("mlp_digits", {"width": 32, "depth": 2, "batch_size": 64}, 100),
+        ("logreg_digits", {"batch_size": 32}, 100),
+        ("cnn_digits", {"channels": 4, "batch_size": 64}, 60),
+        ("charlm", {"width": 16, "depth": 1, "heads": 2, "context": 16, "batch_size": 8,
+                    "corpus_bytes": 200_000, "eval_windows": 16}, 60),
+    ],
+    "heldout": [
+        ("mlp_digits", {"width": 256, "depth": 3, "batch_size": 128}, 400),
+        ("cnn_digits", {"channels": 16, "batch_size": 128}, 300),
+        ("charlm", {"width": 64, "depth": 2, "heads": 4, "context": 32, "batch_size": 16,
+                    "corpus_bytes": 400_000, "eval_windows": 32}, 300),
+        ("logreg_digits", {"batch_size": 256, "l2": 1e-3}, 400),
+    ],
+    "tiny": [  # for tests, smoke runs and CPU searches: seconds on one core
+        ("logreg_digits", {"batch_size": 32}, 20),
+        ("mlp_digits", {"width": 8, "depth": 1, "batch_size": 32}, 20),
+    ],
+    "tiny_heldout": [  # held out from "tiny": 4x wider, 2 layers, 4x longer, other batches
+        ("mlp_digits", {"width": 32, "depth": 2, "batch_size": 64}, 80),
+        ("logreg_digits", {"batch_size": 128, "l2": 1e-3}, 80),
+        ("cnn_digits", {"channels": 4, "batch_size": 32}, 60),
+    ],
+}
+
+
+@dataclass
+class Member:
+    """One task of a family: a label, the built task and its training steps."""
+
+    label: str
+    task: object
+    steps: int
+
+
+def family_names() -> list[str]:
+    names = set(BUILTIN)
+    shared = _shared_families()
+    if shared is not None:
+        names |= set(shared.names())
+    return sorted(names)
+
+
+def _shared_families():
+    try:
+        from metaopt.tasks import families
+    except ImportError:
+        return None
+    return families if callable(getattr(families, "get", None)) else None
+
+
+def _spec_parts(spec) -> tuple[object, dict, int]:
+    """(task name or Task, options, steps) from a tuple, a dict or a spec object."""
+    if isinstance(spec, (tuple, list)) and len(spec) == 3:
+        return spec[0], dict(spec[1] or {}), spec[2]
+    if isinstance(spec, dict):
+        return spec.get("task"), dict(spec.get("options") or {}), spec.get("steps")
+    task = getattr(spec, "task", getattr(spec, "name", None))
+    opts = getattr(spec, "options", getattr(spec, "kwargs", None)) or {}
+    steps = getattr(spec, "steps", getattr(spec, "horizon", None))
+    return task, dict(opts), steps
+
+
+def _label(name: str, opts: dict) -> str:
+    inner = ",".join(f"{k}={v}" for k, v in sorted(opts.items()) if k not in ("device", "dtype"))
+    return f"{name}({inner})" if inner else name
+
+
+def build_members(family, device="cpu", name: str = "family") -> list[Member]:
+    """Members of ``family`` (a name or a list of specs) built on ``device``. Unknown names,
+    empty families and members that fail to build are one-line ``ValueError``s."""
+    if isinstance(family, str):
+        name = family
+        shared = _shared_families()
+        if shared is not None and family in set(shared.names()):
+            specs = list(shared.get(family))
+        elif family in BUILTIN:
+            specs = BUILTIN[family]
+        else:
+            raise ValueError(f"unknown family {family!r}; choose one of: {', '.join(family_names())}")
+    else:
+        specs = list(family)
+    if not specs:
+        raise ValueError(f"family {name!r} is empty; give at least one (task, options, steps)")
+    from metaopt import tasks
+
+    members = []
+    for spec in specs:
+        task, opts, steps = _spec_parts(spec)
+        if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+            raise ValueError(f"family {name!r}: member {spec!r} needs an integer steps >= 1")
+        if isinstance(task, str):
+            label = _label(task, opts)
+            try:
+                built = tasks.get(task, device=device, **opts)
+            except Exception as err:  # noqa: BLE001 - any failure to build is the user's input
+                msg = str(err).splitlines()[0] if str(err) else type(err).__name__
+                raise ValueError(f"family {name!r}: member {label} failed to build: {msg}") from None
+        elif all(callable(getattr(task, a, None)) for a in ("init", "loss", "sample_batch", "evaluate")):
+            label, built = getattr(task, "name", type(task).__name__), task
+        else:
+            raise ValueError(f"family {name!r}: member {spec!r} is not (task name, options, steps)")
+        members.append(Member(f"{label}@{steps}", built, steps))
+    return members
+
+
+@dataclass
+class Family:
+    """A family of tasks with normalised fitness. ``baselines[i]`` is tuned AdamW's loss on
+    member ``i`` (computed once by :meth:`prepare`)."""
+
+    name: str
+    members: list[Member]
+    baselines: list[float] = field(default_factory=list)
+    baseline_lrs: list[float | None] = field(default_factory=list)
+
+    @classmethod
+    def build(cls, family, device="cpu") -> "Family":
+        if isinstance(family, Family):
+            return family
+        name = family if isinstance(family, str) else "custom"
+        return cls(name, build_members(family, device, name))
+
+    def scaled(self, factor: int) -> "Family":
+        """The same tasks trained ``factor`` times longer (a funnel stage; its own baselines)."""
+        members = [Member(m.label.rsplit("@", 1)[0] + f"@{m.steps * factor}", m.task,
+                          m.steps * factor) for m in self.members]
+        return Family(f"{self.name}x{factor}", members)
+
+    def labels(self) -> list[str]:
+        return [m.label for m in self.members]
+
+    def member_cfg(self, cfg: FitnessConfig, i: int) -> FitnessConfig:
+        """``cfg`` with the member's steps (the time limit grows with them)."""
+        steps = self.members[i].steps
+        return replace(cfg, steps=steps, time_limit=cfg.time_limit * max(1.0, steps / cfg.steps))
+
+    def prepare(self, cfg: FitnessConfig, evaluator: str = "batched") -> None:
+        """Train the baseline (tuned AdamW) on every member; a member on which AdamW itself
+        diverges at every lr cannot normalise anything and is an error."""
+        if self.baselines:
+            return
+        from .backends import evaluate_local
+        from .warm import ADAMW
+        from .parse import parse
+
+        adamw = parse(ADAMW)
+        for i, m in enumerate(self.members):
+            fit = evaluate_local([adamw], m.task, self.member_cfg(cfg, i), evaluator)[0]
+            if not math.isfinite(fit.value):
+                raise ValueError(f"family {self.name!r}: tuned AdamW diverges (or runs past the "
+                                 f"time limit) on {m.label} at every lr of {list(cfg.lrs)}; fix "
+                                 "the member, the grid or the time limit")
+            self.baselines.append(fit.value)
+            self.baseline_lrs.append(fit.best_lr)
+
+    def evaluate(self, programs: list[Program], cfg: FitnessConfig,
+                 evaluator: str = "batched") -> list[Fitness]:
+        """Normalised family fitness of each program (see the module docstring)."""
+        from .backends import evaluate_local
+
+        self.prepare(cfg, evaluator)
+        per_member = [evaluate_local(programs, m.task, self.member_cfg(cfg, i), evaluator)
+                      for i, m in enumerate(self.members)]
+        out = []
+        for p in range(len(programs)):
+            fits = [per_member[i][p] for i in range(len(self.members))]
+            out.append(combine(fits, self.baselines))
+        return out
+
+
+def normalised(loss: float, baseline: float) -> float:
+    """``log(loss / baseline)`` with both clamped at :data:`LOSS_FLOOR`; ``inf`` if ``loss``
+    is not finite."""
+    if not math.isfinite(loss):
+        return WORST
+    return math.log(max(loss, LOSS_FLOOR) / max(baseline, LOSS_FLOOR))
+
+
+def combine(fits: list[Fitness], baselines: list[float]) -> Fitness:
+    """One program's member fitnesses -> its family fitness: the mean normalised score;
+    ``best_lr`` is the median of the members' tuned lrs and ``task_lrs`` keeps each of them."""
+    scores = [normalised(f.value, b) for f, b in zip(fits, baselines)]
+    seconds = sum(f.seconds for f in fits)
+    lrs = [f.best_lr for f in fits]
+    if not all(math.isfinite(s) for s in scores):
+        return Fitness(WORST, None, [], seconds, task_lrs=lrs, task_scores=scores)
+    finite_lrs = sorted(lr for lr in lrs if lr is not None)
+    median = finite_lrs[len(finite_lrs) // 2] if finite_lrs else None
+    return Fitness(sum(scores) / len(scores), median, scores, seconds, task_lrs=lrs,
+                   task_scores=scores)
