@@ -223,7 +223,7 @@ def test_optimizer_entry_point_plugin_is_benchable(monkeypatch, tmp_path, capsys
     finally:
         from metaopt.zoo import registry as zoo_registry
 
-        zoo_registry._FACTORIES.pop("sgd_plugin", None)
+        zoo_registry._ENTRIES.pop("sgd_plugin", None)
 
 
 def _only_some_members(monkeypatch, names):
