@@ -265,6 +265,9 @@ def main(argv=None, defaults: dict | None = None) -> int:
         p.error("give exactly one of --budget N and --minutes M")
     os.makedirs(args.out, exist_ok=True)
     torch.set_num_threads(1 if args.device == "cpu" else 2)  # the CPU cores go to the table
+    if args.device.startswith("cuda"):
+        # cuDNN's RNN kernels have no vmap rule; the native ones (as on CPU) do
+        torch.backends.cudnn.enabled = False
     t_start = time.perf_counter()
 
     from metaopt.bench.machine import machine_line
