@@ -57,7 +57,7 @@ def main() -> None:
     measure(pb, "implicit", 2, device), measure(pb, "unrolled", 2, device)  # warm-up
     lines = [f"Command: `python experiments/gpu_bilevel_real.py {' '.join(sys.argv[1:])}`", "",
              "# Peak memory of implicit vs unrolled hypergradients against inner steps (task_head)", "",
-             f"Machine: {machine_line(device)}, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}. "
+             f"Machine: {machine_line(device)}. "
              f"task_head width {args.width}: {pb.num_hparams} hyperparameters, float64.", "",
              "| inner steps T | implicit peak MiB | implicit s | unrolled peak MiB | unrolled s |",
              "|---|---|---|---|---|"]
