@@ -411,3 +411,10 @@ def test_report_errors_and_dispatch(tmp_path, capsys, monkeypatch):
     seen = []
     fake.report = lambda d: seen.append(d) or 0
     assert cli.main(["report", str(tmp_path)]) == 0 and seen == [str(tmp_path)]
+
+
+def test_export_dispatches_to_search_export(tmp_path, capsys):
+    """``metaopt export DIR`` is search's exporter: a folder without a search is one line."""
+    assert cli.main(["export", str(tmp_path / "no_search_here")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "metaopt: error:" in err
