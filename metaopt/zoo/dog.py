@@ -18,7 +18,7 @@ import torch
 from ..rule import UpdateRule
 from ._scalar import select
 from .checks import check_min
-from .registry import register
+from .registry import member_rule, register
 from ._weight_decay import coupled_weight_decay
 
 
@@ -38,10 +38,10 @@ def _update(g, p, state, hp, step):
 
 
 def _check(hp):
-    check_min(hp, "lr", 0.0, strict=True, name="dog")
-    check_min(hp, "reps_rel", 0.0, strict=True, name="dog")
-    check_min(hp, "eps", name="dog")
-    check_min(hp, "weight_decay", name="dog")
+    check_min(hp, "lr", 0.0, strict=True)
+    check_min(hp, "reps_rel", 0.0, strict=True)
+    check_min(hp, "eps")
+    check_min(hp, "weight_decay")
 
 
 @register("dog",
@@ -49,6 +49,6 @@ def _check(hp):
           opt_out={"low_precision": "its first steps are reps_rel (1e-6) times the weights' norm, below "
                        "bf16/fp16 resolution until the distance grows"})
 def dog() -> UpdateRule:
-    return UpdateRule("dog", _init, _update,
-                      hp={"lr": 1.0, "reps_rel": 1e-6, "eps": 1e-8, "weight_decay": 0.0},
-                      check=_check, elementwise=False)
+    return member_rule(_init, _update,
+                       hp={"lr": 1.0, "reps_rel": 1e-6, "eps": 1e-8, "weight_decay": 0.0},
+                       check=_check, elementwise=False)

@@ -60,7 +60,7 @@ from ..rule import UpdateRule
 from ._sqrt import sqrt0
 from .adam import adam_direction
 from .checks import check_betas, check_int, check_min
-from .registry import register
+from .registry import member_rule, register
 
 # torch.optim.AdamW's defaults: the official optimizer on the projection
 PROJ_ADAM = {"betas": (0.9, 0.999), "eps": 1e-8}
@@ -168,13 +168,12 @@ def _update(g, p, state, hp, step):
 
 
 def _check(hp):
-    name = "online_subspace_descent"
-    check_min(hp, "lr", name=name)
-    check_betas(hp, 2, name=name)
+    check_min(hp, "lr")
+    check_betas(hp, 2)
     for key in ("eps", "weight_decay", "scale", "proj_lr_ratio", "proj_weight_decay",
                 "ortho_reg"):
-        check_min(hp, key, name=name)
-    check_int(hp, "rank", 1, name=name)
+        check_min(hp, key)
+    check_int(hp, "rank", 1)
 
 
 @register("online_subspace_descent",
@@ -183,8 +182,8 @@ def _check(hp):
           opt_out={"float16": "the projection's update overflows float16 at step 2 "
                        "(bf16 works); no float32 compute path yet"})
 def online_subspace_descent() -> UpdateRule:
-    return UpdateRule(
-        "online_subspace_descent", _init, _update,
+    return member_rule(
+        _init, _update,
         hp={"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-6, "weight_decay": 0.0, "rank": 128,
             "scale": 1.0, "proj_lr_ratio": 5.0, "proj_weight_decay": 0.01, "ortho_reg": 0.0},
         check=_check, elementwise=False,

@@ -52,7 +52,7 @@ from ..helpers import compute_dtype, mode_gram
 from ..rule import UpdateRule
 from .adam import adam_direction
 from .checks import check_betas, check_choice, check_int, check_min, check_unit
-from .registry import register
+from .registry import member_rule, register
 
 LEVEL_MAPS = ("linear-2", "dynamic")
 BITS = (4, 8, 32)
@@ -291,20 +291,19 @@ def _update(g, p, state, hp, step):
 
 
 def _check(hp):
-    name = "shampoo4bit"
-    check_min(hp, "lr", name=name)
-    check_betas(hp, 2, name=name)
-    check_min(hp, "eps", name=name)
-    check_min(hp, "weight_decay", name=name)
-    check_unit(hp, "stat_decay", name=name, closed=True)
-    check_min(hp, "matrix_eps", strict=True, name=name)
+    check_min(hp, "lr")
+    check_betas(hp, 2)
+    check_min(hp, "eps")
+    check_min(hp, "weight_decay")
+    check_unit(hp, "stat_decay", closed=True)
+    check_min(hp, "matrix_eps", strict=True)
     for key in ("start_prec_step", "stat_compute_steps", "prec_compute_steps", "prec_maxorder",
                 "quan_blocksize"):
-        check_int(hp, key, 1, name=name)
+        check_int(hp, key, 1)
     for key in ("min_lowbit_size", "rect_t1", "rect_t2"):
-        check_int(hp, key, 0, name=name)
-    check_choice(hp, "prec_bits", BITS, name=name)
-    check_choice(hp, "quan_map", LEVEL_MAPS, name=name)
+        check_int(hp, key, 0)
+    check_choice(hp, "prec_bits", BITS)
+    check_choice(hp, "quan_map", LEVEL_MAPS)
 
 
 @register("shampoo4bit",
@@ -314,8 +313,8 @@ def _check(hp):
           opt_out={"float16": "its 4-bit roots of float16 gradients' statistics give NaN "
                               "within 5 steps (open; bf16 works)"})
 def shampoo4bit() -> UpdateRule:
-    return UpdateRule(
-        "shampoo4bit", _init, _update,
+    return member_rule(
+        _init, _update,
         hp={"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.0,
             "start_prec_step": 1, "stat_compute_steps": 100, "prec_compute_steps": 500,
             "stat_decay": 0.95, "matrix_eps": 1e-6, "prec_maxorder": 1200, "prec_bits": 4,
