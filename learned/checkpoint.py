@@ -21,7 +21,7 @@ from typing import Any
 from safetensors.torch import load, save
 from torch import Tensor
 
-from metaopt.bench.atomic import write_atomic
+from metaopt.helpers import write_atomic
 
 LATEST = "latest.json"
 

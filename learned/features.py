@@ -44,7 +44,7 @@ from typing import Iterator, Mapping
 import torch
 from torch import Tensor
 
-from metaopt.zoo._sqrt import sqrt0
+from metaopt.helpers import sqrt0
 
 DECAYS = (0.9, 0.99, 0.999)
 RMS_DECAY = 0.999

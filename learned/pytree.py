@@ -10,6 +10,8 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
+from metaopt.helpers import flatten_tree, unflatten_tree
+
 
 def tree_map(fn: Callable[..., Any], tree: Any, *rest: Any) -> Any:
     """``fn`` applied leafwise (tensors are leaves) to ``tree`` and same-shaped ``rest``."""
@@ -54,30 +56,29 @@ def tree_detach(tree: Any) -> Any:
     return tree_map(lambda x: x.detach(), tree)
 
 
+def _paths(spec: Any, path: str) -> list[str]:
+    """The ``/``-joined path of every leaf of a :func:`metaopt.helpers.flatten_tree` spec, in
+    its leaf order."""
+    if spec is None:
+        return [path]
+    kind, keys, subs = spec
+    names = keys if kind == "dict" else range(keys)
+    return [q for k, sub in zip(names, subs) for q in _paths(sub, f"{path}/{k}")]
+
+
 def flatten_named(tree: Any, prefix: str) -> dict[str, Tensor]:
     """``{"prefix/path/to/leaf": tensor}`` (dict keys and list indices joined by ``/``)."""
-    out: dict[str, Tensor] = {}
-
-    def walk(node: Any, path: str) -> None:
-        if isinstance(node, dict):
-            for k, v in node.items():
-                walk(v, f"{path}/{k}")
-        elif isinstance(node, (list, tuple)):
-            for i, v in enumerate(node):
-                walk(v, f"{path}/{i}")
-        else:
-            out[path] = node
-
-    walk(tree, prefix)
-    return out
+    leaves, spec = flatten_tree(tree)
+    return dict(zip(_paths(spec, prefix), leaves))
 
 
 def fill_named(skeleton: Any, flat: dict[str, Tensor], prefix: str) -> Any:
     """Inverse of :func:`flatten_named`: ``skeleton``'s structure, leaves read from ``flat``.
 
     Raises ``ValueError`` naming the first missing entry or shape mismatch."""
-    names = flatten_named(skeleton, prefix)
-    for path, ref in names.items():
+    refs, spec = flatten_tree(skeleton)
+    paths = _paths(spec, prefix)
+    for path, ref in zip(paths, refs):
         if path not in flat:
             raise ValueError(f"checkpoint lacks {path!r}")
         if tuple(flat[path].shape) != tuple(ref.shape):
@@ -85,5 +86,5 @@ def fill_named(skeleton: Any, flat: dict[str, Tensor], prefix: str) -> Any:
                 f"checkpoint entry {path!r} has shape {tuple(flat[path].shape)}, "
                 f"expected {tuple(ref.shape)}"
             )
-    it = iter(flat[p].to(device=ref.device, dtype=ref.dtype) for p, ref in names.items())
-    return tree_map(lambda _: next(it), skeleton)
+    return unflatten_tree([flat[p].to(device=r.device, dtype=r.dtype) for p, r in zip(paths, refs)],
+                          spec)

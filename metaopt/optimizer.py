@@ -101,7 +101,7 @@ class RuleOptimizer(torch.optim.Optimizer):
             raise ValueError(f"{self.rule.name}: Tensor lr must be 1-element, "
                              f"got shape {tuple(lr.shape)}")
         try:
-            self.rule.check(self._hp(group))
+            self.rule.validate(self._hp(group))
         except ValueError:
             self.param_groups.pop()
             raise

@@ -42,6 +42,12 @@ State = dict[str, Tensor]
 Hyper = Mapping[str, Any]
 
 
+class HyperparameterError(ValueError):
+    """A bad hyperparameter, said without the rule's name (``"invalid lr=-1.0: must be >= 0"``):
+    a rule's ``check`` raises it and :meth:`UpdateRule.validate` prefixes the rule's name, so a
+    check is written once for every rule that shares it and no id is typed into it."""
+
+
 def _no_needs(hp: Hyper, step: int) -> frozenset:
     return frozenset()
 
@@ -59,7 +65,8 @@ class UpdateRule:
       init: ``param -> state``.
       update: ``(grad, param, state, hp, step, **ext) -> (delta, state)``; pure.
       hp: default (or bound) hyperparameters; ``with_hp`` rebinds them.
-      check: raises ``ValueError`` naming a bad hyperparameter and its allowed range.
+      check: raises :class:`HyperparameterError` (or a ``ValueError`` that names the rule)
+        for a bad hyperparameter and its allowed range; called through :meth:`validate`.
       needs: ``(hp, step) -> frozenset`` of extra inputs (``"loss"``, ``"hvp"``, ``"gnb"``,
         ``"layer"``, ``"layer_grad"``) this step.
       fused: optional in-place multi-tensor step
@@ -105,8 +112,16 @@ class UpdateRule:
             )
         check_hp_types(self.name, self.hp, hp)
         merged = {**self.hp, **hp}
-        self.check(merged)
+        self.validate(merged)
         return replace(self, hp=merged)
+
+    def validate(self, hp: Hyper) -> None:
+        """Run ``check`` on ``hp``; a :class:`HyperparameterError` becomes the one-line
+        ``ValueError`` ``"<name>: <message>"``."""
+        try:
+            self.check(hp)
+        except HyperparameterError as e:
+            raise ValueError(f"{self.name}: {e}") from None
 
     def __reduce_ex__(self, protocol):
         """Pickled (and deep-copied) as ``origin().with_hp(**hp)`` when the rule has an

@@ -24,7 +24,7 @@ import torch
 from ..rule import UpdateRule
 from ._scalar import select
 from .checks import check_betas, check_min
-from .registry import register
+from .registry import member_rule, register
 from ._multi_tensor import multi_tensor
 from ._weight_decay import split_weight_decay
 
@@ -93,16 +93,16 @@ def _kernel(ps, gs, st, hp, step):
 
 
 def _check(hp):
-    check_min(hp, "lr", name="adabelief")
-    check_betas(hp, 2, name="adabelief")
-    check_min(hp, "eps", name="adabelief")
-    check_min(hp, "weight_decay", name="adabelief")
+    check_min(hp, "lr")
+    check_betas(hp, 2)
+    check_min(hp, "eps")
+    check_min(hp, "weight_decay")
 
 
 @register("adabelief", sample={"weight_decay": 0.05})
 def adabelief() -> UpdateRule:
-    return UpdateRule(
-        "adabelief", _init, _update,
+    return member_rule(
+        _init, _update,
         hp={"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-16, "weight_decay": 0.0,
             "weight_decouple": True, "rectify": True, "degenerated_to_sgd": True},
         check=_check, fused=multi_tensor(_kernel, ["exp_avg", "exp_avg_var"], _update),

@@ -20,7 +20,7 @@ import torch
 
 from ..rule import UpdateRule
 from .checks import check_betas, check_min, check_unit
-from .registry import register
+from .registry import member_rule, register
 from ._multi_tensor import multi_tensor
 from ._sqrt import sqrt0
 from ._weight_decay import coupled_weight_decay
@@ -72,19 +72,19 @@ def _kernel(ps, gs, st, hp, step):
 
 
 def _check(hp):
-    check_min(hp, "lr", name="adabound")
-    check_betas(hp, 2, name="adabound")
-    check_min(hp, "final_lr", name="adabound")
-    check_unit(hp, "gamma", name="adabound")
-    check_min(hp, "gamma", 0.0, strict=True, name="adabound")
-    check_min(hp, "eps", name="adabound")
-    check_min(hp, "weight_decay", name="adabound")
+    check_min(hp, "lr")
+    check_betas(hp, 2)
+    check_min(hp, "final_lr")
+    check_unit(hp, "gamma")
+    check_min(hp, "gamma", 0.0, strict=True)
+    check_min(hp, "eps")
+    check_min(hp, "weight_decay")
 
 
 @register("adabound", sample={"weight_decay": 0.05})
 def adabound() -> UpdateRule:
-    return UpdateRule(
-        "adabound", _init, _update,
+    return member_rule(
+        _init, _update,
         hp={"lr": 1e-3, "betas": (0.9, 0.999), "final_lr": 0.1, "gamma": 1e-3, "eps": 1e-8,
             "weight_decay": 0.0, "amsbound": False},
         check=_check,

@@ -15,7 +15,7 @@ import torch
 
 from ..rule import UpdateRule
 from .checks import check_min, check_unit
-from .registry import register
+from .registry import member_rule, register
 from ._multi_tensor import multi_tensor
 from ._weight_decay import coupled_weight_decay
 
@@ -53,16 +53,16 @@ def _kernel(ps, gs, st, hp, step):
 
 
 def _check(hp):
-    check_min(hp, "lr", name="adadelta")
-    check_unit(hp, "rho", name="adadelta", closed=True)
-    check_min(hp, "eps", name="adadelta")
-    check_min(hp, "weight_decay", name="adadelta")
+    check_min(hp, "lr")
+    check_unit(hp, "rho", closed=True)
+    check_min(hp, "eps")
+    check_min(hp, "weight_decay")
 
 
 @register("adadelta", sample={"weight_decay": 0.05})
 def adadelta() -> UpdateRule:
-    return UpdateRule(
-        "adadelta", _init, _update,
+    return member_rule(
+        _init, _update,
         hp={"lr": 1.0, "rho": 0.9, "eps": 1e-6, "weight_decay": 0.0},
         check=_check, fused=multi_tensor(_kernel, ["square_avg", "acc_delta"], _update),
     )

@@ -24,8 +24,8 @@ import torch
 
 from ..rule import UpdateRule
 from ._scalar import minimum
-from .checks import check_min
-from .registry import register
+from .checks import check_min, fail
+from .registry import member_rule, register
 
 
 def _init(p):
@@ -63,24 +63,24 @@ def _update(g, p, state, hp, step):
 
 
 def _check(hp):
-    check_min(hp, "lr", name="adafactor")
+    check_min(hp, "lr")
     eps = hp["eps"]
     if not isinstance(eps, (tuple, list)) or len(eps) != 2:
-        raise ValueError(f"adafactor: invalid eps={eps!r}: must be a tuple (eps1 or None, eps2)")
+        fail(f"invalid eps={eps!r}: must be a tuple (eps1 or None, eps2)")
     if eps[0] is not None:
-        check_min({"eps[0]": eps[0]}, "eps[0]", name="adafactor")
-    check_min({"eps[1]": eps[1]}, "eps[1]", name="adafactor")
-    check_min(hp, "d", 0.0, strict=True, name="adafactor")
-    check_min(hp, "weight_decay", name="adafactor")
+        check_min({"eps[0]": eps[0]}, "eps[0]")
+    check_min({"eps[1]": eps[1]}, "eps[1]")
+    check_min(hp, "d", 0.0, strict=True)
+    check_min(hp, "weight_decay")
     b = hp["beta2_decay"]
     if not isinstance(b, torch.Tensor) and b > 0:
-        raise ValueError(f"adafactor: invalid beta2_decay={b}: must be <= 0")
+        fail(f"invalid beta2_decay={b}: must be <= 0")
 
 
 @register("adafactor", sample={"weight_decay": 0.05})
 def adafactor() -> UpdateRule:
-    return UpdateRule(
-        "adafactor", _init, _update,
+    return member_rule(
+        _init, _update,
         hp={"lr": 1e-2, "beta2_decay": -0.8, "eps": (None, 1e-3), "d": 1.0, "weight_decay": 0.0},
         check=_check, elementwise=False,
     )

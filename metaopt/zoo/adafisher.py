@@ -55,8 +55,8 @@ from torch import Tensor
 from ..helpers import compute_dtype
 from ..rule import UpdateRule
 from ._weight_decay import split_weight_decay
-from .checks import check_int, check_min, check_unit
-from .registry import register
+from .checks import check_int, check_min, check_unit, fail
+from .registry import member_rule, register
 
 MINMAX_EPS = 1e-6  # the official MinMaxNormalization's epsilon
 
@@ -120,21 +120,21 @@ def _needs(hp, step):
 
 
 def _check(hp):
-    check_min(hp, "lr", name="adafisher")
-    check_unit(hp, "beta", name="adafisher")
-    check_unit(hp, "gamma", name="adafisher")
-    check_min(hp, "damping", strict=True, name="adafisher")
-    check_min(hp, "weight_decay", name="adafisher")
-    check_int(hp, "stat_period", 1, name="adafisher")
+    check_min(hp, "lr")
+    check_unit(hp, "beta")
+    check_unit(hp, "gamma")
+    check_min(hp, "damping", strict=True)
+    check_min(hp, "weight_decay")
+    check_int(hp, "stat_period", 1)
     if not isinstance(hp["decoupled_weight_decay"], bool):
-        raise ValueError(f"adafisher: invalid decoupled_weight_decay="
-                         f"{hp['decoupled_weight_decay']!r}: must be True or False")
+        fail(f"invalid decoupled_weight_decay={hp['decoupled_weight_decay']!r}: "
+             "must be True or False")
 
 
 @register("adafisher", sample={"stat_period": 3, "weight_decay": 0.01})
 def adafisher() -> UpdateRule:
-    return UpdateRule(
-        "adafisher", _init, _update,
+    return member_rule(
+        _init, _update,
         hp={"lr": 1e-3, "beta": 0.9, "gamma": 0.8, "damping": 1e-3, "stat_period": 100,
             "weight_decay": 0.0, "decoupled_weight_decay": False},
         check=_check, needs=_needs, elementwise=False,

@@ -17,7 +17,7 @@ import torch
 from ..rule import UpdateRule
 from ._scalar import select
 from .checks import check_min
-from .registry import register
+from .registry import member_rule, register
 from ._multi_tensor import fast_path, multi_tensor, pick, plain_numbers, split_dense
 from ._sqrt import sqrt0
 from ._weight_decay import coupled_weight_decay
@@ -80,13 +80,13 @@ def _fused(params, grads, states, hp, steps):
 
 def _check(hp):
     for key in ("lr", "lr_decay", "weight_decay", "initial_accumulator_value", "eps"):
-        check_min(hp, key, name="adagrad")
+        check_min(hp, key)
 
 
 @register("adagrad", sample={"weight_decay": 0.05})
 def adagrad() -> UpdateRule:
-    return UpdateRule(
-        "adagrad", _init, _update,
+    return member_rule(
+        _init, _update,
         hp={"lr": 1e-2, "lr_decay": 0.0, "weight_decay": 0.0,
             "initial_accumulator_value": 0.0, "eps": 1e-10},
         check=_check, fused=fast_path(_fused),

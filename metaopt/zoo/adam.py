@@ -22,7 +22,7 @@ import torch
 from ..rule import UpdateRule
 from ._cautious_mask import cautious
 from .checks import check_betas, check_min
-from .registry import register
+from .registry import member_rule, register
 from ._sqrt import sqrt0
 from ._weight_decay import coupled_weight_decay
 
@@ -99,14 +99,11 @@ def _fused(kernel, update=None, amsgrad=False):
     return fused
 
 
-def _check(name):
-    def check(hp):
-        check_min(hp, "lr", name=name)
-        check_betas(hp, 2, name=name)
-        check_min(hp, "eps", name=name)
-        check_min(hp, "weight_decay", name=name)
-
-    return check
+def _check(hp):
+    check_min(hp, "lr")
+    check_betas(hp, 2)
+    check_min(hp, "eps")
+    check_min(hp, "weight_decay")
 
 
 def _fused_ok(kernel_name: str, update=None, amsgrad=False):
@@ -117,27 +114,27 @@ def _fused_ok(kernel_name: str, update=None, amsgrad=False):
 
 @register("adam", sample={"weight_decay": 0.05})
 def adam() -> UpdateRule:
-    return UpdateRule(
-        "adam", _init, _adam_update,
+    return member_rule(
+        _init, _adam_update,
         hp={"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.0},
-        check=_check("adam"), fused=_fused_ok("_fused_adam_"),
+        check=_check, fused=_fused_ok("_fused_adam_"),
     )
 
 
 @register("adamw", sample={"weight_decay": 0.05})
 def adamw() -> UpdateRule:
-    return UpdateRule(
-        "adamw", _init, _adamw_update,
+    return member_rule(
+        _init, _adamw_update,
         hp={"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 1e-2,
             "cautious": False},
-        check=_check("adamw"), fused=_fused_ok("_fused_adamw_", _adamw_update),
+        check=_check, fused=_fused_ok("_fused_adamw_", _adamw_update),
     )
 
 
 @register("amsgrad", sample={"weight_decay": 0.05})
 def amsgrad() -> UpdateRule:
-    return UpdateRule(
-        "amsgrad", _init_ams, _amsgrad_update,
+    return member_rule(
+        _init_ams, _amsgrad_update,
         hp={"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.0},
-        check=_check("amsgrad"), fused=_fused_ok("_fused_adam_", amsgrad=True),
+        check=_check, fused=_fused_ok("_fused_adam_", amsgrad=True),
     )

@@ -14,7 +14,7 @@ import torch
 
 from ..rule import UpdateRule
 from .checks import check_betas, check_min
-from .registry import register
+from .registry import member_rule, register
 from ._multi_tensor import multi_tensor
 from ._weight_decay import coupled_weight_decay
 
@@ -46,16 +46,16 @@ def _kernel(ps, gs, st, hp, step):
 
 
 def _check(hp):
-    check_min(hp, "lr", name="adamax")
-    check_betas(hp, 2, name="adamax")
-    check_min(hp, "eps", name="adamax")
-    check_min(hp, "weight_decay", name="adamax")
+    check_min(hp, "lr")
+    check_betas(hp, 2)
+    check_min(hp, "eps")
+    check_min(hp, "weight_decay")
 
 
 @register("adamax", sample={"weight_decay": 0.05})
 def adamax() -> UpdateRule:
-    return UpdateRule(
-        "adamax", _init, _update,
+    return member_rule(
+        _init, _update,
         hp={"lr": 2e-3, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.0},
         check=_check, fused=multi_tensor(_kernel, ["exp_avg", "exp_inf"], _update),
     )

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from ..rule import UpdateRule
 from .checks import check_betas, check_min, check_unit
-from .registry import register
+from .registry import member_rule, register
 from ._sqrt import sqrt0
 
 
@@ -85,29 +85,29 @@ def _sgdp_update(g, p, state, hp, step):
     return lr * u + lr * hp["weight_decay"] * ratio / (1 - mu) * p, {"momentum": buf}
 
 
-def _check_projection(hp, name):
-    check_min(hp, "lr", name=name)
-    check_min(hp, "eps", name=name)
-    check_min(hp, "weight_decay", name=name)
-    check_min(hp, "delta", name=name)
-    check_unit(hp, "wd_ratio", name=name, closed=True)
+def _check_projection(hp):
+    check_min(hp, "lr")
+    check_min(hp, "eps")
+    check_min(hp, "weight_decay")
+    check_min(hp, "delta")
+    check_unit(hp, "wd_ratio", closed=True)
 
 
 def _adamp_check(hp):
-    _check_projection(hp, "adamp")
-    check_betas(hp, 2, name="adamp")
+    _check_projection(hp)
+    check_betas(hp, 2)
 
 
 def _sgdp_check(hp):
-    _check_projection(hp, "sgdp")
-    check_unit(hp, "momentum", name="sgdp")
-    check_unit(hp, "dampening", name="sgdp", closed=True)
+    _check_projection(hp)
+    check_unit(hp, "momentum")
+    check_unit(hp, "dampening", closed=True)
 
 
 @register("adamp", sample={"weight_decay": 0.05})
 def adamp() -> UpdateRule:
-    return UpdateRule(
-        "adamp", _adamp_init, _adamp_update,
+    return member_rule(
+        _adamp_init, _adamp_update,
         hp={"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.0, "delta": 0.1,
             "wd_ratio": 0.1, "nesterov": False},
         check=_adamp_check, elementwise=False,
@@ -116,8 +116,8 @@ def adamp() -> UpdateRule:
 
 @register("sgdp", sample={"momentum": 0.9, "weight_decay": 0.01})
 def sgdp() -> UpdateRule:
-    return UpdateRule(
-        "sgdp", _sgdp_init, _sgdp_update,
+    return member_rule(
+        _sgdp_init, _sgdp_update,
         hp={"lr": 1e-3, "momentum": 0.0, "dampening": 0.0, "weight_decay": 0.0,
             "nesterov": False, "eps": 1e-8, "delta": 0.1, "wd_ratio": 0.1},
         check=_sgdp_check, elementwise=False,

@@ -24,7 +24,7 @@ import torch
 from ..rule import UpdateRule
 from ._scalar import select
 from .checks import check_betas, check_min
-from .registry import register
+from .registry import member_rule, register
 from ._multi_tensor import multi_tensor
 from ._sqrt import sqrt0
 
@@ -90,20 +90,20 @@ def _kernel(ps, gs, st, hp, step):
 
 
 def _check(hp):
-    check_min(hp, "lr", name="ademamix")
-    check_betas(hp, 3, name="ademamix")
-    check_min(hp, "alpha", name="ademamix")
-    check_min(hp, "eps", name="ademamix")
-    check_min(hp, "weight_decay", name="ademamix")
+    check_min(hp, "lr")
+    check_betas(hp, 3)
+    check_min(hp, "alpha")
+    check_min(hp, "eps")
+    check_min(hp, "weight_decay")
     for key in ("alpha_warmup", "beta3_warmup"):
         if hp[key] is not None:
-            check_min(hp, key, 0.0, strict=True, name="ademamix")
+            check_min(hp, key, 0.0, strict=True)
 
 
 @register("ademamix", sample={"weight_decay": 0.05})
 def ademamix() -> UpdateRule:
-    return UpdateRule(
-        "ademamix", _init, _update,
+    return member_rule(
+        _init, _update,
         hp={"lr": 1e-3, "betas": (0.9, 0.999, 0.9999), "alpha": 2.0, "beta3_warmup": None,
             "alpha_warmup": None, "eps": 1e-8, "weight_decay": 0.0},
         check=_check,

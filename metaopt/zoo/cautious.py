@@ -24,7 +24,7 @@ from ..rule import UpdateRule
 from . import lion
 from ._cautious_mask import cautious
 from .checks import check_betas, check_min
-from .registry import register
+from .registry import member_rule, register
 from ._sqrt import sqrt0
 
 
@@ -44,16 +44,16 @@ def _cadamw_update(g, p, state, hp, step):
 
 
 def _cadamw_check(hp):
-    check_min(hp, "lr", name="cadamw")
-    check_betas(hp, 2, name="cadamw")
-    check_min(hp, "eps", name="cadamw")
-    check_min(hp, "weight_decay", name="cadamw")
+    check_min(hp, "lr")
+    check_betas(hp, 2)
+    check_min(hp, "eps")
+    check_min(hp, "weight_decay")
 
 
 @register("cadamw", sample={"weight_decay": 0.05})
 def cadamw() -> UpdateRule:
-    return UpdateRule(
-        "cadamw", _cadamw_init, _cadamw_update,
+    return member_rule(
+        _cadamw_init, _cadamw_update,
         hp={"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-6, "weight_decay": 0.0},
         check=_cadamw_check, elementwise=False,
     )
@@ -65,8 +65,8 @@ def _clion_update(g, p, state, hp, step):
 
 @register("clion", sample={"weight_decay": 0.05})
 def clion() -> UpdateRule:
-    return UpdateRule(
-        "clion", lion.init, _clion_update,
+    return member_rule(
+        lion.init, _clion_update,
         hp={"lr": 1e-4, "betas": (0.9, 0.99), "weight_decay": 0.0},
-        check=lion.check("clion"), elementwise=False,
+        check=lion.check, elementwise=False,
     )

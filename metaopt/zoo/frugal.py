@@ -61,7 +61,7 @@ from ..helpers import compute_dtype
 from ..rule import UpdateRule
 from .adam import adam_direction
 from .checks import check_betas, check_choice, check_int, check_min, check_unit
-from .registry import register
+from .registry import member_rule, register
 
 PROJ_TYPES = ("svd", "random", "randk")
 INACTIVE_RULES = ("sign_sgd", "sgd", "no")
@@ -187,23 +187,23 @@ def _update(g, p, state, hp, step):
 
 
 def _check(hp):
-    check_min(hp, "lr", name="frugal")
-    check_betas(hp, 2, name="frugal")
-    check_min(hp, "eps", name="frugal")
-    check_min(hp, "weight_decay", name="frugal")
-    check_unit(hp, "density", name="frugal", closed=True)
-    check_int(hp, "update_gap", 1, name="frugal")
-    check_choice(hp, "proj_type", PROJ_TYPES, name="frugal")
-    check_choice(hp, "reset_statistics", (True, False), name="frugal")
-    check_choice(hp, "inactive_update_rule", INACTIVE_RULES, name="frugal")
-    check_min(hp, "inactive_lr_scale", name="frugal")
-    check_min(hp, "proj_params_lr_scale", name="frugal")
+    check_min(hp, "lr")
+    check_betas(hp, 2)
+    check_min(hp, "eps")
+    check_min(hp, "weight_decay")
+    check_unit(hp, "density", closed=True)
+    check_int(hp, "update_gap", 1)
+    check_choice(hp, "proj_type", PROJ_TYPES)
+    check_choice(hp, "reset_statistics", (True, False))
+    check_choice(hp, "inactive_update_rule", INACTIVE_RULES)
+    check_min(hp, "inactive_lr_scale")
+    check_min(hp, "proj_params_lr_scale")
 
 
 @register("frugal", sample={"weight_decay": 0.05})
 def frugal() -> UpdateRule:
-    return UpdateRule(
-        "frugal", _init, _update,
+    return member_rule(
+        _init, _update,
         hp={"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.01,
             "density": 0.25, "update_gap": 200, "proj_type": "svd",
             "reset_statistics": True, "inactive_update_rule": "sign_sgd",

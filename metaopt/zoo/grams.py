@@ -16,7 +16,7 @@ import torch
 from ..rule import UpdateRule
 from .adam import adam_direction
 from .checks import check_betas, check_min
-from .registry import register
+from .registry import member_rule, register
 from ._multi_tensor import multi_tensor
 
 
@@ -49,16 +49,16 @@ def _kernel(ps, gs, st, hp, step):
 
 
 def _check(hp):
-    check_min(hp, "lr", name="grams")
-    check_betas(hp, 2, name="grams")
-    check_min(hp, "eps", name="grams")
-    check_min(hp, "weight_decay", name="grams")
+    check_min(hp, "lr")
+    check_betas(hp, 2)
+    check_min(hp, "eps")
+    check_min(hp, "weight_decay")
 
 
 @register("grams", sample={"weight_decay": 0.05})
 def grams() -> UpdateRule:
-    return UpdateRule(
-        "grams", _init, _update,
+    return member_rule(
+        _init, _update,
         hp={"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-6, "weight_decay": 0.0},
         check=_check, fused=multi_tensor(_kernel, ["exp_avg", "exp_avg_sq"], _update),
     )

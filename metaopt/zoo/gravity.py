@@ -18,7 +18,7 @@ import torch
 from ..rule import UpdateRule
 from ._scalar import select
 from .checks import check_min, check_unit
-from .registry import register
+from .registry import member_rule, register
 
 
 def _init(p):
@@ -36,9 +36,9 @@ def _update(g, p, state, hp, step):
 
 
 def _check(hp):
-    check_min(hp, "lr", 0.0, strict=True, name="gravity")
-    check_unit(hp, "alpha", name="gravity")
-    check_unit(hp, "beta", name="gravity", closed=True)
+    check_min(hp, "lr", 0.0, strict=True)
+    check_unit(hp, "alpha")
+    check_unit(hp, "beta", closed=True)
 
 
 @register("gravity",
@@ -46,5 +46,5 @@ def _check(hp):
           opt_out={"independent_tensors": "initialises each velocity with random draws, tensor "
                        "by tensor: tensors stepped together and apart see different draws"})
 def gravity() -> UpdateRule:
-    return UpdateRule("gravity", _init, _update, hp={"lr": 1e-2, "alpha": 0.01, "beta": 0.9},
-                      check=_check, elementwise=False)
+    return member_rule(_init, _update, hp={"lr": 1e-2, "alpha": 0.01, "beta": 0.9},
+                       check=_check, elementwise=False)

@@ -16,7 +16,7 @@ from ..rule import UpdateRule
 from ._cautious_mask import cautious
 from ._multi_tensor import multi_tensor
 from .checks import check_betas, check_min
-from .registry import register
+from .registry import member_rule, register
 
 
 def init(p):
@@ -45,17 +45,15 @@ def lion_kernel(ps, gs, st, hp, step):
     torch._foreach_lerp_(m, gs, 1 - b2)
 
 
-def check(name):
-    def check_hp(hp):
-        check_min(hp, "lr", name=name)
-        check_betas(hp, 2, name=name, closed=True)
-        check_min(hp, "weight_decay", name=name)
-
-    return check_hp
+def check(hp):
+    check_min(hp, "lr")
+    check_betas(hp, 2, closed=True)
+    check_min(hp, "weight_decay")
 
 
 @register("lion", sample={"weight_decay": 0.05})
 def lion() -> UpdateRule:
-    return UpdateRule("lion", init, update,
-                      hp={"lr": 1e-4, "betas": (0.9, 0.99), "weight_decay": 0.0, "cautious": False},
-                      check=check("lion"), fused=multi_tensor(lion_kernel, ["exp_avg"], update))
+    return member_rule(
+        init, update,
+        hp={"lr": 1e-4, "betas": (0.9, 0.99), "weight_decay": 0.0, "cautious": False},
+        check=check, fused=multi_tensor(lion_kernel, ["exp_avg"], update))

@@ -54,7 +54,7 @@ from ..rule import UpdateRule
 from ._scalar import nonzero
 from ._weight_decay import coupled_weight_decay
 from .checks import check_int, check_min, check_unit
-from .registry import register
+from .registry import member_rule, register
 
 
 def ring_slot(step, m: int, device: torch.device) -> Tensor:
@@ -116,17 +116,17 @@ def _update(g, p, state, hp, step):
 
 
 def _check(hp):
-    check_min(hp, "lr", name="mfac")
-    check_unit(hp, "momentum", name="mfac")
-    check_min(hp, "weight_decay", name="mfac")
-    check_int(hp, "ngrads", 1, name="mfac")
-    check_min(hp, "damp", strict=True, name="mfac")
+    check_min(hp, "lr")
+    check_unit(hp, "momentum")
+    check_min(hp, "weight_decay")
+    check_int(hp, "ngrads", 1)
+    check_min(hp, "damp", strict=True)
 
 
 @register("mfac",
           sample={"lr": 0.05, "ngrads": 3, "damp": 0.1, "momentum": 0.5, "weight_decay": 0.05})
 def mfac() -> UpdateRule:
-    return UpdateRule("mfac", _init, _update,
-                      hp={"lr": 1e-3, "momentum": 0.0, "weight_decay": 0.0, "ngrads": 1024,
-                          "damp": 1e-5},
-                      check=_check, elementwise=False)
+    return member_rule(_init, _update,
+                       hp={"lr": 1e-3, "momentum": 0.0, "weight_decay": 0.0, "ngrads": 1024,
+                           "damp": 1e-5},
+                       check=_check, elementwise=False)

@@ -58,7 +58,7 @@ from ..helpers import compute_dtype
 from ..rule import UpdateRule
 from ._sqrt import sqrt0
 from .checks import check_betas, check_int, check_min, check_unit
-from .registry import register
+from .registry import member_rule, register
 
 BITS = 4
 LEVELS = 2**BITS - 1  # the largest code
@@ -189,20 +189,20 @@ def _init(p):
 
 
 def _check(hp):
-    check_min(hp, "lr", name="microadam")
-    check_betas(hp, 2, name="microadam")
-    check_min(hp, "eps", strict=True, name="microadam")
-    check_min(hp, "weight_decay", name="microadam")
-    check_min(hp, "k_init", strict=True, name="microadam")
-    check_unit(hp, "k_init", name="microadam", closed=True)
-    check_int(hp, "m", 1, name="microadam")
-    check_int(hp, "quant_block_size", 1, name="microadam")
+    check_min(hp, "lr")
+    check_betas(hp, 2)
+    check_min(hp, "eps", strict=True)
+    check_min(hp, "weight_decay")
+    check_min(hp, "k_init", strict=True)
+    check_unit(hp, "k_init", closed=True)
+    check_int(hp, "m", 1)
+    check_int(hp, "quant_block_size", 1)
 
 
 @register("microadam", sample={"k_init": 0.2, "quant_block_size": 4, "m": 2, "weight_decay": 0.05})
 def microadam() -> UpdateRule:
-    return UpdateRule(
-        "microadam", _init, _update,
+    return member_rule(
+        _init, _update,
         hp={"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.0, "m": 10,
             "k_init": 0.01, "quant_block_size": 100_000},
         check=_check, elementwise=False,

@@ -53,7 +53,7 @@ from torch import Tensor
 from ..helpers import compute_dtype
 from ..rule import UpdateRule
 from .checks import check_int, check_min, check_unit
-from .registry import register
+from .registry import member_rule, register
 from .sgd import check_sgd_hp, sgd
 
 _BACKEND = sgd()
@@ -146,18 +146,18 @@ def _needs(hp, step):
 
 
 def _check(hp):
-    check_sgd_hp(hp, name="mkor")  # the backend's hyperparameters
-    check_unit(hp, "stat_decay", name="mkor", closed=True)
-    check_min(hp, "clipping_value", strict=True, name="mkor")
-    check_min(hp, "reset_threshold", strict=True, name="mkor")
-    check_int(hp, "inv_freq", 1, name="mkor")
-    check_int(hp, "warmup_steps", 0, name="mkor")
+    check_sgd_hp(hp)  # the backend's hyperparameters
+    check_unit(hp, "stat_decay", closed=True)
+    check_min(hp, "clipping_value", strict=True)
+    check_min(hp, "reset_threshold", strict=True)
+    check_int(hp, "inv_freq", 1)
+    check_int(hp, "warmup_steps", 0)
 
 
 @register("mkor", sample={"inv_freq": 3, "weight_decay": 0.01, "lr": 0.05, "reset_threshold": 0.9})
 def mkor() -> UpdateRule:
-    return UpdateRule(
-        "mkor", _init, _update,
+    return member_rule(
+        _init, _update,
         hp={"lr": 1e-3, "momentum": 0.9, "dampening": 0.0, "weight_decay": 0.0,
             "nesterov": False, "stat_decay": 0.95, "inv_freq": 10, "clipping_value": 100.0,
             "reset_threshold": 2.0, "warmup_steps": 0},

@@ -20,8 +20,8 @@ from __future__ import annotations
 import torch
 
 from ..rule import UpdateRule
-from .checks import check_min, check_unit
-from .registry import register
+from .checks import check_min, check_unit, fail
+from .registry import member_rule, register
 
 NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
 
@@ -58,12 +58,12 @@ def _update(g, p, state, hp, step):
 
 
 def _check(hp):
-    check_min(hp, "lr", name="muon")
-    check_unit(hp, "momentum", name="muon")
-    check_min(hp, "weight_decay", name="muon")
+    check_min(hp, "lr")
+    check_unit(hp, "momentum")
+    check_min(hp, "weight_decay")
     n = hp["ns_steps"]
     if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n < 100:
-        raise ValueError(f"muon: invalid ns_steps={n!r}: must be an integer in [1, 100)")
+        fail(f"invalid ns_steps={n!r}: must be an integer in [1, 100)")
 
 
 @register("muon",
@@ -72,8 +72,8 @@ def _check(hp):
                        "float64 finite differences are below its resolution"},
           matrices_only=True)
 def muon() -> UpdateRule:
-    return UpdateRule(
-        "muon", _init, _update,
+    return member_rule(
+        _init, _update,
         hp={"lr": 0.02, "momentum": 0.95, "nesterov": True, "weight_decay": 0.0,
             "ns_steps": 5},
         check=_check, elementwise=False,

@@ -19,7 +19,7 @@ import torch
 from ..rule import UpdateRule
 
 from .checks import check_betas, check_min
-from .registry import register
+from .registry import member_rule, register
 from ._multi_tensor import blocks, by_step, fast_path, plain_numbers
 from ._sqrt import sqrt0
 from ._weight_decay import split_weight_decay
@@ -87,17 +87,17 @@ def _fused(params, grads, states, hp, steps):
 
 
 def _check(hp):
-    check_min(hp, "lr", name="nadam")
-    check_betas(hp, 2, name="nadam")
-    check_min(hp, "eps", name="nadam")
-    check_min(hp, "weight_decay", name="nadam")
-    check_min(hp, "momentum_decay", name="nadam")
+    check_min(hp, "lr")
+    check_betas(hp, 2)
+    check_min(hp, "eps")
+    check_min(hp, "weight_decay")
+    check_min(hp, "momentum_decay")
 
 
 @register("nadam", sample={"weight_decay": 0.05})
 def nadam() -> UpdateRule:
-    return UpdateRule(
-        "nadam", _init, _update,
+    return member_rule(
+        _init, _update,
         hp={"lr": 2e-3, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.0,
             "momentum_decay": 4e-3, "decoupled_weight_decay": False},
         check=_check, fused=fast_path(_fused),

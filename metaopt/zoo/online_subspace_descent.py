@@ -49,7 +49,8 @@ step size unless ``proj_lr_ratio = 0``.)
 
 State (created on a matrix's first update): ``proj`` (s x r), ``exp_avg``/``exp_avg_sq``
 (r x max(m, n), the low-rank moments), ``proj_exp_avg``/``proj_exp_avg_sq`` (the moments of
-``P``'s AdamW), all in the parameter's dtype.
+``P``'s AdamW), in the parameter's dtype, or float32 for a bf16/fp16 matrix (whose step is
+computed in float32 and rounded once: in float16 the projection's update overflows).
 """
 from __future__ import annotations
 
@@ -57,10 +58,11 @@ import torch
 from torch import Tensor
 
 from ..rule import UpdateRule
+from ..helpers import compute_dtype
 from ._sqrt import sqrt0
 from .adam import adam_direction
 from .checks import check_betas, check_int, check_min
-from .registry import register
+from .registry import member_rule, register
 
 # torch.optim.AdamW's defaults: the official optimizer on the projection
 PROJ_ADAM = {"betas": (0.9, 0.999), "eps": 1e-8}
@@ -154,6 +156,12 @@ def _pca_step(proj: Tensor, g: Tensor, state: dict, hp, step) -> dict:
 def _update(g, p, state, hp, step):
     if p.dim() != 2:
         return _dense_update(g, p, state, hp, step)
+    work = compute_dtype(p.dtype)  # bf16/fp16 matrices: projection and moments in float32
+    delta, state = _matrix_update(g.to(work), p.to(work), state, hp, step)
+    return delta.to(p.dtype), state
+
+
+def _matrix_update(g, p, state, hp, step):
     first = not state
     state = _first_matrix_state(g, hp["rank"]) if first else dict(state)
     gs, proj = small_side_first(g), state["proj"]
@@ -168,23 +176,18 @@ def _update(g, p, state, hp, step):
 
 
 def _check(hp):
-    name = "online_subspace_descent"
-    check_min(hp, "lr", name=name)
-    check_betas(hp, 2, name=name)
+    check_min(hp, "lr")
+    check_betas(hp, 2)
     for key in ("eps", "weight_decay", "scale", "proj_lr_ratio", "proj_weight_decay",
                 "ortho_reg"):
-        check_min(hp, key, name=name)
-    check_int(hp, "rank", 1, name=name)
+        check_min(hp, key)
+    check_int(hp, "rank", 1)
 
 
-@register("online_subspace_descent",
-          sample={"weight_decay": 0.05},
-          dtypes=(torch.float64, torch.float32, torch.bfloat16),
-          opt_out={"float16": "the projection's update overflows float16 at step 2 "
-                       "(bf16 works); no float32 compute path yet"})
+@register("online_subspace_descent", sample={"weight_decay": 0.05})
 def online_subspace_descent() -> UpdateRule:
-    return UpdateRule(
-        "online_subspace_descent", _init, _update,
+    return member_rule(
+        _init, _update,
         hp={"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-6, "weight_decay": 0.0, "rank": 128,
             "scale": 1.0, "proj_lr_ratio": 5.0, "proj_weight_decay": 0.01, "ortho_reg": 0.0},
         check=_check, elementwise=False,

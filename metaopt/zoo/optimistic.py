@@ -23,7 +23,7 @@ import torch
 from ..rule import UpdateRule
 from ._scalar import select
 from .checks import check_betas, check_min
-from .registry import register
+from .registry import member_rule, register
 from ._multi_tensor import multi_tensor
 
 
@@ -67,14 +67,14 @@ def _kernel(ps, gs, st, hp, step):
 
 
 def _check(hp):
-    check_min(hp, "lr", name="optimistic_amsgrad")
-    check_betas(hp, 2, name="optimistic_amsgrad")
-    check_min(hp, "eps", 0.0, strict=True, name="optimistic_amsgrad")
+    check_min(hp, "lr")
+    check_betas(hp, 2)
+    check_min(hp, "eps", 0.0, strict=True)
 
 
 @register("optimistic_amsgrad", sample={})
 def optimistic_amsgrad() -> UpdateRule:
-    return UpdateRule("optimistic_amsgrad", _init, _update,
-                      hp={"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8}, check=_check,
-                      fused=multi_tensor(
-                          _kernel, ["half", "exp_avg", "exp_avg_sq", "max_exp_avg_sq"], _update))
+    return member_rule(_init, _update,
+                       hp={"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8}, check=_check,
+                       fused=multi_tensor(
+                           _kernel, ["half", "exp_avg", "exp_avg_sq", "max_exp_avg_sq"], _update))

@@ -80,7 +80,7 @@ from ..rule import UpdateRule
 from ._scalar import minimum, select
 from ._sqrt import sqrt0
 from .checks import check_choice, check_min, check_unit
-from .registry import register
+from .registry import member_rule, register
 
 PSPS_PRECONDITIONERS = ("none", "hutchinson", "adam", "adagrad")
 SANIA_PRECONDITIONERS = ("adagrad", "adam")
@@ -127,16 +127,16 @@ def _sps_update(g, p, state, hp, step, loss, total, **ext):
 
 
 def _sps_check(hp):
-    check_min(hp, "lr", name="sps")
-    check_min(hp, "c", strict=True, name="sps")
-    check_min(hp, "eta_max", strict=True, name="sps")
-    check_min(hp, "eps", name="sps")
+    check_min(hp, "lr")
+    check_min(hp, "c", strict=True)
+    check_min(hp, "eta_max", strict=True)
+    check_min(hp, "eps")
 
 
 @register("sps", sample={})
 def sps() -> UpdateRule:
-    return UpdateRule(
-        "sps", _init, _sps_update,
+    return member_rule(
+        _init, _sps_update,
         hp={"lr": 1.0, "c": 0.5, "eta_max": float("inf"), "eps": 1e-8, "fstar": 0.0},
         check=_sps_check, needs=_needs_loss, elementwise=False,
         reduce=_sps_reduce,
@@ -193,17 +193,17 @@ def _psps_needs(hp, step):
 
 
 def _psps_check(hp):
-    check_min(hp, "lr", name="psps")
-    check_choice(hp, "preconditioner", PSPS_PRECONDITIONERS, name="psps")
-    check_unit(hp, "beta", name="psps")
-    check_min(hp, "alpha", strict=True, name="psps")
-    check_min(hp, "eps", strict=True, name="psps")
+    check_min(hp, "lr")
+    check_choice(hp, "preconditioner", PSPS_PRECONDITIONERS)
+    check_unit(hp, "beta")
+    check_min(hp, "alpha", strict=True)
+    check_min(hp, "eps", strict=True)
 
 
 @register("psps", sample={})
 def psps() -> UpdateRule:
-    return UpdateRule(
-        "psps", _init, _psps_update,
+    return member_rule(
+        _init, _psps_update,
         hp={"lr": 1.0, "preconditioner": "none", "beta": 0.999, "alpha": 0.1, "eps": 1e-8,
             "fstar": 0.0},
         check=_psps_check, needs=_psps_needs, elementwise=False, reduce=_psps_reduce,
@@ -249,16 +249,16 @@ def _sania_update(g, p, state, hp, step, loss, total, **ext):
 
 
 def _sania_check(hp):
-    check_min(hp, "lr", name="sania")
-    check_choice(hp, "preconditioner", SANIA_PRECONDITIONERS, name="sania")
-    check_unit(hp, "beta", name="sania")
-    check_min(hp, "eps", strict=True, name="sania")
+    check_min(hp, "lr")
+    check_choice(hp, "preconditioner", SANIA_PRECONDITIONERS)
+    check_unit(hp, "beta")
+    check_min(hp, "eps", strict=True)
 
 
 @register("sania", sample={})
 def sania() -> UpdateRule:
-    return UpdateRule(
-        "sania", _init, _sania_update,
+    return member_rule(
+        _init, _sania_update,
         hp={"lr": 1.0, "preconditioner": "adagrad", "beta": 0.999, "eps": 0.1},
         check=_sania_check, needs=_needs_loss, elementwise=False,
         reduce=_sania_reduce,

@@ -33,7 +33,7 @@ import torch
 from ..helpers import compute_dtype
 from ..rule import UpdateRule
 from .checks import check_choice, check_int, check_min, check_unit
-from .registry import register
+from .registry import member_rule, register
 
 MEMORY_SAVE_MODES = (None, "one_diag", "smart_one_diag", "all_diag")
 
@@ -169,16 +169,16 @@ def _update(g, p, state, hp, step):
 
 
 def _check(hp):
-    check_min(hp, "lr", name="psgd")
-    check_unit(hp, "momentum", name="psgd")
-    check_min(hp, "weight_decay", name="psgd")
-    check_min(hp, "precondition_lr", strict=True, name="psgd")
-    check_min(hp, "precondition_init_scale", strict=True, name="psgd")
+    check_min(hp, "lr")
+    check_unit(hp, "momentum")
+    check_min(hp, "weight_decay")
+    check_min(hp, "precondition_lr", strict=True)
+    check_min(hp, "precondition_init_scale", strict=True)
     for key in ("max_size_triangular", "min_ndim_triangular"):
-        check_int(hp, key, 0, name="psgd")
-    check_choice(hp, "memory_save_mode", MEMORY_SAVE_MODES, name="psgd")
+        check_int(hp, key, 0)
+    check_choice(hp, "memory_save_mode", MEMORY_SAVE_MODES)
     if hp["update_probability"] is not None:
-        check_unit(hp, "update_probability", name="psgd", closed=True)
+        check_unit(hp, "update_probability", closed=True)
 
 
 @register("psgd",
@@ -186,8 +186,8 @@ def _check(hp):
           opt_out={"independent_tensors": "draws random probes tensor by tensor: tensors stepped "
                        "together and apart see different draws"})
 def psgd() -> UpdateRule:
-    return UpdateRule(
-        "psgd", _init, _update,
+    return member_rule(
+        _init, _update,
         hp={"lr": 1e-3, "momentum": 0.9, "weight_decay": 0.0, "weight_decouple": True,
             "precondition_lr": 0.1, "precondition_init_scale": 1.0,
             "max_size_triangular": 8192, "min_ndim_triangular": 2, "memory_save_mode": None,

@@ -20,7 +20,7 @@ from ..rule import UpdateRule
 from ._scalar import select
 from .adabelief import rectification
 from .checks import check_betas, check_min
-from .registry import register
+from .registry import member_rule, register
 from ._multi_tensor import by_step, fast_path, multi_tensor, pick, plain_numbers, split_dense
 from ._sqrt import sqrt0
 from ._weight_decay import split_weight_decay
@@ -100,16 +100,16 @@ def _fused(params, grads, states, hp, steps):
 
 
 def _check(hp):
-    check_min(hp, "lr", name="radam")
-    check_betas(hp, 2, name="radam")
-    check_min(hp, "eps", name="radam")
-    check_min(hp, "weight_decay", name="radam")
+    check_min(hp, "lr")
+    check_betas(hp, 2)
+    check_min(hp, "eps")
+    check_min(hp, "weight_decay")
 
 
 @register("radam", sample={"weight_decay": 0.05})
 def radam() -> UpdateRule:
-    return UpdateRule(
-        "radam", _init, _update,
+    return member_rule(
+        _init, _update,
         hp={"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.0,
             "decoupled_weight_decay": False},
         check=_check, fused=fast_path(_fused, devices=("cpu", "cuda")),

@@ -57,6 +57,13 @@ def register(name: str, *, sample: Mapping[str, Any] | None = None, dtypes: tupl
     return deco
 
 
+def member_rule(init: Callable, update: Callable, **fields: Any) -> UpdateRule:
+    """A member's rule as its registered factory writes it: every field but the id, which
+    the registry fills in when it builds the member (:func:`rule`, :func:`create`,
+    :func:`get`), so the id is written only in :func:`register`."""
+    return UpdateRule("", init, update, **fields)
+
+
 def names() -> list[str]:
     """Every registered baseline, sorted."""
     return sorted(_ENTRIES)

@@ -19,7 +19,7 @@ import torch
 from ..rule import UpdateRule
 from ._scalar import nonzero
 from .checks import check_min, check_unit
-from .registry import register
+from .registry import member_rule, register
 from ._multi_tensor import multi_tensor
 from ._sqrt import sqrt0
 from ._weight_decay import coupled_weight_decay
@@ -73,17 +73,17 @@ def _kernel(ps, gs, st, hp, step):
 
 
 def _check(hp):
-    check_min(hp, "lr", name="rmsprop")
-    check_unit(hp, "alpha", name="rmsprop", closed=True)
-    check_min(hp, "eps", name="rmsprop")
-    check_min(hp, "weight_decay", name="rmsprop")
-    check_min(hp, "momentum", name="rmsprop")
+    check_min(hp, "lr")
+    check_unit(hp, "alpha", closed=True)
+    check_min(hp, "eps")
+    check_min(hp, "weight_decay")
+    check_min(hp, "momentum")
 
 
 @register("rmsprop", sample={"momentum": 0.5, "centered": True})
 def rmsprop() -> UpdateRule:
-    return UpdateRule(
-        "rmsprop", _init, _update,
+    return member_rule(
+        _init, _update,
         hp={"lr": 1e-2, "alpha": 0.99, "eps": 1e-8, "weight_decay": 0.0, "momentum": 0.0,
             "centered": False},
         check=_check,

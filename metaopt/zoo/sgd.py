@@ -19,8 +19,8 @@ import torch
 from ..rule import UpdateRule
 from ._cautious_mask import cautious
 from ._scalar import nonzero
-from .checks import check_min, check_unit
-from .registry import register
+from .checks import check_min, check_unit, fail
+from .registry import member_rule, register
 from ._multi_tensor import multi_tensor
 from ._weight_decay import coupled_weight_decay
 
@@ -69,21 +69,21 @@ def sgd_kernel(ps, gs, st, hp, step):
         torch._foreach_add_(ps, buf, alpha=-lr)
 
 
-def check_sgd_hp(hp, name: str = "sgd") -> None:
+def check_sgd_hp(hp) -> None:
     """SGD's hyperparameters (``lr``, ``momentum``, ``weight_decay``, ``dampening``,
-    ``nesterov``), errors naming member ``name`` (rules built on SGD's step check them too)."""
-    check_min(hp, "lr", name=name)
-    check_unit(hp, "momentum", name=name, closed=True)
-    check_min(hp, "weight_decay", name=name)
-    check_unit(hp, "dampening", name=name, closed=True)
+    ``nesterov``); rules built on SGD's step check them too (each rule names its errors)."""
+    check_min(hp, "lr")
+    check_unit(hp, "momentum", closed=True)
+    check_min(hp, "weight_decay")
+    check_unit(hp, "dampening", closed=True)
     if hp["nesterov"] and (not nonzero(hp["momentum"]) or hp["dampening"] != 0):
-        raise ValueError(f"{name}: nesterov=True requires momentum > 0 and dampening = 0")
+        fail("nesterov=True requires momentum > 0 and dampening = 0")
 
 
 @register("sgd", sample={"momentum": 0.9, "weight_decay": 0.01})
 def sgd() -> UpdateRule:
-    return UpdateRule(
-        "sgd", _init, _update,
+    return member_rule(
+        _init, _update,
         hp={"lr": 1e-3, "momentum": 0.0, "dampening": 0.0, "weight_decay": 0.0, "nesterov": False,
             "cautious": False},
         check=check_sgd_hp, fused=multi_tensor(sgd_kernel, ["momentum_buffer"], _update),

@@ -32,7 +32,7 @@ import torch
 from ..helpers import compute_dtype, mode_gram
 from ..rule import UpdateRule
 from .checks import check_choice, check_int, check_min, check_unit
-from .registry import register
+from .registry import member_rule, register
 
 GRAFTS = ("none", "adagrad")
 
@@ -95,20 +95,20 @@ def _update(g, p, state, hp, step):
 
 
 def _check(hp):
-    check_min(hp, "lr", name="shampoo")
-    check_unit(hp, "momentum", name="shampoo")
-    check_min(hp, "weight_decay", name="shampoo")
-    check_min(hp, "eps", strict=True, name="shampoo")
-    check_min(hp, "graft_eps", strict=True, name="shampoo")
+    check_min(hp, "lr")
+    check_unit(hp, "momentum")
+    check_min(hp, "weight_decay")
+    check_min(hp, "eps", strict=True)
+    check_min(hp, "graft_eps", strict=True)
     for key in ("precondition_frequency", "max_precond_dim"):
-        check_int(hp, key, 1, name="shampoo")
-    check_choice(hp, "graft", GRAFTS, name="shampoo")
+        check_int(hp, key, 1)
+    check_choice(hp, "graft", GRAFTS)
 
 
 @register("shampoo", sample={"weight_decay": 0.05})
 def shampoo() -> UpdateRule:
-    return UpdateRule(
-        "shampoo", _init, _update,
+    return member_rule(
+        _init, _update,
         hp={"lr": 1e-3, "momentum": 0.0, "weight_decay": 0.0, "eps": 1e-6,
             "precondition_frequency": 1, "max_precond_dim": 8192, "graft": "none",
             "graft_eps": 1e-10},

@@ -36,7 +36,9 @@ weight_decay 0 (decoupled), start_prec_step 1, stat_compute_steps 100, prec_comp
 quan_blocksize 64, rect_t1 1, rect_t2 4, linear-2 levels), except prec_bits: 4 (the paper and
 the official demo) instead of the class's 32. Deliberate departures: statistics are kept in
 float64 for float64 parameters (float32 otherwise, as the official code) and the preconditioned
-gradient is formed in that precision; the block-wise quantizer is pure torch (the official one
+gradient is formed in that precision; for bf16/fp16 parameters the AdamW moments and the step
+are float32 too (rounded to the parameter's dtype once; in float16 ``g^2`` and eps 1e-8
+underflow and the step gave NaN); the block-wise quantizer is pure torch (the official one
 is a CUDA kernel; codes and scales agree up to ties at exact midpoints). Not implemented: the
 ShampooSGD variant, the Schur-Newton inverse root (``inv_root_mode=1``) and 16-bit storage.
 State is created on the first update (its layout depends on the hyperparameters).
@@ -52,7 +54,7 @@ from ..helpers import compute_dtype, mode_gram
 from ..rule import UpdateRule
 from .adam import adam_direction
 from .checks import check_betas, check_choice, check_int, check_min, check_unit
-from .registry import register
+from .registry import member_rule, register
 
 LEVEL_MAPS = ("linear-2", "dynamic")
 BITS = (4, 8, 32)
@@ -234,11 +236,11 @@ def inverse_fourth_root(state, key: str, n: int, like: Tensor, hp) -> dict:
 
 
 def _first_state(p: Tensor, hp) -> dict:
-    state = {"exp_avg": torch.zeros_like(p), "exp_avg_sq": torch.zeros_like(p)}
+    dt = compute_dtype(p.dtype)
+    state = {"exp_avg": torch.zeros_like(p, dtype=dt), "exp_avg_sq": torch.zeros_like(p, dtype=dt)}
     shape = matrix_shape(p.shape)
     if shape is None:
         return state
-    dt = compute_dtype(p.dtype)
     for b, sides in enumerate(_block_shapes(shape, hp["prec_maxorder"])):
         for s, n in enumerate(sides):
             eye = torch.eye(n, dtype=dt, device=p.device)
@@ -281,41 +283,38 @@ def _init(p):
 
 def _update(g, p, state, hp, step):
     state = dict(state) if state else _first_state(p, hp)
-    step = int(step)
+    step, dtype = int(step), p.dtype
+    g, p = g.to(compute_dtype(dtype)), p.to(compute_dtype(dtype))  # bf16/fp16: in float32
     if matrix_shape(p.shape) is not None:
         g, factors = shampoo_direction(g, state, hp, step)
         state.update(factors)
     d, moments = adam_direction(g, state, hp, step)
     state.update(moments)
-    return hp["lr"] * (d + hp["weight_decay"] * p), state
+    return (hp["lr"] * (d + hp["weight_decay"] * p)).to(dtype), state
 
 
 def _check(hp):
-    name = "shampoo4bit"
-    check_min(hp, "lr", name=name)
-    check_betas(hp, 2, name=name)
-    check_min(hp, "eps", name=name)
-    check_min(hp, "weight_decay", name=name)
-    check_unit(hp, "stat_decay", name=name, closed=True)
-    check_min(hp, "matrix_eps", strict=True, name=name)
+    check_min(hp, "lr")
+    check_betas(hp, 2)
+    check_min(hp, "eps")
+    check_min(hp, "weight_decay")
+    check_unit(hp, "stat_decay", closed=True)
+    check_min(hp, "matrix_eps", strict=True)
     for key in ("start_prec_step", "stat_compute_steps", "prec_compute_steps", "prec_maxorder",
                 "quan_blocksize"):
-        check_int(hp, key, 1, name=name)
+        check_int(hp, key, 1)
     for key in ("min_lowbit_size", "rect_t1", "rect_t2"):
-        check_int(hp, key, 0, name=name)
-    check_choice(hp, "prec_bits", BITS, name=name)
-    check_choice(hp, "quan_map", LEVEL_MAPS, name=name)
+        check_int(hp, key, 0)
+    check_choice(hp, "prec_bits", BITS)
+    check_choice(hp, "quan_map", LEVEL_MAPS)
 
 
 @register("shampoo4bit",
           sample={"stat_compute_steps": 1, "prec_compute_steps": 1, "min_lowbit_size": 0,
-                  "prec_maxorder": 3, "weight_decay": 0.05},
-          dtypes=(torch.float64, torch.float32, torch.bfloat16),
-          opt_out={"float16": "its 4-bit roots of float16 gradients' statistics give NaN "
-                              "within 5 steps (open; bf16 works)"})
+                  "prec_maxorder": 3, "weight_decay": 0.05})
 def shampoo4bit() -> UpdateRule:
-    return UpdateRule(
-        "shampoo4bit", _init, _update,
+    return member_rule(
+        _init, _update,
         hp={"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.0,
             "start_prec_step": 1, "stat_compute_steps": 100, "prec_compute_steps": 500,
             "stat_decay": 0.95, "matrix_eps": 1e-6, "prec_maxorder": 1200, "prec_bits": 4,

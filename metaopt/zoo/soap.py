@@ -28,8 +28,8 @@ import torch
 
 from ..helpers import compute_dtype, mode_gram
 from ..rule import UpdateRule
-from .checks import check_betas, check_min, check_unit
-from .registry import register
+from .checks import check_betas, check_int, check_min, check_unit
+from .registry import member_rule, register
 
 
 def factor_dims(p: torch.Tensor, hp) -> list[int]:
@@ -109,22 +109,20 @@ def _update(g, p, state, hp, step):
 
 
 def _check(hp):
-    check_min(hp, "lr", name="soap")
-    check_betas(hp, 2, name="soap")
-    check_min(hp, "eps", name="soap")
-    check_min(hp, "weight_decay", name="soap")
+    check_min(hp, "lr")
+    check_betas(hp, 2)
+    check_min(hp, "eps")
+    check_min(hp, "weight_decay")
     if hp["shampoo_beta"] is not None:
-        check_unit(hp, "shampoo_beta", name="soap")
+        check_unit(hp, "shampoo_beta")
     for key in ("precondition_frequency", "max_precond_dim"):
-        v = hp[key]
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise ValueError(f"soap: invalid {key}={v!r}: must be an integer >= 1")
+        check_int(hp, key, 1)
 
 
 @register("soap", sample={"weight_decay": 0.05})
 def soap() -> UpdateRule:
-    return UpdateRule(
-        "soap", _init, _update,
+    return member_rule(
+        _init, _update,
         hp={"lr": 3e-3, "betas": (0.95, 0.95), "shampoo_beta": None, "eps": 1e-8,
             "weight_decay": 0.01, "precondition_frequency": 10, "max_precond_dim": 10000,
             "precondition_1d": False},

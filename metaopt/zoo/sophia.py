@@ -27,8 +27,8 @@ from __future__ import annotations
 import torch
 
 from ..rule import UpdateRule
-from .checks import check_betas, check_min
-from .registry import register
+from .checks import check_betas, check_int, check_min, fail
+from .registry import member_rule, register
 
 ESTIMATORS = {"hutchinson": "hvp", "gnb": "gnb"}
 
@@ -62,18 +62,14 @@ def _needs(hp, step):
 
 
 def _check(hp):
-    check_min(hp, "lr", name="sophia")
-    check_betas(hp, 2, name="sophia")
-    check_min(hp, "rho", strict=True, name="sophia")
-    check_min(hp, "eps", strict=True, name="sophia")
-    check_min(hp, "weight_decay", name="sophia")
-    k = hp["update_period"]
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise ValueError(f"sophia: invalid update_period={k!r}: must be an integer >= 1")
+    check_min(hp, "lr")
+    check_betas(hp, 2)
+    check_min(hp, "rho", strict=True)
+    check_min(hp, "eps", strict=True)
+    check_min(hp, "weight_decay")
+    check_int(hp, "update_period", 1)
     if hp["estimator"] not in ESTIMATORS:
-        raise ValueError(
-            f"sophia: invalid estimator={hp['estimator']!r}: must be one of {sorted(ESTIMATORS)}"
-        )
+        fail(f"invalid estimator={hp['estimator']!r}: must be one of {sorted(ESTIMATORS)}")
 
 
 @register("sophia",
@@ -81,8 +77,8 @@ def _check(hp):
           opt_out={"complex": "its Hutchinson estimate draws real Rademacher probes; complex probes "
                        "are not defined here"})
 def sophia() -> UpdateRule:
-    return UpdateRule(
-        "sophia", _init, _update,
+    return member_rule(
+        _init, _update,
         hp={"lr": 1e-4, "betas": (0.965, 0.99), "rho": 0.04, "weight_decay": 0.1,
             "eps": 1e-15, "update_period": 10, "estimator": "hutchinson"},
         check=_check, needs=_needs, elementwise=True,

@@ -71,8 +71,8 @@ from torch import Tensor
 from ..rule import UpdateRule
 from ._scalar import nonzero
 from ._sqrt import sqrt0
-from .checks import check_betas, check_int, check_min, check_unit
-from .registry import register
+from .checks import check_betas, check_int, check_min, check_unit, fail
+from .registry import member_rule, register
 
 HEURISTICS = "heuristics"
 
@@ -226,51 +226,46 @@ def _make_update(adam: bool):
     return update
 
 
-def _check(name: str):
-    def check(hp):
-        check_min(hp, "lr", name=name)
-        if "betas" in hp:
-            check_betas(hp, 2, name=name)
-        else:
-            check_unit(hp, "beta1", name=name)
-        check_min(hp, "eps", name=name)
-        check_min(hp, "weight_decay", name=name)
-        s = hp["subset_size"]
-        if s != HEURISTICS and (isinstance(s, bool) or not isinstance(s, int) or s == 0):
-            raise ValueError(f"{name}: invalid subset_size={s!r}: must be 'heuristics' or a "
-                             "nonzero integer")
-        if "rank" in hp:
-            check_int(hp, "rank", 1, name=name)
-            check_int(hp, "update_proj_gap", 1, name=name)
-
-    return check
+def _check(hp):
+    check_min(hp, "lr")
+    if "betas" in hp:
+        check_betas(hp, 2)
+    else:
+        check_unit(hp, "beta1")
+    check_min(hp, "eps")
+    check_min(hp, "weight_decay")
+    s = hp["subset_size"]
+    if s != HEURISTICS and (isinstance(s, bool) or not isinstance(s, int) or s == 0):
+        fail(f"invalid subset_size={s!r}: must be 'heuristics' or a nonzero integer")
+    if "rank" in hp:
+        check_int(hp, "rank", 1)
+        check_int(hp, "update_proj_gap", 1)
 
 
-def _rule(name: str, adam: bool, subspace: bool) -> UpdateRule:
+def _rule(adam: bool, subspace: bool) -> UpdateRule:
     hp = {"lr": 1e-3}
     hp.update({"betas": (0.9, 0.999)} if adam else {"beta1": 0.9})
     hp.update(eps=1e-6, weight_decay=0.0, subset_size=HEURISTICS)
     if subspace:
         hp.update(rank=128, update_proj_gap=200)
-    return UpdateRule(name, _init, _make_update(adam), hp=hp, check=_check(name),
-                      elementwise=False)
+    return member_rule(_init, _make_update(adam), hp=hp, check=_check, elementwise=False)
 
 
 @register("adamw_sn", sample={"weight_decay": 0.05})
 def adamw_sn() -> UpdateRule:
-    return _rule("adamw_sn", adam=True, subspace=False)
+    return _rule(adam=True, subspace=False)
 
 
 @register("adagrad_sn", sample={"weight_decay": 0.05})
 def adagrad_sn() -> UpdateRule:
-    return _rule("adagrad_sn", adam=False, subspace=False)
+    return _rule(adam=False, subspace=False)
 
 
 @register("adamw_snsm", sample={"weight_decay": 0.05})
 def adamw_snsm() -> UpdateRule:
-    return _rule("adamw_snsm", adam=True, subspace=True)
+    return _rule(adam=True, subspace=True)
 
 
 @register("adagrad_snsm", sample={"weight_decay": 0.05})
 def adagrad_snsm() -> UpdateRule:
-    return _rule("adagrad_snsm", adam=False, subspace=True)
+    return _rule(adam=False, subspace=True)

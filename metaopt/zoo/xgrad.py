@@ -49,7 +49,7 @@ from ..rule import UpdateRule
 from ._scalar import select
 from ._sqrt import sqrt0
 from .adam import adam, adamw
-from .checks import check_min
+from .checks import check_min, fail
 from .registry import register
 from .sgd import sgd
 
@@ -76,47 +76,44 @@ def _predict_sgd(p: Tensor, state: dict, hp: dict, step: Any) -> Tensor:
     return p - hp["s"] * hp["lr"] * state["momentum_buffer"]
 
 
-def _check(base: UpdateRule, name: str, plain: tuple[str, ...] = (),
+def _check(base: UpdateRule, plain: tuple[str, ...] = (),
            extra: Callable[[dict], None] | None = None) -> Callable[[dict], None]:
-    """The base rule's checks under ``name``, plus ``s >= 0``, ``plain`` flags False and
-    ``extra``."""
+    """The base rule's checks, plus ``s >= 0``, ``plain`` flags False and ``extra`` (errors
+    named by this member's rule)."""
 
     def check(hp):
-        try:
-            base.check(hp)
-        except ValueError as e:  # the base names itself; name this member instead
-            raise ValueError(f"{name}{str(e)[len(base.name):]}") from None
-        check_min(hp, "s", name=name)
+        base.check(hp)
+        check_min(hp, "s")
         for flag in plain:
             if hp[flag]:
-                raise ValueError(f"{name}: invalid {flag}={hp[flag]!r}: XGrad predicts along "
-                                 "the plain step; must be False")
+                fail(f"invalid {flag}={hp[flag]!r}: XGrad predicts along the plain step; "
+                     "must be False")
         if extra is not None:
             extra(hp)
 
     return check
 
 
-def _xgrad(base: UpdateRule, name: str, predict: Callable, hp: dict,
+def _xgrad(base: UpdateRule, predict: Callable, hp: dict,
            plain: tuple[str, ...] = (), extra: Callable[[dict], None] | None = None
            ) -> UpdateRule:
     """``base`` with weight prediction: its update and fused kernel, ``predict`` and ``s``."""
-    return replace(base, name=name, hp={**base.hp, **hp, "s": 1.0},
-                   check=_check(base, name, plain, extra), predict=predict)
+    return replace(base, hp={**base.hp, **hp, "s": 1.0}, check=_check(base, plain, extra),
+                   predict=predict)
 
 
 @register("xgrad_sgd", sample={"weight_decay": 0.05})
 def xgrad_sgd() -> UpdateRule:
-    return _xgrad(sgd(), "xgrad_sgd", _predict_sgd, {"momentum": 0.9},
+    return _xgrad(sgd(), _predict_sgd, {"momentum": 0.9},
                   plain=("nesterov", "cautious"),
-                  extra=lambda hp: check_min(hp, "momentum", strict=True, name="xgrad_sgd"))
+                  extra=lambda hp: check_min(hp, "momentum", strict=True))
 
 
 @register("xgrad_adam", sample={"weight_decay": 0.05})
 def xgrad_adam() -> UpdateRule:
-    return _xgrad(adam(), "xgrad_adam", _predict_adam, {})
+    return _xgrad(adam(), _predict_adam, {})
 
 
 @register("xgrad_adamw", sample={"weight_decay": 0.05})
 def xgrad_adamw() -> UpdateRule:
-    return _xgrad(adamw(), "xgrad_adamw", _predict_adam, {}, plain=("cautious",))
+    return _xgrad(adamw(), _predict_adam, {}, plain=("cautious",))

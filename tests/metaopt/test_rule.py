@@ -100,6 +100,36 @@ def test_with_hp_rejects_unknown_and_invalid():
         zoo.rule("nope")
 
 
+def _checked_rule(check):
+    from metaopt.rule import UpdateRule
+    return UpdateRule("toy", lambda p: {}, lambda g, p, s, hp, step: (hp["lr"] * g, {}),
+                      hp={"lr": 0.1}, check=check)
+
+
+def test_validate_names_a_hyperparameter_error_with_the_rule():
+    from metaopt import RuleOptimizer
+    from metaopt.rule import HyperparameterError
+
+    def check(hp):
+        if hp["lr"] < 0:
+            raise HyperparameterError(f"invalid lr={hp['lr']}: must be >= 0")
+
+    rule = _checked_rule(check)
+    with pytest.raises(ValueError, match=r"^toy: invalid lr=-1.0: must be >= 0$") as err:
+        rule.with_hp(lr=-1.0)
+    assert type(err.value) is ValueError  # named: an outer validate does not name it again
+    with pytest.raises(ValueError, match=r"^toy: invalid lr=-2.0: must be >= 0$"):
+        RuleOptimizer([torch.zeros(2, requires_grad=True)], rule, lr=-2.0)
+
+
+def test_validate_passes_a_named_value_error_unchanged():
+    def check(hp):
+        raise ValueError("other: says its own name")
+
+    with pytest.raises(ValueError, match=r"^other: says its own name$"):
+        _checked_rule(check).with_hp(lr=1.0)
+
+
 def _global_normalized_sgd():
     """A toy rule with a cross-tensor sum: p <- p - lr g / ||g||, ||g|| over every tensor."""
     from metaopt.rule import UpdateRule

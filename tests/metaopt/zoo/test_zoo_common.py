@@ -17,7 +17,7 @@ MEMBERS = ["adabelief", "adabound", "adadelta", "adafactor", "adagrad", "adagrad
            "gravity", "lion", "mfac", "microadam", "nadam", "online_subspace_descent",
            "optimistic_amsgrad", "radam", "rmsprop", "sgd", "sgdp", "shampoo4bit"]
 # members that keep their statistics in float32 for bf16 parameters (as the official code)
-FLOAT32_STATISTICS = {"mfac", "shampoo4bit"}
+FLOAT32_STATISTICS = {"dog", "mfac", "online_subspace_descent", "shampoo4bit"}
 
 # hyperparameters used for the behavioural checks: each member's contract sample from its
 # registry entry (weight decay on where the member has it)

@@ -52,3 +52,28 @@ def test_dog_first_step_length_is_reps_rel_times_one_plus_norm():
     p.grad = torch.tensor([1.0, -2.0], dtype=torch.float64)
     opt.step()
     assert abs((p.detach() - x0).norm().item() - 1e-3 * (1 + 5.0)) < 1e-15
+
+
+def _run_from_small_weights(dtype, steps):
+    g = torch.Generator().manual_seed(0)
+    ps = [torch.nn.Parameter((0.05 * torch.randn(s, generator=g, dtype=torch.float64)).to(dtype))
+          for s in [(5,), (3, 4), (2, 3, 2, 2)]]
+
+    def loss():
+        return sum(0.5 * (p.double() ** 2).sum() + torch.sin(p.double()).sum() for p in ps)
+
+    opt = zoo.create("dog", ps)  # default reps_rel 1e-6: first steps below bf16 resolution
+    for _ in range(steps):
+        opt.zero_grad()
+        loss().backward()
+        opt.step()
+    return float(loss())
+
+
+def test_low_precision_moves_from_the_tiny_first_steps_and_reaches_float32():
+    """bf16/fp16: the distance grows from the steps taken (float32 state) although the first
+    ones round away, so DoG leaves x0 and ends where float32 does; keeping the distance from
+    the rounded parameters (the official code in bf16) never moves."""
+    ref = _run_from_small_weights(torch.float32, 200)
+    for dtype in (torch.bfloat16, torch.float16):
+        assert abs(_run_from_small_weights(dtype, 200) - ref) < 1e-2 * abs(ref)
