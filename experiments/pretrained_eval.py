@@ -306,8 +306,7 @@ def run_jobs(jobs: list[dict], cache: dict, cache_path: Path, pool: Pool) -> Non
     print(f"{len(jobs)} runs on {max(1, pool.workers)} workers", flush=True)
     for n, (job, value, secs) in enumerate(pool.map(jobs)):
         cache[job_key(job)] = [value, secs]
-        if (n + 1) % 10 == 0 or n + 1 == len(jobs):
-            _save(cache_path, cache)
+        _save(cache_path, cache)
 
 
 def _save(path: Path, data: dict) -> None:
@@ -371,10 +370,9 @@ def evaluate_stage(work: Path, a) -> int:
     (out / "eval_meta.json").write_text(json.dumps(meta, indent=1))  # also when cut short
     pool = Pool(device, workers)
     run = dict(cache=cache, cache_path=cache_path, pool=pool, seeds=seeds)
-    # every default-lr run first (the LO and its snapshots), then the grids
-    run_jobs([dict(problem=p, kind="lo", lr=1.0, seed=s, steps=steps, theta=th, pwidth=pw)
-              for th in [theta, *a.snapshots] for p in problems for s in seeds],
-             cache, cache_path, pool)
+    # the LO's default-lr runs first, then the grids, then the snapshots
+    run_jobs([dict(problem=p, kind="lo", lr=1.0, seed=s, steps=steps, theta=theta, pwidth=pw)
+              for p in problems for s in seeds], cache, cache_path, pool)
     for p in problems:
         kinds = (("adamw", LR_GRID), ("lo", lo_grid)) + ((("soap", LR_GRID),) if a.soap else ())
         for kind, grid in kinds:
@@ -382,6 +380,8 @@ def evaluate_stage(work: Path, a) -> int:
                 problem=p, kind=kind, lr=x, seed=s, steps=steps, pwidth=pw,
                 **({"theta": theta} if kind == "lo" else {})), grid, **run)
             print(f"{p} {kind}: best lr {best:.3g} ({time.time() - t0:.0f} s)", flush=True)
+    run_jobs([dict(problem=p, kind="lo", lr=1.0, seed=s, steps=steps, theta=th, pwidth=pw)
+              for th in a.snapshots for p in problems for s in seeds], cache, cache_path, pool)
     if a.width:
         wide = dict(problem="width", width=a.width_size, steps=a.width_steps)
         tune(lambda x, s: dict(wide, kind="adamw", lr=x, seed=s), LR_GRID, **run)
