@@ -458,7 +458,7 @@ def report_stage(work: Path, a) -> int:
         so_lr, so, _ = best_of(p, "soap", LR_GRID, steps=steps, pwidth=pw)
         lo_m, lo_t, lo_grid = best_of(p, "lo", MULT_GRID, theta, steps=steps, pwidth=pw)
         lo_d = scores(p, "lo", 1.0, theta, steps=steps, pwidth=pw)
-        if so is None:
+        if so is None:  # SOAP not run (--no-soap) or cut short
             so_lr, so = float("nan"), float("nan")
         if None in (aw, lo_t, lo_d):
             rows.append(f"| {p} | incomplete (evaluation cut short) | | | | | | |")
@@ -467,7 +467,8 @@ def report_stage(work: Path, a) -> int:
         r_d, r_t = lo_d / aw, lo_t / aw
         ratios_default.append(r_d), ratios_tuned.append(r_t), ratios_soap.append(so / aw)
         edge = " (edge!)" if aw_lr in (aw_grid[0], aw_grid[-1]) else ""
-        rows.append(f"| {p} | {_fmt(aw)} ({aw_lr:.2g}{edge}) | {_fmt(so)} ({so_lr:.2g}) | "
+        soap = f"{_fmt(so)} ({so_lr:.2g})" if math.isfinite(so_lr) else "not run"
+        rows.append(f"| {p} | {_fmt(aw)} ({aw_lr:.2g}{edge}) | {soap} | "
                     f"{_fmt(lo_d)} | {_fmt(lo_t)} (x{lo_m:.2g}) | {r_d:.3f} | {r_t:.3f} | "
                     f"{so / aw:.3f} |")
     if not ratios_default:
@@ -497,6 +498,9 @@ def report_stage(work: Path, a) -> int:
     snap_rows = []
     for th in snaps:
         label, n, secs = _snapshot_compute(th, work)
+        if th == theta and a.theta_steps is not None:
+            n, secs = a.theta_steps, {int(k): t for k, _, t in json.loads(
+                (work / "meta.json").read_text())["val"]}.get(a.theta_steps)
         rs = []
         for p in meta["problems"]:
             _, aw, _ = best_of(p, "adamw", LR_GRID, steps=steps, pwidth=pw)
