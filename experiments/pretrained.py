@@ -239,6 +239,8 @@ def main(argv=None) -> int:
     p.add_argument("--width-size", type=int, default=2048)
     p.add_argument("--no-soap", dest="soap", action="store_false",
                    help="evaluate: skip the SOAP reference")
+    p.add_argument("--theta-steps", type=int, default=None,
+                   help="report: outer steps of the evaluated theta (looked up in --work)")
     p.add_argument("--command", nargs="*", default=[],
                    help="report: the exact command lines that produced the results")
     p.add_argument("--width-steps", type=int, default=100)

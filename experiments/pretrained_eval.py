@@ -306,8 +306,7 @@ def run_jobs(jobs: list[dict], cache: dict, cache_path: Path, pool: Pool) -> Non
     print(f"{len(jobs)} runs on {max(1, pool.workers)} workers", flush=True)
     for n, (job, value, secs) in enumerate(pool.map(jobs)):
         cache[job_key(job)] = [value, secs]
-        if (n + 1) % 10 == 0 or n + 1 == len(jobs):
-            _save(cache_path, cache)
+        _save(cache_path, cache)
 
 
 def _save(path: Path, data: dict) -> None:
@@ -371,10 +370,9 @@ def evaluate_stage(work: Path, a) -> int:
     (out / "eval_meta.json").write_text(json.dumps(meta, indent=1))  # also when cut short
     pool = Pool(device, workers)
     run = dict(cache=cache, cache_path=cache_path, pool=pool, seeds=seeds)
-    # every default-lr run first (the LO and its snapshots), then the grids
-    run_jobs([dict(problem=p, kind="lo", lr=1.0, seed=s, steps=steps, theta=th, pwidth=pw)
-              for th in [theta, *a.snapshots] for p in problems for s in seeds],
-             cache, cache_path, pool)
+    # the LO's default-lr runs first, then the grids, then the snapshots
+    run_jobs([dict(problem=p, kind="lo", lr=1.0, seed=s, steps=steps, theta=theta, pwidth=pw)
+              for p in problems for s in seeds], cache, cache_path, pool)
     for p in problems:
         kinds = (("adamw", LR_GRID), ("lo", lo_grid)) + ((("soap", LR_GRID),) if a.soap else ())
         for kind, grid in kinds:
@@ -382,6 +380,8 @@ def evaluate_stage(work: Path, a) -> int:
                 problem=p, kind=kind, lr=x, seed=s, steps=steps, pwidth=pw,
                 **({"theta": theta} if kind == "lo" else {})), grid, **run)
             print(f"{p} {kind}: best lr {best:.3g} ({time.time() - t0:.0f} s)", flush=True)
+    run_jobs([dict(problem=p, kind="lo", lr=1.0, seed=s, steps=steps, theta=th, pwidth=pw)
+              for th in a.snapshots for p in problems for s in seeds], cache, cache_path, pool)
     if a.width:
         wide = dict(problem="width", width=a.width_size, steps=a.width_steps)
         tune(lambda x, s: dict(wide, kind="adamw", lr=x, seed=s), LR_GRID, **run)
@@ -458,7 +458,7 @@ def report_stage(work: Path, a) -> int:
         so_lr, so, _ = best_of(p, "soap", LR_GRID, steps=steps, pwidth=pw)
         lo_m, lo_t, lo_grid = best_of(p, "lo", MULT_GRID, theta, steps=steps, pwidth=pw)
         lo_d = scores(p, "lo", 1.0, theta, steps=steps, pwidth=pw)
-        if so is None:
+        if so is None:  # SOAP not run (--no-soap) or cut short
             so_lr, so = float("nan"), float("nan")
         if None in (aw, lo_t, lo_d):
             rows.append(f"| {p} | incomplete (evaluation cut short) | | | | | | |")
@@ -467,7 +467,8 @@ def report_stage(work: Path, a) -> int:
         r_d, r_t = lo_d / aw, lo_t / aw
         ratios_default.append(r_d), ratios_tuned.append(r_t), ratios_soap.append(so / aw)
         edge = " (edge!)" if aw_lr in (aw_grid[0], aw_grid[-1]) else ""
-        rows.append(f"| {p} | {_fmt(aw)} ({aw_lr:.2g}{edge}) | {_fmt(so)} ({so_lr:.2g}) | "
+        soap = f"{_fmt(so)} ({so_lr:.2g})" if math.isfinite(so_lr) else "not run"
+        rows.append(f"| {p} | {_fmt(aw)} ({aw_lr:.2g}{edge}) | {soap} | "
                     f"{_fmt(lo_d)} | {_fmt(lo_t)} (x{lo_m:.2g}) | {r_d:.3f} | {r_t:.3f} | "
                     f"{so / aw:.3f} |")
     if not ratios_default:
@@ -497,6 +498,9 @@ def report_stage(work: Path, a) -> int:
     snap_rows = []
     for th in snaps:
         label, n, secs = _snapshot_compute(th, work)
+        if th == theta and a.theta_steps is not None:
+            n, secs = a.theta_steps, {int(k): t for k, _, t in json.loads(
+                (work / "meta.json").read_text())["val"]}.get(a.theta_steps)
         rs = []
         for p in meta["problems"]:
             _, aw, _ = best_of(p, "adamw", LR_GRID, steps=steps, pwidth=pw)
