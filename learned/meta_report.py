@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from metaopt.bench.atomic import write_atomic
+from metaopt.helpers import write_atomic
 
 from .checkpoint import LATEST, read_json_object
 

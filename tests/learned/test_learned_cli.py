@@ -180,3 +180,12 @@ def test_nproc_2_gives_the_same_theta_as_one_process(tmp_path):
 
 test_nproc_2_gives_the_same_theta_as_one_process = pytest.mark.slow(
     test_nproc_2_gives_the_same_theta_as_one_process)
+
+
+def test_metaopt_report_dispatches_a_meta_train_folder_to_learned_report(tmp_path):
+    from metaopt import cli as top
+
+    assert main(QUAD + ["--steps", "2", "--out", str(tmp_path)]) == 0
+    (tmp_path / "summary.md").unlink()
+    assert top.main(["report", str(tmp_path)]) == 0
+    assert "| outer steps | 2 |" in (tmp_path / "summary.md").read_text()
