@@ -114,3 +114,48 @@ def _stop_cluster(temp: str) -> None:
             except OSError:
                 pass
         time.sleep(2)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_a_ray_worker_killed_mid_search_costs_only_its_chunk(tmp_path):
+    """SIGKILL a Ray worker while it trains a chunk of candidates: Ray retries the chunk (a
+    pure function of its program texts), so the search finishes with its whole budget and
+    the same history as the local backend; the store, written by the driver only, holds each
+    evaluation once."""
+    import os
+    import signal
+    import sqlite3
+    import threading
+    import time
+
+    pytest.importorskip("ray")
+    psutil = pytest.importorskip("psutil")
+    kw = dict(budget=16, seed=3, warm_start="adamw", population=4, tournament=2, batch=4,
+              fitness=FitnessConfig(steps=60, lrs=(0.01, 0.1)), progress=False)
+    local = run("mlp_digits", **kw)
+    killed, stop = [], threading.Event()
+
+    def kill_one_worker_while_it_trains():
+        while not stop.is_set() and not killed:
+            for proc in psutil.process_iter(["pid", "cmdline"]):
+                if "ray::_evaluate_texts" in " ".join(proc.info["cmdline"] or []):
+                    os.kill(proc.info["pid"], signal.SIGKILL)
+                    killed.append(proc.info["pid"])
+                    return
+            time.sleep(0.01)
+
+    killer = threading.Thread(target=kill_one_worker_while_it_trains, daemon=True)
+    killer.start()
+    try:
+        remote = run("mlp_digits", backend="ray", workers=2, out=str(tmp_path), **kw)
+    finally:
+        stop.set()
+        killer.join()
+    assert killed, "no Ray worker was caught training"
+    assert remote.summary["evaluated"] == 16
+    assert [h["fitness"] for h in remote.history] == pytest.approx(
+        [h["fitness"] for h in local.history], rel=1e-5)
+    with sqlite3.connect(tmp_path / "search.sqlite") as db:
+        ids = [r[0] for r in db.execute("select id from programs order by id")]
+    assert ids == sorted(set(ids)) and len(ids) == 16  # every evaluation stored exactly once
