@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import time
 
 import torch
 
@@ -61,13 +60,21 @@ def memory_probe(method: str, steps: int) -> None:
     bilevel.unrolled_hypergrad(tiny.inner_loss, tiny.outer_loss, tiny.init_params(), tiny.init_hparams(), rule, 2)
     bilevel.hypergrad(tiny.inner_loss, tiny.outer_loss, tiny.solve(tiny.init_hparams()), tiny.init_hparams())
     base = peak_rss_kib()
+    one_hypergrad(pb, h, rule, method, steps)
+    print(json.dumps({"mb": (peak_rss_kib() - base) / 1024}))
+
+
+def one_hypergrad(pb, h, rule, method: str, steps: int) -> None:
+    """One hypergradient of ``pb`` at ``h`` after ``steps`` inner steps: ``"unrolled"``
+    (reverse mode through the steps of ``rule``) or ``"implicit"`` (SGD with momentum to near
+    stationarity without a graph, then CG with 20 iterations)."""
     if method == "unrolled":
         bilevel.unrolled_hypergrad(pb.inner_loss, pb.outer_loss, pb.init_params(), h, rule, steps)
-    else:
-        params = rule_solve(lambda p: pb.inner_loss(p, h), pb.init_params(), rule="sgd", steps=steps, lr=0.5,
-                            momentum=0.9)
-        bilevel.hypergrad(pb.inner_loss, pb.outer_loss, tuple(params), h, "cg", maxiter=20, on_fail="ignore")
-    print(json.dumps({"mb": (peak_rss_kib() - base) / 1024}))
+        return
+    params = rule_solve(lambda p: pb.inner_loss(p, h), pb.init_params(), rule="sgd", steps=steps,
+                        lr=0.5, momentum=0.9)
+    bilevel.hypergrad(pb.inner_loss, pb.outer_loss, tuple(params), h, "cg", maxiter=20,
+                      on_fail="ignore")
 
 
 def main() -> None:

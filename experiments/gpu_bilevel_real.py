@@ -17,10 +17,10 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import bilevel  # noqa: E402
 from bilevel import problems  # noqa: E402
-from bilevel.inner import rule_solve  # noqa: E402
+from bilevel_real_cost import one_hypergrad  # noqa: E402
 from metaopt import zoo  # noqa: E402
 from metaopt.bench.atomic import write_atomic  # noqa: E402
 from metaopt.bench.machine import machine_line  # noqa: E402
@@ -34,12 +34,7 @@ def measure(pb, method: str, steps: int, device) -> tuple[float | None, float]:
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
     start = time.perf_counter()
-    if method == "unrolled":
-        bilevel.unrolled_hypergrad(pb.inner_loss, pb.outer_loss, pb.init_params(), h, rule, steps)
-    else:
-        params = rule_solve(lambda p: pb.inner_loss(p, h), pb.init_params(), rule="sgd", steps=steps, lr=0.5,
-                            momentum=0.9)
-        bilevel.hypergrad(pb.inner_loss, pb.outer_loss, tuple(params), h, "cg", maxiter=20, on_fail="ignore")
+    one_hypergrad(pb, h, rule, method, steps)
     if device.type != "cuda":
         return None, time.perf_counter() - start
     torch.cuda.synchronize()

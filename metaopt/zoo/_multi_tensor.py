@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
+import torch
 from torch import Tensor
 
 #: elements per block: 256 Ki fp32 values are 1 MiB per tensor, so a kernel's 3-6 streams
@@ -148,3 +149,32 @@ def blocks(params: list[Tensor], grads: list[Tensor], states: list[dict], keys: 
 def _batch(idx, params, grads, states, keys):
     return ([params[i] for i in idx], [grads[i] for i in idx],
             {k: [states[i][k] for i in idx] for k in keys})
+
+
+# --- ops shared by several members' kernels ----------------------------------------------------
+
+def weight_decay_(ps: list[Tensor], gs: list[Tensor], lr: float, wd: float,
+                  decoupled: bool) -> list[Tensor]:
+    """Weight decay on lists of tensors: decoupled (``p *= 1 - lr wd`` in place, AdamW) or
+    coupled (returns ``g + wd p``); the gradients to use next."""
+    if wd and decoupled:
+        torch._foreach_mul_(ps, 1 - lr * wd)
+    elif wd:
+        gs = torch._foreach_add(gs, ps, alpha=wd)
+    return gs
+
+
+def adam_moments_(m: list[Tensor], v: list[Tensor], gs: list[Tensor], b1: float,
+                  b2: float) -> None:
+    """``m = b1 m + (1 - b1) g`` and ``v = b2 v + (1 - b2) g^2``, in place."""
+    torch._foreach_lerp_(m, gs, 1 - b1)
+    torch._foreach_mul_(v, b2)
+    torch._foreach_addcmul_(v, gs, gs, value=1 - b2)
+
+
+def adam_denominator(v: list[Tensor], b2: float, step: int, eps: float) -> list[Tensor]:
+    """``sqrt(v / (1 - b2^t)) + eps`` as new tensors (written ``sqrt(v) / sqrt(1 - b2^t)``)."""
+    denom = torch._foreach_sqrt(v)
+    torch._foreach_div_(denom, (1 - b2**step) ** 0.5)
+    torch._foreach_add_(denom, eps)
+    return denom

@@ -25,7 +25,7 @@ from ..rule import UpdateRule
 from ._scalar import select
 from .checks import check_betas, check_min
 from .registry import member_rule, register
-from ._multi_tensor import multi_tensor
+from ._multi_tensor import multi_tensor, weight_decay_
 from ._weight_decay import split_weight_decay
 
 
@@ -67,10 +67,7 @@ def _kernel(ps, gs, st, hp, step):
     b1, b2 = hp["betas"]
     lr, wd, eps = hp["lr"], hp["weight_decay"], hp["eps"]
     m, s = st["exp_avg"], st["exp_avg_var"]
-    if wd and hp["weight_decouple"]:
-        torch._foreach_mul_(ps, 1 - lr * wd)
-    elif wd:
-        gs = torch._foreach_add(gs, ps, alpha=wd)
+    gs = weight_decay_(ps, gs, lr, wd, hp["weight_decouple"])
     torch._foreach_lerp_(m, gs, 1 - b1)
     diff = torch._foreach_sub(gs, m)
     torch._foreach_mul_(s, b2)

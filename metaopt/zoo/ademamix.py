@@ -25,7 +25,7 @@ from ..rule import UpdateRule
 from ._scalar import select
 from .checks import check_betas, check_min
 from .registry import member_rule, register
-from ._multi_tensor import multi_tensor
+from ._multi_tensor import adam_denominator, adam_moments_, multi_tensor
 from ._sqrt import sqrt0
 
 
@@ -75,13 +75,9 @@ def _kernel(ps, gs, st, hp, step):
     b3 = beta3_schedule(step, b1, b3, hp["beta3_warmup"])
     lr, wd = hp["lr"], hp["weight_decay"]
     m1, m2, v = st["exp_avg_fast"], st["exp_avg_slow"], st["exp_avg_sq"]
-    torch._foreach_lerp_(m1, gs, 1 - b1)
+    adam_moments_(m1, v, gs, b1, b2)
     torch._foreach_lerp_(m2, gs, 1 - b3)
-    torch._foreach_mul_(v, b2)
-    torch._foreach_addcmul_(v, gs, gs, value=1 - b2)
-    denom = torch._foreach_sqrt(v)
-    torch._foreach_div_(denom, (1 - b2**step) ** 0.5)
-    torch._foreach_add_(denom, hp["eps"])
+    denom = adam_denominator(v, b2, step, hp["eps"])
     num = torch._foreach_div(m1, 1 - b1**step)
     torch._foreach_add_(num, m2, alpha=alpha)
     if wd:

@@ -17,7 +17,7 @@ from ..rule import UpdateRule
 from .adam import adam_direction
 from .checks import check_betas, check_min
 from .registry import member_rule, register
-from ._multi_tensor import multi_tensor
+from ._multi_tensor import adam_denominator, adam_moments_, multi_tensor
 
 
 def _init(p):
@@ -34,12 +34,8 @@ def _kernel(ps, gs, st, hp, step):
     b1, b2 = hp["betas"]
     lr, wd = hp["lr"], hp["weight_decay"]
     m, v = st["exp_avg"], st["exp_avg_sq"]
-    torch._foreach_lerp_(m, gs, 1 - b1)
-    torch._foreach_mul_(v, b2)
-    torch._foreach_addcmul_(v, gs, gs, value=1 - b2)
-    denom = torch._foreach_sqrt(v)
-    torch._foreach_div_(denom, (1 - b2**step) ** 0.5)
-    torch._foreach_add_(denom, hp["eps"])
+    adam_moments_(m, v, gs, b1, b2)
+    denom = adam_denominator(v, b2, step, hp["eps"])
     size = torch._foreach_abs(m)
     torch._foreach_div_(size, denom)
     sign = torch._foreach_sign(gs)

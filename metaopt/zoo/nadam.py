@@ -20,7 +20,7 @@ from ..rule import UpdateRule
 
 from .checks import check_betas, check_min
 from .registry import member_rule, register
-from ._multi_tensor import blocks, by_step, fast_path, plain_numbers
+from ._multi_tensor import blocks, by_step, fast_path, plain_numbers, weight_decay_
 from ._sqrt import sqrt0
 from ._weight_decay import split_weight_decay
 
@@ -53,10 +53,7 @@ def _kernel(ps, gs, st, hp, step, prod):
     b1, b2 = hp["betas"]
     lr, wd, psi = hp["lr"], hp["weight_decay"], hp["momentum_decay"]
     m, v = st["exp_avg"], st["exp_avg_sq"]
-    if wd and hp["decoupled_weight_decay"]:
-        torch._foreach_mul_(ps, 1 - lr * wd)
-    elif wd:
-        gs = torch._foreach_add(gs, ps, alpha=wd)
+    gs = weight_decay_(ps, gs, lr, wd, hp["decoupled_weight_decay"])
     mu = b1 * (1.0 - 0.5 * 0.96 ** (step * psi))
     mu_next = b1 * (1.0 - 0.5 * 0.96 ** ((step + 1) * psi))
     torch._foreach_lerp_(m, gs, 1 - b1)

@@ -21,7 +21,8 @@ from ._scalar import select
 from .adabelief import rectification
 from .checks import check_betas, check_min
 from .registry import member_rule, register
-from ._multi_tensor import by_step, fast_path, multi_tensor, pick, plain_numbers, split_dense
+from ._multi_tensor import (adam_moments_, by_step, fast_path, multi_tensor, pick,
+                            plain_numbers, split_dense, weight_decay_)
 from ._sqrt import sqrt0
 from ._weight_decay import split_weight_decay
 
@@ -47,13 +48,8 @@ def _kernel(ps, gs, st, hp, step):
     b1, b2 = hp["betas"]
     lr, wd = hp["lr"], hp["weight_decay"]
     m, v = st["exp_avg"], st["exp_avg_sq"]
-    if wd and hp["decoupled_weight_decay"]:
-        torch._foreach_mul_(ps, 1 - lr * wd)
-    elif wd:
-        gs = torch._foreach_add(gs, ps, alpha=wd)
-    torch._foreach_lerp_(m, gs, 1 - b1)
-    torch._foreach_mul_(v, b2)
-    torch._foreach_addcmul_(v, gs, gs, value=1 - b2)
+    gs = weight_decay_(ps, gs, lr, wd, hp["decoupled_weight_decay"])
+    adam_moments_(m, v, gs, b1, b2)
     bc1 = 1 - b1**step
     rho, r = rectification(b2, step)
     if rho > 5:
