@@ -42,7 +42,8 @@ import numpy as np
 HEARTBEAT_S = 5
 GRACE_S = 30
 #: errors of workers that create a new RDB storage's tables at the same moment (retried)
-_SCHEMA_RACE = ("already exists", "UNIQUE constraint failed", "database is locked")
+_SCHEMA_RACE = ("already exists", "UNIQUE constraint failed", "database is locked",
+                "duplicate key value")
 #: poll interval while waiting for other workers' trials
 POLL_S = 0.2
 
