@@ -67,3 +67,16 @@ def test_postgresql_url_without_its_driver_is_one_line_naming_psycopg2(server, t
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and "psycopg2" in lines[0] and "not installed" in lines[0], lines
     assert not out.exists()
+
+
+def test_workers_opening_a_fresh_database_at_once_all_succeed(server):
+    # workers started together race to create Optuna's tables; PostgreSQL reports the loser
+    # as a unique violation, which must be retried like SQLite's "already exists"
+    code = ("import sys; from metaopt.bench.shared import open_shared_storage; "
+            "open_shared_storage(sys.argv[1])")
+    for i in range(4):
+        url = create_database(server, f"race{i}")
+        procs = [subprocess.Popen([sys.executable, "-c", code, url], stderr=subprocess.PIPE,
+                                  text=True) for _ in range(3)]
+        errors = [p.communicate(timeout=120)[1] for p in procs]
+        assert all(p.returncode == 0 for p in procs), [e[-300:] for e in errors if e.strip()]
