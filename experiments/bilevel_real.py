@@ -247,7 +247,7 @@ def main() -> None:
     text = "\n".join([
         f"Command: `OMP_NUM_THREADS=1 nice -n 10 {command}`", "",
         "# Bilevel tuning of real training runs against Optuna TPE and CMA-ES at equal wall clock", "",
-        f"Machine: {machine_line('cpu')}, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.", "",
+        f"Machine: {machine_line('cpu')}.", "",
         f"Setup: {args.steps} AdamW steps per training run (task batch size), {args.budget:.0f} s of wall "
         f"clock per method and seed (seeds {seeds[0]}-{seeds[-1]}: model init and batch order), hyperparameters "
         "per tensor: a piecewise-constant log-lr schedule and a log weight decay, start lr 1e-3, wd 1e-4; "

@@ -79,7 +79,7 @@ def main() -> None:
     text = "\n".join([
         "Command: `OMP_NUM_THREADS=1 nice -n 10 python experiments/bilevel_real_cost.py`", "",
         "# Implicit hypergradient on a real-model problem: cost per hypergradient and memory vs inner steps", "",
-        f"Machine: {machine_line('cpu')}, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.", "",
+        f"Machine: {machine_line('cpu')}.", "",
         f"Problem `task_head` ({OPTIONS}): logistic head on the hidden layer of an mlp_digits network trained "
         f"150 AdamW steps, 30% corrupted training labels; {pb.num_hparams} hyperparameters "
         "(one log weight decay per head weight + one weight per training example); float64.", "",

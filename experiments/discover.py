@@ -41,12 +41,13 @@ BASELINES = ("adamw", "soap", "lion")
 ARMS = ("evolution+metaval", "evolution", "random", "constants")
 
 
-def arm_kwargs(arm: str, budget: int) -> dict:
-    """``search.run`` keywords of an arm (everything else is shared)."""
+def arm_kwargs(arm: str, budget: int, validations: int = 2) -> dict:
+    """``search.run`` keywords of an arm (everything else is shared). The metaval arm scores
+    its top-3 on the held-out family ``validations`` times (the last at the end)."""
     if arm == "evolution":
         return {}
     if arm == "evolution+metaval":
-        return {"validate_every": max(1, budget // 2)}
+        return {"validate_every": max(1, budget // validations) if validations > 1 else 0}
     if arm == "random":
         return {"strategy": "random"}
     if arm == "constants":
@@ -54,12 +55,12 @@ def arm_kwargs(arm: str, budget: int) -> dict:
     raise ValueError(f"unknown arm {arm!r}; choose from {ARMS}")
 
 
-def run_arm(arm, seed, budget, proxy, held, cfg, device, batch, population):
+def run_arm(arm, seed, budget, proxy, held, cfg, device, batch, population, validations=2):
     """One straight search of ``arm``; returns its pick and counters."""
     import search
 
     t0 = time.perf_counter()
-    kw = arm_kwargs(arm, budget)
+    kw = arm_kwargs(arm, budget, validations)
     res = search.run(family=proxy, heldout=held if arm == "evolution+metaval" else None,
                      budget=budget, seed=seed, fitness=cfg, device=device, batch=batch,
                      population=population, tournament=min(4, population), progress=False,
@@ -220,6 +221,9 @@ def markdown(command, machine, setup, runs, arm_heldout, table, rat, labels, pro
     lines += ["", "Target: a discovery at <= 0.90 geomean with no task above 1.10.", ""]
     met = [lb for lb in labels if lb not in BASELINES and rat[lb]["geomean"] <= 0.90
            and rat[lb]["worst"] <= 1.10]
+    missing = [lb for lb in programs if lb not in labels]
+    if missing:
+        lines.append(f"Not in the table (no time left in the run): {', '.join(missing)}.")
     lines.append(f"Met by: {', '.join(met) if met else 'none'}."
                  + (" (`*` cells: best lr at a grid edge, read with care.)" if any(
                      c["edge"] for lb in met for c in table[lb]) else ""))
@@ -232,7 +236,8 @@ def markdown(command, machine, setup, runs, arm_heldout, table, rat, labels, pro
 def main(argv=None, defaults: dict | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     d = {"device": "cpu", "proxy": "proxy", "heldout": "heldout", "seeds": 5, "table_seeds": 3,
-         "batch": 8, "population": 32, "workers": 1, "out": "experiments/results", **(defaults or {})}
+         "batch": 8, "population": 32, "workers": 1, "out": "experiments/results",
+         "simplify": "all", "validations": 2, **(defaults or {})}
     p.add_argument("--out", default=d["out"])
     p.add_argument("--device", default=d["device"])
     p.add_argument("--proxy", default=d["proxy"], help="proxy family name")
@@ -247,6 +252,10 @@ def main(argv=None, defaults: dict | None = None) -> int:
     p.add_argument("--population", type=int, default=d["population"])
     p.add_argument("--workers", type=int, default=d["workers"], help="CPU processes for the table")
     p.add_argument("--simplify-tol", type=float, default=0.01)
+    p.add_argument("--simplify", default=d["simplify"], choices=["all", "first"],
+                   help="simplify every arm's discovery, or only the first arm's")
+    p.add_argument("--validations", type=int, default=d["validations"],
+                   help="held-out meta-validations per metaval run (the last at the end)")
     args = p.parse_args(argv)
     command = "python " + " ".join(shlex.quote(a) for a in [sys.argv[0]] + list(argv if argv is not None else sys.argv[1:]))
     arms = [a for a in args.arms.split(",") if a]
@@ -256,6 +265,9 @@ def main(argv=None, defaults: dict | None = None) -> int:
         p.error("give exactly one of --budget N and --minutes M")
     os.makedirs(args.out, exist_ok=True)
     torch.set_num_threads(1 if args.device == "cpu" else 2)  # the CPU cores go to the table
+    if args.device.startswith("cuda"):
+        # cuDNN's RNN kernels have no vmap rule; the native ones (as on CPU) do
+        torch.backends.cudnn.enabled = False
     t_start = time.perf_counter()
 
     from metaopt.bench.machine import machine_line
@@ -300,8 +312,9 @@ def main(argv=None, defaults: dict | None = None) -> int:
         # the search gets half the time; per metaval run 2 held-out scorings; each arm's
         # simplification about 150 proxy evaluations and 6 held-out scorings
         search_s = args.minutes * 60 * 0.5 - (time.perf_counter() - t_start)
-        fixed = args.seeds * 2 * held_call * ("evolution+metaval" in arms) + \
-            len(arms) * (150 / rate + 6 * held_call)
+        n_simple = len(arms) if args.simplify == "all" else 1
+        fixed = args.seeds * args.validations * held_call * ("evolution+metaval" in arms) + \
+            n_simple * (150 / rate + 6 * held_call)
         budget = max(args.batch, int((search_s - fixed) * rate / (len(arms) * args.seeds)))
     print(f"{rate:.1f} programs/s on the proxy family, {held_call:.1f} s per held-out scoring "
           f"-> budget {budget} per run ({len(arms)} arms x {args.seeds} seeds)", flush=True)
@@ -310,7 +323,7 @@ def main(argv=None, defaults: dict | None = None) -> int:
     for seed in range(args.seeds):
         for arm in arms:
             r = run_arm(arm, seed, budget, proxy, held, cfg, args.device, args.batch,
-                        args.population)
+                        args.population, args.validations)
             runs.append(r)
             print(f"{arm} seed {seed}: proxy {r['proxy_fitness']:+.4f} in {r['seconds']:.0f} s",
                   flush=True)
@@ -326,19 +339,27 @@ def main(argv=None, defaults: dict | None = None) -> int:
         key = (lambda r: arm_heldout[(r["arm"], r["seed"])]) if arm == "evolution+metaval" else \
             (lambda r: r["proxy_fitness"])
         best = min(rs, key=lambda r: (key(r), r["seed"]))
-        simple, _ = search.simplify(search.parse(best["pick"]), proxy, cfg, args.simplify_tol,
-                                    heldout=held)
-        for kind, text in (("raw", best["pick"]), ("simplified", simple.to_text())):
+        found = [("raw", best["pick"])]
+        if args.simplify == "all" or arm == arms[0]:
+            simple, _ = search.simplify(search.parse(best["pick"]), proxy, cfg,
+                                        args.simplify_tol, heldout=held)
+            found.append(("simplified", simple.to_text()))
+        for kind, text in found:
             if text not in programs.values():
                 programs[f"{arm} (seed {best['seed']}, {kind})"] = text
     print(f"search and simplification done at {(time.perf_counter() - t_start) / 60:.1f} min",
           flush=True)
+    with open(os.path.join(args.out, "discovered_search.json"), "w", encoding="utf-8") as fh:
+        json.dump({"command": command, "runs": runs, "programs": programs, "rate": rate,
+                   "budget": budget, "heldout_scores": {f"{a}/{s}": v for (a, s), v in
+                                                       arm_heldout.items()}},
+                  fh, indent=2, default=str)  # kept if the table stage is cut short
     all_programs = dict(programs)
     base_table, base_secs = collect_table(base_jobs, len(members), LRS)
     if args.minutes is not None:  # fit the table in the time left: fewer discoveries, not seeds
         left = args.minutes * 60 - (time.perf_counter() - t_start) - 15
         per_opt = max(base_secs.values()) / max(1, args.workers)
-        keep = max(1, int(left / per_opt))
+        keep = max(0, int(left / per_opt))
         if keep < len(programs):
             print(f"table: time for {keep} of {len(programs)} discoveries", flush=True)
             programs = dict(list(programs.items())[:keep])
@@ -357,7 +378,8 @@ def main(argv=None, defaults: dict | None = None) -> int:
              f"`{args.heldout}`: {', '.join(member_labels)}. Search lr grid {list(cfg.lrs)}, "
              f"search seeds per evaluation {list(cfg.seeds)}; batch {args.batch}, population "
              f"{args.population}, budget {budget} proxy evaluations per run (cache hits count; "
-             f"{budget // args.batch} generations), "
+             f"{budget // args.batch} generations; {args.validations} held-out validations per metaval "
+             f"run; simplified: {args.simplify} arms), "
              f"device {args.device}; table runs on CPU processes ({args.workers}). Total "
              f"{(time.perf_counter() - t_start) / 60:.1f} min.")
     md = markdown(command, machine_line(args.device), setup, runs, arm_heldout, table, rat,

@@ -7,8 +7,6 @@ per-step functional path (torch.func.grad + metaopt.apply), then evaluate it onc
 from __future__ import annotations
 
 import argparse
-import datetime
-import platform
 import sys
 import time
 
@@ -43,8 +41,8 @@ def main() -> int:
     lines = [f"# Task families: seconds per evaluation\n",
              f"Command: `OMP_NUM_THREADS=1 python experiments/families_timing.py"
              f"{' --out ' + args.out if args.out else ''}`\n",
-             f"Machine: {machine_line('cpu')}; Python {platform.python_version()}, torch "
-             f"{torch.__version__}; {datetime.date.today().isoformat()}; one thread.\n",
+             f"Machine: {machine_line('cpu')}; one torch thread. Times scale with the load "
+             "average shown (other jobs sharing the cores).\n",
              "AdamW (lr 1e-3) for the member's horizon, then one evaluation; build time "
              "(data, template module) separately.\n",
              "| family | member | steps | build s | train+eval s | ms/step | val loss |",

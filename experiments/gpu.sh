@@ -13,7 +13,7 @@ OUT="${OUT:-/tmp/metaopt_gpu}"; mkdir -p "$OUT"
 LOG="$OUT/gpu_log.txt"
 # a fresh Inductor cache per run: the zoo part compiles cold into it, later parts reuse it warm
 export TORCHINDUCTOR_CACHE_DIR="${TORCHINDUCTOR_CACHE_DIR:-/tmp/metaopt_inductor_$(date +%s)}"
-if [ -n "${GPU_SMOKE:-}" ]; then export TORCH_COMPILE_DISABLE=1; fi
+[ -n "${GPU_SMOKE:-}" ] && export TORCH_COMPILE_DISABLE=1
 {
   date -u; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
   python3 -c "import torch, sys; print('python', sys.version.split()[0], 'torch', torch.__version__)"

@@ -149,8 +149,9 @@ def fused_rows(rep: Report, params, grads, states, info, dev, lopt, theta,
         base_mem = mem_now()
         t = timed(lambda: fused(params, grads, states, hp, [1] * len(params)), 5)
         peak = peak_since(base_mem)
-        rep.add(f"MLPLOpt fused (learned/fused_mlp.py), hidden {hidden}", t,
-                rep.rows[1][2] if state_gb is None else state_gb, f"compile {compile_s:.0f} s; max rel. step diff vs eager "
+        gb = rep.rows[1][2] if state_gb is None else state_gb
+        rep.add(f"MLPLOpt fused (learned/fused_mlp.py), hidden {hidden}", t, gb,
+                f"compile {compile_s:.0f} s; max rel. step diff vs eager "
                 f"{rel:.1e}; transient peak +{peak:.2f} GB")
 
 

@@ -22,23 +22,16 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from l2o_common import (ADAM_LRS, MODELS, TEST_SEED, VARIANTS, curves,  # noqa: E402
-                        machine, optimal_value, problem, slug, train, tune_adam, write_json)
+from l2o_common import (ADAM_LRS, MODELS, TEST_SEED, VARIANTS, add_run_args,  # noqa: E402
+                        curves, machine, optimal_value, problem, slug, train, tune_adam,
+                        write_json)
 from learned.l2o import l2o_step  # noqa: E402
 from metaopt.bench.atomic import write_atomic
 
 
 def parse(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--out", default="experiments/results")
-    p.add_argument("--problems", default="lasso,sparse_logreg")
-    p.add_argument("--outer-steps", type=int, default=40)
-    p.add_argument("--train-instances", type=int, default=8)
-    p.add_argument("--test-instances", type=int, default=8)
-    p.add_argument("--iterations", type=int, default=1000)
-    p.add_argument("--work", default=None,
-                   help="folder for trained thetas and finished evaluations (resume); "
-                        "default OUT/l2o_work")
+    add_run_args(p, test_instances=8, work="l2o_work")
     return p.parse_args(argv)
 
 

@@ -16,6 +16,7 @@ import torch
 
 from learned.l2o import (L2ODM, MathL2O, RNNProp, fista, ista, l2o_objectives,
                          meta_train_l2o, optimal_value, relative_error, rule_objectives)
+from learned.l2o import ood
 from metaopt import tasks, zoo
 from metaopt.bench.machine import machine_line
 
@@ -33,9 +34,29 @@ ADAM_LRS = (1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
 TRAIN_SEED, VAL_SEED, TEST_SEED = 0, 50_000, 90_000
 
 
+OOD_MAKERS = {"lasso": ood.lasso_ood, "sparse_logreg": ood.sparse_logreg_ood}
+
+
 def problem(name: str, variant: str, instances: int, seed: int, device, **kw):
+    """Instances of ``name`` (``lasso`` / ``sparse_logreg``): a ``metaopt.tasks`` variant
+    (``VARIANTS``) or one of :mod:`learned.l2o.ood` (``ood.VARIANTS``)."""
+    if variant in ood.VARIANTS:
+        return OOD_MAKERS[name](variant, instances, seed=seed, device=device, **kw)
     return tasks.get(name, **{VARIANT_KEY[name]: variant}, instances=instances, seed=seed,
                      device=device, **kw)
+
+
+def add_run_args(p, test_instances: int, work: str) -> None:
+    """The command-line options the L2O experiments share."""
+    p.add_argument("--out", default="experiments/results")
+    p.add_argument("--problems", default="lasso,sparse_logreg")
+    p.add_argument("--outer-steps", type=int, default=40)
+    p.add_argument("--train-instances", type=int, default=8)
+    p.add_argument("--test-instances", type=int, default=test_instances)
+    p.add_argument("--iterations", type=int, default=1000)
+    p.add_argument("--work", default=None,
+                   help="folder for trained thetas and finished evaluations (resume); "
+                        f"default OUT/{work}")
 
 
 def machine() -> str:

@@ -123,8 +123,7 @@ def theta_weights(lopt, theta: Theta, dtype: torch.dtype) -> tuple[Tensor, ...]:
 #: model's whole first step on 2 CPU cores, when every new shape could recompile; one family
 #: took over 7 min on a 2-core machine at load average 12-17); a later process loads the
 #: compiled kernels from Inductor's on-disk cache
-COMPILE_COST = ("about 1-2 min per kernel family on a 2-core CPU, longer under load; "
-                "much less from the on-disk cache")
+COMPILE_COST = "about 1-2 min per kernel family on a 2-core CPU, longer under load"
 
 
 def kernel_family(p: Tensor) -> tuple:
@@ -180,6 +179,7 @@ def _announce(family: tuple) -> float:
     device, dtype, dim, _, _ = family
     cache = os.environ.get("TORCHINDUCTOR_CACHE_DIR", "Inductor's default cache folder")
     print(f"learned.fused_mlp: compiling the fused MLPLOpt step for {dim}-d {dtype} tensors "
-          f"on {device} ({COMPILE_COST}; cached on disk in {cache} for later runs)",
+          f"on {device} ({COMPILE_COST}; later processes load it from the on-disk cache in "
+          f"{cache})",
           file=sys.stderr, flush=True)
     return time.perf_counter()

@@ -24,9 +24,12 @@ from .cli_common import (Parser, UsageError, add_common_flags, check_out_dir, cl
 from .optimizer import IMPLS
 
 #: subcommand -> module whose ``main(argv) -> int`` runs it
-DISPATCH = {"search": "search.cli", "meta-train": "learned.cli", "bilevel": "bilevel.cli"}
+DISPATCH = {"search": "search.cli", "export": "search.export", "meta-train": "learned.cli",
+            "bilevel": "bilevel.cli"}
 DISPATCH_HELP = {
     "search": "program search for update rules",
+    "export": "a found program as a ready optimizer file (a torch.optim.Optimizer, no metaopt "
+              "import)",
     "meta-train": "meta-train a learned optimizer",
     "bilevel": "bilevel / hypergradient tuning of hyperparameters",
 }

@@ -39,7 +39,10 @@ def choose_impl(rule: UpdateRule, impl: str, params: list[Tensor], grads: list[T
     """The path for one group's step: ``impl`` resolved for ``"auto"``, the loop where a fast
     path cannot run. ``plain``: the step needs no extra inputs and no update check."""
     if impl == "auto":
-        if rule.fused is not None:
+        # a fused path may name the devices where it is the fastest (``fused.devices``, the
+        # zoo's foreach paths: CPU); elsewhere elementwise rules take the compiled path
+        if rule.fused is not None and params[0].device.type in getattr(
+                rule.fused, "devices", (params[0].device.type,)):
             impl = "fused"
         elif rule.elementwise and params[0].is_cuda:
             impl = "compiled"

@@ -8,7 +8,8 @@ straight-line code (one instruction per call: op, destination slot, argument slo
 At instruction position ``j`` the rows are grouped by their op, and each group runs as one
 gather -> op -> scatter over all its rows, so a step costs O(positions x distinct ops) kernel
 launches whatever the number of candidates. Gradients of all rows come from one
-``vmap(vmap(grad(loss)))`` (seeds outer, each with its own batch; programs and lrs inner).
+``vmap(vmap(grad(loss)))`` (seeds outer, each with its own batch; programs and lrs inner, the
+seed's batch repeated over them as a view).
 Scalars are stored broadcast across the D coordinates, and reductions run along the last axis
 (see :mod:`search.functions`), so each row computes exactly what :func:`search.interpret.step`
 computes on the flat vector.
@@ -22,7 +23,7 @@ from dataclasses import dataclass
 import torch
 
 from .fitness import WORST, Fitness, FitnessConfig, flat_task, fitness_vmapped, reduce_losses
-from .flat import stack_batches
+from .flat import expand_batch, stack_batches
 from .functions import FUNCTIONS
 from .program import Call, Const, Program, Var
 
@@ -209,10 +210,10 @@ def _train_batched(programs, flat, cfg: FitnessConfig, start: float):
     theta0 = torch.stack([t for t, _ in inits])
     m = BatchedMachine(programs, cfg.lrs, S, flat.dim, theta0.device, theta0.dtype)
     theta = theta0[:, None, :].repeat(1, P * L, 1)
-    grad = torch.func.vmap(torch.func.vmap(torch.func.grad(flat.loss), in_dims=(0, None)))
+    grad = torch.func.vmap(torch.func.vmap(torch.func.grad(flat.loss)))
     limit = cfg.time_limit * P
     for k in range(cfg.steps):
-        batch = stack_batches([flat.task.sample_batch(gen) for _, gen in inits])
+        batch = expand_batch(stack_batches([flat.task.sample_batch(gen) for _, gen in inits]), P * L)
         g = grad(theta, batch)
         upd = m.step(theta.reshape(-1, flat.dim), g.reshape(-1, flat.dim), float(k + 1))
         theta = theta - upd.reshape(S, P * L, flat.dim)

@@ -14,8 +14,8 @@ grid (per task, as in the single-task fitness) and AdamW is the search's start p
 member scores ``inf``. The log ratio keeps a task whose losses are large from dominating and
 never saturates at a tie the way a loss that reaches 0 does.
 
-Named families come from ``metaopt.tasks.families`` when that module exists, else from
-:data:`BUILTIN` (registered tasks at proxy and held-out scale).
+Named families come from :mod:`metaopt.tasks.families` (``proxy``, ``heldout``) and from
+:data:`BUILTIN` (``tiny`` and ``tiny_heldout``, CPU-sized).
 """
 from __future__ import annotations
 
@@ -27,23 +27,9 @@ from .program import Program
 
 LOSS_FLOOR = 1e-12  # losses are clamped here before the log (a task that reaches 0 exactly)
 
-#: Families built from registered tasks: (task, options, steps). Held-out members are
-#: 4-8x wider and about 4x longer than the proxies, with other widths/batch sizes.
+#: Search's own small families (task, options, steps), for tests and CPU runs; the shared
+#: ``proxy`` and ``heldout`` families live in :mod:`metaopt.tasks.families`.
 BUILTIN: dict[str, list[tuple[str, dict, int]]] = {
-    "proxy": [
-        ("mlp_digits", {"width": 32, "depth": 2, "batch_size": 64}, 100),
-        ("logreg_digits", {"batch_size": 32}, 100),
-        ("cnn_digits", {"channels": 4, "batch_size": 64}, 60),
-        ("charlm", {"width": 16, "depth": 1, "heads": 2, "context": 16, "batch_size": 8,
-                    "corpus_bytes": 200_000, "eval_windows": 16}, 60),
-    ],
-    "heldout": [
-        ("mlp_digits", {"width": 256, "depth": 3, "batch_size": 128}, 400),
-        ("cnn_digits", {"channels": 16, "batch_size": 128}, 300),
-        ("charlm", {"width": 64, "depth": 2, "heads": 4, "context": 32, "batch_size": 16,
-                    "corpus_bytes": 400_000, "eval_windows": 32}, 300),
-        ("logreg_digits", {"batch_size": 256, "l2": 1e-3}, 400),
-    ],
     "tiny": [  # for tests, smoke runs and CPU searches: seconds on one core
         ("logreg_digits", {"batch_size": 32}, 20),
         ("mlp_digits", {"width": 8, "depth": 1, "batch_size": 32}, 20),

@@ -20,7 +20,7 @@ import torch
 
 from metaopt.rule import apply
 
-from .flat import FlatTask, stack_batches
+from .flat import FlatTask, expand_batch, stack_batches
 from .interpret import to_rule
 from .program import Program
 
@@ -103,7 +103,8 @@ def fitness_vmapped(prog: Program, task, cfg: FitnessConfig) -> Fitness:
         states = {k: v.expand_as(theta).clone() for k, v in rule.init(theta[0, 0]).items()}
         step_fn = _vmapped_step(rule, flat)
         for k in range(cfg.steps):
-            batch = stack_batches([flat.task.sample_batch(gen) for _, gen in inits])
+            batch = expand_batch(stack_batches([flat.task.sample_batch(gen) for _, gen in inits]),
+                                 n_lr)
             t = torch.tensor(float(k + 1), dtype=theta.dtype, device=theta.device)
             theta, states = step_fn(theta, states, batch, lrs, t)
             if time.perf_counter() - start > cfg.time_limit:
@@ -124,7 +125,7 @@ def _vmapped_step(rule, flat: FlatTask):
         (new,), (s2,) = apply(rule, [theta], [g], [state], t, {"lr": lr})
         return new, s2
 
-    over_lr = torch.func.vmap(one, in_dims=(0, 0, None, 0, None))
+    over_lr = torch.func.vmap(one, in_dims=(0, 0, 0, 0, None))
     return torch.func.vmap(over_lr, in_dims=(0, 0, 0, None, None))
 
 

@@ -41,7 +41,10 @@ class FlatTask:
         if fn is None:
             return [self.val_loss(t) for t in thetas]
         with torch.no_grad():
-            vals = torch.vmap(lambda th: fn(self.unflatten(th)))(thetas)
+            try:
+                vals = torch.vmap(lambda th: fn(self.unflatten(th)))(thetas)
+            except RuntimeError:  # a loss without a vmap rule for this case: row by row
+                return [self.val_loss(t) for t in thetas]
             ok = torch.isfinite(vals) & torch.isfinite(thetas).all(dim=-1)
             vals = torch.where(ok, vals, torch.full_like(vals, float("inf")))
         return [float(v) for v in vals.cpu()]
@@ -52,6 +55,19 @@ class FlatTask:
             return float("inf")
         value = float(self.task.evaluate(self.unflatten(theta.detach()))["val_loss"])
         return value if value == value and abs(value) != float("inf") else float("inf")
+
+
+def expand_batch(batch: Any, n: int) -> Any:
+    """Repeat a seed-stacked batch ``[S, ...]`` over ``n`` rows as ``[S, n, ...]`` (a view, no
+    copy), so every row's loss sees a batched target: some vmap rules (``mse_loss`` with one
+    batched and one unbatched argument) fail on a shared one."""
+    if isinstance(batch, Tensor):
+        return batch.unsqueeze(1).expand(batch.shape[0], n, *batch.shape[1:])
+    if isinstance(batch, (tuple, list)):
+        return type(batch)(expand_batch(b, n) for b in batch)
+    if isinstance(batch, dict):
+        return {k: expand_batch(v, n) for k, v in batch.items()}
+    raise ValueError(f"cannot expand batches of type {type(batch).__name__}")
 
 
 def stack_batches(batches: list) -> Any:

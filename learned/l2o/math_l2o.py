@@ -60,6 +60,9 @@ class MathL2O(LOpt):
 
     name = "math_l2o"
     uses_prox = True
+    #: state entries that hold an iterate (the last prox output z): a restart from a point x
+    #: sets them to x (:class:`learned.l2o.safeguard.Safeguarded`)
+    iterate_state = ("z",)
 
     def __init__(self, terms: tuple[str, ...] = ("p", "a"), hidden: int = 20, layers: int = 2,
                  activations: Mapping[str, str] | None = None, detach_inputs: bool = True):

@@ -34,16 +34,21 @@ def ista(problem, steps: int, x0: Tensor | None = None) -> tuple[Tensor, Tensor]
     return x, torch.stack(objs)
 
 
+def fista_step(problem, x: Tensor, y: Tensor, t: float) -> tuple[Tensor, Tensor, float]:
+    """One FISTA iteration: from the last iterate ``x``, the extrapolated point ``y`` and
+    ``t``, the new ``(x, y, t)``."""
+    x_new = ista_step(problem, y)
+    t_new = (1 + (1 + 4 * t * t) ** 0.5) / 2
+    return x_new, x_new + ((t - 1) / t_new) * (x_new - x), t_new
+
+
 @torch.no_grad()
 def fista(problem, steps: int, x0: Tensor | None = None) -> tuple[Tensor, Tensor]:
     x = problem.init()[0] if x0 is None else x0
     y, t = x, 1.0
     objs = [problem.objective(x)]
     for _ in range(steps):
-        x_new = ista_step(problem, y)
-        t_new = (1 + (1 + 4 * t * t) ** 0.5) / 2
-        y = x_new + ((t - 1) / t_new) * (x_new - x)
-        x, t = x_new, t_new
+        x, y, t = fista_step(problem, x, y, t)
         objs.append(problem.objective(x))
     return x, torch.stack(objs)
 

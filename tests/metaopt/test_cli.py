@@ -223,7 +223,7 @@ def test_optimizer_entry_point_plugin_is_benchable(monkeypatch, tmp_path, capsys
     finally:
         from metaopt.zoo import registry as zoo_registry
 
-        zoo_registry._FACTORIES.pop("sgd_plugin", None)
+        zoo_registry._ENTRIES.pop("sgd_plugin", None)
 
 
 def _only_some_members(monkeypatch, names):
@@ -411,3 +411,10 @@ def test_report_errors_and_dispatch(tmp_path, capsys, monkeypatch):
     seen = []
     fake.report = lambda d: seen.append(d) or 0
     assert cli.main(["report", str(tmp_path)]) == 0 and seen == [str(tmp_path)]
+
+
+def test_export_dispatches_to_search_export(tmp_path, capsys):
+    """``metaopt export DIR`` is search's exporter: a folder without a search is one line."""
+    assert cli.main(["export", str(tmp_path / "no_search_here")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "metaopt: error:" in err

@@ -174,3 +174,15 @@ def test_family_search_resumes_after_sigkill(tmp_path):
     va = [(v["evaluated"], v["program"], v["score"]) for v in a.validation()]
     assert va == [(v["evaluated"], v["program"], v["score"]) for v in b.validation()]
     assert (killed / "best.txt").read_text() == (straight / "best.txt").read_text()
+
+
+def test_batched_equals_serial_on_an_mse_module_task():
+    """A from_module task with an MSE loss (a vmap rule that fails on a target shared by the
+    rows) trains the same in the batched interpreter as one at a time."""
+    task = tasks.get("tabular", dataset="diabetes", arch="resmlp", width=8, depth=1, batch_size=8)
+    progs = [parse(ADAMW), parse(SGD)]
+    cfg = FitnessConfig(steps=4, lrs=(0.01, 0.1))
+    batched = evaluate_local(progs, task, cfg, "batched")
+    serial = evaluate_local(progs, task, cfg, "serial")
+    assert all(math.isfinite(f.value) for f in serial)
+    assert [f.value for f in batched] == pytest.approx([f.value for f in serial], rel=1e-4)

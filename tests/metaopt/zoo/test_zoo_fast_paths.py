@@ -136,3 +136,15 @@ def test_optimizer_default_path_matches_loop(name):
         loop.step()
     for p, q in zip(ps, qs):
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+
+
+def test_auto_takes_a_foreach_path_only_on_the_devices_it_names():
+    """The zoo's foreach paths are tagged for the CPU: ``impl="auto"`` uses them there and
+    leaves other devices to the compiled path (CUDA) or the loop (here the meta device)."""
+    from metaopt.fastpath import choose_impl
+
+    lion = zoo.rule("lion")
+    assert lion.fused.devices == frozenset({"cpu"})
+    on = {dev: [torch.zeros(4, device=dev)] for dev in ("cpu", "meta")}
+    assert choose_impl(lion, "auto", on["cpu"], on["cpu"], plain=True) == "fused"
+    assert choose_impl(lion, "auto", on["meta"], on["meta"], plain=True) == "loop"
