@@ -119,6 +119,9 @@ def _claim(study) -> Any:
     storage = study._storage
     waiting = (optuna.trial.TrialState.WAITING,)
     for trial in study.get_trials(deepcopy=False, states=waiting):
+        # a first heartbeat before the claim: a worker killed right after claiming leaves a
+        # trial that still goes stale (one never beaten for would stay RUNNING for ever)
+        _beat_once(storage, trial._trial_id)
         try:
             if storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.RUNNING):
                 return trial
@@ -161,6 +164,13 @@ def _param(study, trial, name: str, dist) -> float:
     value = trial.system_attrs["fixed_params"][name]
     study._storage.set_trial_param(trial._trial_id, name, dist.to_internal_repr(value), dist)
     return value
+
+
+def _beat_once(storage: Any, trial_id: int) -> None:
+    from optuna.storages._heartbeat import BaseHeartbeat
+
+    if isinstance(storage, BaseHeartbeat) and storage.get_heartbeat_interval():
+        storage.record_heartbeat(trial_id)
 
 
 def _fail_stale(study) -> None:
@@ -221,6 +231,7 @@ def tune_shared(objective: Callable[[float], float], *, study_name: str, storage
             _finish(study, queued._trial_id, loss)
         elif len(_counted(study)) < trials:
             trial = study.ask({"lr": dist})
+            _beat_once(storage, trial._trial_id)
             if _position(study, trial.number) >= trials:  # another worker took the last one
                 storage.set_trial_user_attr(trial._trial_id, "over_budget", True)
                 study.tell(trial, state=optuna.trial.TrialState.FAIL)
