@@ -18,8 +18,8 @@ import json
 import math
 import os
 import sys
-import tempfile
 
+from metaopt.helpers import write_atomic
 from metaopt.cli_common import Parser, UsageError, add_common_flags, fail, resolve_device
 
 
@@ -107,21 +107,21 @@ def write_outputs(out: str, result) -> None:
     """best.txt (+ best.json with its tuned lr), best_pruned.txt, best_simplified.txt,
     validated.txt, funnel.json, validation.json, summary.json, progress.png and validation.png,
     each written atomically with mode 0644."""
-    _atomic_text(os.path.join(out, "best.txt"), result.best.to_text())
+    write_atomic(os.path.join(out, "best.txt"), result.best.to_text())
     best = {"text": result.best_pruned.to_text(), "lr": result.summary.get("best_lr"),
             "task_lrs": result.summary.get("best_task_lrs"), "fitness": result.fitness}
-    _atomic_text(os.path.join(out, "best.json"), _json(best))
-    _atomic_text(os.path.join(out, "best_pruned.txt"), result.best_pruned.to_text())
+    write_atomic(os.path.join(out, "best.json"), _json(best))
+    write_atomic(os.path.join(out, "best_pruned.txt"), result.best_pruned.to_text())
     if result.simplified is not None:
-        _atomic_text(os.path.join(out, "best_simplified.txt"), result.simplified.to_text())
+        write_atomic(os.path.join(out, "best_simplified.txt"), result.simplified.to_text())
     if result.validated is not None:
-        _atomic_text(os.path.join(out, "validated.txt"), result.validated.to_text())
+        write_atomic(os.path.join(out, "validated.txt"), result.validated.to_text())
     if result.funnel:
-        _atomic_text(os.path.join(out, "funnel.json"), _json(result.funnel))
+        write_atomic(os.path.join(out, "funnel.json"), _json(result.funnel))
     if result.validation:
-        _atomic_text(os.path.join(out, "validation.json"), _json(result.validation))
+        write_atomic(os.path.join(out, "validation.json"), _json(result.validation))
         plot_validation(result.validation, os.path.join(out, "validation.png"))
-    _atomic_text(os.path.join(out, "summary.json"), _json(result.summary))
+    write_atomic(os.path.join(out, "summary.json"), _json(result.summary))
     plot_progress(result.history, os.path.join(out, "progress.png"))
 
 
@@ -137,19 +137,6 @@ def _json(value) -> str:
         return v
 
     return json.dumps(clean(value), indent=2) + "\n"
-
-
-def _atomic_text(path: str, text: str) -> None:
-    _atomic_write(path, text.encode("utf-8"))
-
-
-def _atomic_write(path: str, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file and a rename, mode 0644."""
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", suffix=".tmp")
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
 
 
 def plot_validation(rows: list[dict], path: str) -> None:
@@ -189,7 +176,7 @@ def _save(fig, path: str) -> None:
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     plt.close(fig)
-    _atomic_write(path, buf.getvalue())
+    write_atomic(path, buf.getvalue())
 
 
 def plot_progress(history: list[dict], path: str) -> None:

@@ -19,6 +19,8 @@ import math
 import os
 from dataclasses import dataclass, field
 
+from metaopt.helpers import write_atomic
+
 from .parse import parse
 from .program import Call, Const, Expr, Program, Var, expr_calls
 
@@ -190,12 +192,10 @@ def export(run_dir: str, which: str = "best", out: str | None = None) -> str:
     out = out or os.path.join(run_dir, "export")
     if os.path.exists(out) and not os.path.isdir(out):
         raise ValueError(f"--out {out!r} is a file; give a folder")
-    from .cli import _atomic_text
-
     os.makedirs(out, exist_ok=True)
     path = os.path.join(out, "optimizer.py")
-    _atomic_text(path, standalone_source(found.program, found.lr))
-    _atomic_text(os.path.join(out, "program.txt"), found.program.to_text())
+    write_atomic(path, standalone_source(found.program, found.lr))
+    write_atomic(os.path.join(out, "program.txt"), found.program.to_text())
     return path
 
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 import math
 import os
 
+from metaopt.helpers import write_atomic
+
 from .store import Store, StoreError, store_path
 
 
@@ -37,7 +39,7 @@ def report(run_dir: str, top: int = 10) -> str:
         rows, validation, key = store.rows(), store.validation(), store.get_meta("run") or {}
     finally:
         store.close()
-    from .cli import _atomic_text, plot_progress, plot_validation
+    from .cli import plot_progress, plot_validation
 
     history, best = [], math.inf
     for r in rows:
@@ -61,5 +63,5 @@ def report(run_dir: str, top: int = 10) -> str:
                   f"{len({v['evaluated'] for v in validation})} points; best program id "
                   f"{vbest['program']} at {vbest['score']:.6g}."]
     md = "\n".join(lines) + "\n"
-    _atomic_text(os.path.join(run_dir, "report.md"), md)
+    write_atomic(os.path.join(run_dir, "report.md"), md)
     return md

@@ -13,13 +13,14 @@ Models come from a ``make_task(width)`` callable returning a task with ``init``,
 """
 from __future__ import annotations
 
-import os
+import io
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import numpy as np
 import torch
 
+from ..helpers import write_atomic
 from ..rule import apply, init_states
 from .multipliers import lr_multipliers, per_tensor_hp
 
@@ -122,11 +123,9 @@ def plot_coord_check(results: dict[str, CoordCheck], path: str) -> None:
         row[0].set_ylabel("mean |activation|")
         row[0].legend(fontsize=7)
     fig.tight_layout()
-    tmp = f"{path}.{os.getpid()}.tmp.png"
+    buf = io.BytesIO()
     try:
-        fig.savefig(tmp, format="png", dpi=110)
-        os.replace(tmp, path)
+        fig.savefig(buf, format="png", dpi=110)
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    write_atomic(path, buf.getvalue())
