@@ -173,7 +173,12 @@ def test_warm_starts(tmp_path):
 
     assert warm_start("adamw").states == ("m", "v")
     assert warm_start("sgd").to_text().count("=") == 1
-    assert warm_start("random", seed=1) == warm_start("random", seed=1)
+    from search.parse import parse
+
+    first = warm_start("random", seed=1)
+    assert first == warm_start("random", seed=1)  # a seed fixes the program
+    assert len({warm_start("random", seed=s).to_text() for s in range(1, 9)}) > 1
+    assert parse(first.to_text()) == first  # a valid program: its text parses back to it
     f = tmp_path / "p.txt"
     f.write_text(warm_start("adamw").to_text())
     assert warm_start(str(f)) == warm_start("adamw")
