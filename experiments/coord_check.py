@@ -27,6 +27,7 @@ import torch
 
 from tqdm.auto import tqdm
 
+from metaopt.helpers import write_atomic
 from metaopt import apply, init_states, mup, tasks, zoo
 from metaopt.cli_common import Parser, UsageError, add_common_flags, fail, resolve_device
 from metaopt.bench.machine import machine_line
@@ -166,12 +167,6 @@ def value_table(results: dict) -> list[str]:
         rows += [f"| {name} | " + " | ".join(f"{v:.3g}" for v in res.values[-1, i]) + " |"
                  for i, name in enumerate(res.layers)]
     return rows
-
-
-def write_atomic(path: str, text: str) -> None:
-    with open(path + ".tmp", "w") as f:
-        f.write(text)
-    os.replace(path + ".tmp", path)
 
 
 def main(argv=None) -> int:

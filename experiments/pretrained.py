@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 import time
 from pathlib import Path
@@ -38,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from learned import (MLPLOpt, TaskChoice, TaskFamily, adam_like_theta, load_theta,  # noqa: E402
                      meta_train, save_theta)
 from learned.unroll import lopt_step  # noqa: E402
+from metaopt.helpers import write_atomic  # noqa: E402
 from metaopt import tasks  # noqa: E402
 
 #: the shipped LO's configuration (learned/pretrained/mulo_small.safetensors carries it)
@@ -204,9 +204,7 @@ def meta_train_stage(work: Path, minutes: float, meta_steps: int, val_every: int
 
 
 def _write(path: Path, data: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(data, indent=1))
 
 
 def main(argv=None) -> int:

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import queue
 import sys
 import time
@@ -45,6 +44,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import learned  # noqa: E402
+from metaopt.helpers import write_atomic  # noqa: E402
 from metaopt import tasks, zoo  # noqa: E402
 
 EVAL_STEPS = 400
@@ -310,9 +310,7 @@ def run_jobs(jobs: list[dict], cache: dict, cache_path: Path, pool: Pool) -> Non
 
 
 def _save(path: Path, data: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data))
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(data))
 
 
 def value(cache, job) -> float:

@@ -27,6 +27,7 @@ sys.path.insert(0, os.path.join(ROOT, "experiments"))
 sys.path.insert(0, ROOT)
 
 import torch  # noqa: E402
+from metaopt.helpers import write_atomic  # noqa: E402
 
 from search_tasks import machine_line  # noqa: E402
 
@@ -194,9 +195,7 @@ def main(argv=None) -> None:
     load0 = os.getloadavg()[0]
     rows, summary = search_rows(args)
     text = render(args, rows, summary, command, started, (load0, os.getloadavg()[0]))
-    with open(args.out + ".tmp", "w") as f:
-        f.write(text)
-    os.replace(args.out + ".tmp", args.out)
+    write_atomic(args.out, text)
     print(f"wrote {args.out}")
 
 

@@ -30,6 +30,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from search_tasks import TeacherStudentMLP, machine_line  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
+from metaopt.helpers import write_atomic  # noqa: E402
 from metaopt import tasks  # noqa: E402
 from search import parse  # noqa: E402
 from search.backends import evaluate_local  # noqa: E402
@@ -180,9 +181,7 @@ def adamw_and_baselines(work, seeds, budget, out) -> tuple[list[str], list[dict]
         path = os.path.join(work, f"random_s{seed}_n{4 * budget}.json")
         if not os.path.exists(path):
             val, text, uniq = _random_search(proxy, cfg, 4 * budget, seed)
-            with open(path + ".tmp", "w") as fh:
-                json.dump({"fitness": val, "text": text, "unique": uniq}, fh)
-            os.replace(path + ".tmp", path)
+            write_atomic(path, json.dumps({"fitness": val, "text": text, "unique": uniq}))
         rnd = json.load(open(path))
         curves.append((seed, [h["best"] for h in evo.history], [h["best"] for h in const.history],
                        rnd["fitness"]))
@@ -278,9 +277,7 @@ def main(argv=None) -> int:
     text = "\n".join(lines) + "\n"
     os.makedirs(a.out, exist_ok=True)
     path = os.path.join(a.out, "search.md")
-    with open(path + ".tmp", "w") as fh:
-        fh.write(text)
-    os.replace(path + ".tmp", path)
+    write_atomic(path, text)
     print(text)
     return 0
 

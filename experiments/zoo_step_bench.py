@@ -32,6 +32,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from metaopt.helpers import write_atomic  # noqa: E402
 from metaopt import zoo  # noqa: E402
 from metaopt.bench.machine import cpu_model
 
@@ -231,12 +232,6 @@ def pytorch_optimizer_factory(name: str):
         return load_optimizer(key)
     except Exception:  # not installed (GPU machine) or unknown there
         return None
-
-
-def write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def machine(device) -> str:
