@@ -7,11 +7,12 @@ loss at the exact inner solution). :func:`report` rewrites ``results.md`` and
 """
 from __future__ import annotations
 
+import io
 import json
 import math
 from pathlib import Path
 
-from metaopt.bench.atomic import write_atomic
+from metaopt.helpers import write_atomic
 
 RUN_FILE, TRACES_FILE, TABLE_FILE, PLOT_FILE = "run.json", "traces.json", "results.md", "val_loss_vs_time.png"
 
@@ -52,11 +53,10 @@ def plot(problem: str, traces: dict[str, dict], path: str | Path) -> None:
     ax.set_title(f"metaopt bilevel: {problem}")
     ax.legend()
     fig.tight_layout()
-    tmp = Path(path).with_name(f".{Path(path).name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
     plt.close(fig)
-    tmp.chmod(0o644)
-    tmp.replace(path)
+    write_atomic(path, buf.getvalue())
 
 
 def write(folder: str | Path, problem: str, num_hparams: int, traces: dict[str, dict]) -> str:
