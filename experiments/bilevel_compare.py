@@ -32,18 +32,17 @@ from bilevel.inner import rule_solve  # noqa: E402
 from bilevel.tuning import METHODS, RUNNERS, evaluate_trace  # noqa: E402
 from metaopt import zoo  # noqa: E402
 from metaopt.bench.machine import machine_line
+from metaopt.helpers import write_atomic
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 PROBLEMS = {"logreg": {"n_train": 300, "n_val": 300}, "hyperclean": {"n_train": 300, "n_val": 300}}
 
 
-def write_atomic(path: str, text: str) -> None:
+def write_file(path: str, text: str) -> None:
+    """``text`` to ``path`` atomically, creating its folder."""
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-")
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
+    write_atomic(path, text)
 
 
 def run_one(name: str, method: str, seed: int, budget: float, cache: str) -> dict:
@@ -55,7 +54,7 @@ def run_one(name: str, method: str, seed: int, budget: float, cache: str) -> dic
     trace = RUNNERS[method](problem, budget, seed)
     trace = evaluate_trace(problem, trace)
     out = trace.to_json()
-    write_atomic(path, json.dumps(out))
+    write_file(path, json.dumps(out))
     return out
 
 
@@ -282,7 +281,7 @@ def main() -> None:
         "## Optuna storage overhead (TPE ask + suggest + tell, no training)",
         sqlite_overhead(),
     ])
-    write_atomic(os.path.join(HERE, "results", "bilevel.md"), report + "\n")
+    write_file(os.path.join(HERE, "results", "bilevel.md"), report + "\n")
     print(report)
 
 

@@ -20,9 +20,7 @@ import argparse
 import datetime
 import json
 import math
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 import torch
@@ -32,6 +30,7 @@ sys.path.insert(0, str(ROOT))
 
 from metaopt import apply, init_states, tasks, zoo  # noqa: E402
 from metaopt.bench.machine import cpu_model
+from metaopt.helpers import write_atomic
 
 MEMBERS = ["sgd", "adagrad", "rmsprop", "adadelta", "adam", "adamw", "adamax", "nadam",
            "amsgrad", "radam", "lion", "clion", "adabelief", "adabound", "diffgrad", "adafactor",
@@ -69,12 +68,10 @@ def final_loss(name: str, lr: float, task_name: str, steps: int) -> float:
         return float(task.loss(params, task.sample_batch(gen)))
 
 
-def write_atomic(path: Path, text: str) -> None:
+def write_file(path: Path, text: str) -> None:
+    """``text`` to ``path`` atomically, creating its folder."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    write_atomic(path, text)
 
 
 def render(results: dict, scale: float) -> str:
@@ -140,9 +137,9 @@ def main(argv=None) -> int:
         runs = [(final_loss(m, lr, t, steps), lr) for lr in lr_grid(lr0)]
         loss, lr = min(runs)
         results.setdefault(m, {})[t] = {"loss": loss, "lr": lr, "steps": steps}
-        write_atomic(cache, json.dumps(results, indent=1))
+        write_file(cache, json.dumps(results, indent=1))
     text = render(results, args.steps_scale)
-    write_atomic(Path(args.out), text)
+    write_file(Path(args.out), text)
     print(text)
     return 0
 
