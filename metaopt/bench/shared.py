@@ -112,8 +112,33 @@ def _enqueue_once(study, storage: Any, params: list[dict], marker: str) -> None:
         time.sleep(POLL_S)
 
 
+@contextlib.contextmanager
+def _claims_serialized(storage: Any):
+    """Hold an exclusive file lock beside a SQLite storage while claiming: SQLite ignores the
+    ``SELECT ... FOR UPDATE`` that makes Optuna's ``WAITING -> RUNNING`` transition atomic on
+    PostgreSQL/MySQL, so two processes could both claim one trial. Other storages need none
+    (a journal file serialises every write)."""
+    import fcntl
+
+    url = getattr(storage, "url", None) or getattr(getattr(storage, "_backend", None), "url", "")
+    if not str(url).startswith("sqlite:///"):
+        yield
+        return
+    with open(str(url)[len("sqlite:///"):] + ".claims.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 def _claim(study) -> Any:
     """A queued trial of ``study`` claimed by this worker (a ``FrozenTrial``), or None."""
+    with _claims_serialized(study._storage):
+        return _claim_unlocked(study)
+
+
+def _claim_unlocked(study) -> Any:
     import optuna
 
     storage = study._storage
