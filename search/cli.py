@@ -20,13 +20,18 @@ import os
 import sys
 
 from metaopt.helpers import write_atomic
-from metaopt.cli_common import Parser, UsageError, add_common_flags, fail, resolve_device
+from metaopt.cli_common import (Parser, UsageError, add_common_flags, build_task, fail,
+                                resolve_device)
 
 
 def build_parser() -> Parser:
     p = Parser(prog="metaopt search", description="Program search over optimizer update rules.")
     add_common_flags(p)
-    p.add_argument("--task", default=None, help="a registered task name (metaopt.tasks.names())")
+    p.add_argument("--task", default=None, metavar="NAME|pkg.mod:factory",
+                   help="a task: a registered name ('metaopt tasks' lists them) or an importable "
+                        "factory returning one")
+    p.add_argument("--task-opt", action="append", default=[], metavar="KEY=VALUE",
+                   help="a task option, e.g. width=64 (repeatable; with --task)")
     p.add_argument("--family", default=None,
                    help="search over a task family (e.g. proxy, tiny); fitness = mean log(loss / tuned AdamW loss)")
     p.add_argument("--heldout", default=None,
@@ -63,15 +68,15 @@ def build_parser() -> Parser:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        from metaopt import tasks
-
         if (args.task is None) == (args.family is None):
             raise UsageError("give exactly one of --task NAME and --family NAME")
-        if args.task is not None and args.task not in tasks.names():
-            raise UsageError(f"unknown --task {args.task!r}; choose one of: {', '.join(tasks.names())}")
+        if args.task_opt and args.task is None:
+            raise UsageError("--task-opt sets options of --task; a --family fixes its members' "
+                             "options")
         if args.out is None:
             raise UsageError("--out DIR is required (the search database and results go there)")
         device = resolve_device(args.device)
+        task = None if args.task is None else build_task(args.task, args.task_opt, str(device))
         from .evolve import run
         from .fitness import FitnessConfig
         from .mutate import MUTATIONS
@@ -79,7 +84,7 @@ def main(argv=None) -> int:
 
         start = warm_start(args.warm_start, args.seed)
         cfg = FitnessConfig(steps=args.steps)
-        result = run(args.task, budget=args.budget, seed=args.seed, out=args.out,
+        result = run(task, budget=args.budget, seed=args.seed, out=args.out,
                      warm_start=start if args.warm_start not in ("adamw", "sgd", "random") else args.warm_start,
                      backend=args.backend, population=args.population,
                      tournament=args.tournament, batch=args.batch, fitness=cfg,

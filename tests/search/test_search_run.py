@@ -85,7 +85,7 @@ def test_cli_writes_outputs(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("argv, needle", [
-    (["--task", "nope", "--budget", "3", "--out", "X"], "unknown --task"),
+    (["--task", "nope", "--budget", "3", "--out", "X"], "unknown task"),
     (["--task", "quadratic", "--budget", "x", "--out", "X"], "invalid int"),
     (["--task", "quadratic", "--budget", "3", "--out", "X", "--warm-start", "/no/such"], "cannot read"),
     (["--task", "quadratic", "--budget", "3", "--out", "X", "--backend", "mpi"], "invalid choice"),
