@@ -271,13 +271,9 @@ def _run_shared(cfg: BenchConfig) -> BenchResult:
     with tqdm(desc="bench (shared)", unit="run", dynamic_ncols=True) as bar:
         for t, o in pairs:
             task, lr, name = built[t], zoo.defaults(o).get("lr"), _study_name(cfg, t, o)
-            if cfg.tune_trials and isinstance(lr, (int, float)) and lr > 0:
-                def objective(lr_try: float, task=task, o=o) -> float:
-                    return final_val_loss(train_curve(task, _rule(o, lr_try),
-                                                      cfg.seed + TUNE_SEED_OFFSET, cfg.steps,
-                                                      cfg.steps, cfg.impl))
+            if _tunable(cfg, o):
                 bar.set_postfix_str(f"{t}/{o}/tuning")
-                lr = tune_shared(objective, study_name=name, storage=storage,
+                lr = tune_shared(_tuning_loss(cfg, task, o), study_name=name, storage=storage,
                                  trials=cfg.tune_trials, default_lr=float(lr),
                                  lr_range=cfg.lr_range, seed=cfg.seed, worker=os.getpid(),
                                  on_trial=lambda: bar.update(1))
@@ -322,15 +318,22 @@ def _pick_lr(cfg: BenchConfig, task: Task, task_name: str, opt: str, storage,
     if not _tunable(cfg, opt):
         return default
 
-    def objective(lr: float) -> float:
-        tune_seed = cfg.seed + TUNE_SEED_OFFSET
-        record = train_curve(task, _rule(opt, lr), tune_seed, cfg.steps, cfg.steps, cfg.impl)
-        return final_val_loss(record)
-
     bar.set_postfix_str(f"{task_name}/{opt}/tuning")
-    return tune_lr(objective, study_name=_study_name(cfg, task_name, opt), storage=storage,
+    return tune_lr(_tuning_loss(cfg, task, opt), study_name=_study_name(cfg, task_name, opt),
+                   storage=storage,
                    trials=cfg.tune_trials, default_lr=float(default), lr_range=cfg.lr_range,
                    seed=cfg.seed, on_trial=lambda: bar.update(1), resume=cfg.resume)
+
+
+def _tuning_loss(cfg: BenchConfig, task: Task, opt: str):
+    """The tuning objective of ``opt`` on ``task``: the final validation loss of one run on
+    the tuning seed (disjoint from the reported seeds) at a given lr."""
+    def objective(lr: float) -> float:
+        record = train_curve(task, _rule(opt, lr), cfg.seed + TUNE_SEED_OFFSET, cfg.steps,
+                             cfg.steps, cfg.impl)
+        return final_val_loss(record)
+
+    return objective
 
 
 def _settings(cfg: BenchConfig, skipped: list[str]) -> dict:

@@ -159,10 +159,8 @@ def _claim_unlocked(study) -> Any:
 def _heartbeat(study, trial_id: int):
     """Record heartbeats of a claimed trial while its work runs (RDB storages), so that the
     other workers can fail it and re-queue its work if this process dies."""
-    from optuna.storages._heartbeat import BaseHeartbeat
-
     storage = study._storage
-    if not (isinstance(storage, BaseHeartbeat) and storage.get_heartbeat_interval()):
+    if not _beats(storage):
         yield
         return
     stop = threading.Event()
@@ -191,10 +189,15 @@ def _param(study, trial, name: str, dist) -> float:
     return value
 
 
-def _beat_once(storage: Any, trial_id: int) -> None:
+def _beats(storage: Any) -> bool:
+    """Whether ``storage`` records heartbeats (an RDB storage opened with an interval)."""
     from optuna.storages._heartbeat import BaseHeartbeat
 
-    if isinstance(storage, BaseHeartbeat) and storage.get_heartbeat_interval():
+    return isinstance(storage, BaseHeartbeat) and bool(storage.get_heartbeat_interval())
+
+
+def _beat_once(storage: Any, trial_id: int) -> None:
+    if _beats(storage):
         storage.record_heartbeat(trial_id)
 
 
