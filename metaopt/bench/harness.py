@@ -261,8 +261,8 @@ def _run_shared(cfg: BenchConfig) -> BenchResult:
     worker's runs in the storage."""
     from .shared import open_shared_storage, run_seeds_shared, shared_records, tune_shared
 
+    built = {task_label(t): _build_task(t, cfg) for t in cfg.tasks}  # bad options: nothing made
     storage = open_shared_storage(cfg.storage)
-    built = {task_label(t): _build_task(t, cfg) for t in cfg.tasks}
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     store = CurveStore(out / CURVES_FILE)
