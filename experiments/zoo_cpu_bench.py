@@ -12,7 +12,10 @@ torch's own class where torch has the rule, torch's fused AdamW), so a loaded ma
 the ratios less than the times. Targets (issue 20): faster than pytorch-optimizer's version,
 and at most 1.5x fused AdamW scaled by bytes moved, ``(3 + 2 S) / 7`` for ``S`` state tensors
 the size of the parameter (AdamW: S = 2, 28 bytes per fp32 parameter). Also the first step
-(state creation and any one-off cost) of a fresh optimizer. Writes ``<out>/zoo_cpu.md``.
+(state creation and any one-off cost, such as compiling) of a fresh optimizer, twice: *cold*
+in this process with an empty Inductor cache (a fresh ``TORCHINDUCTOR_CACHE_DIR``), and *warm*
+in a new process that finds the cache this process filled (what a user's second run pays).
+Writes ``<out>/zoo_cpu.md``.
 """
 from __future__ import annotations
 
@@ -22,7 +25,9 @@ import importlib.metadata
 import os
 import platform
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -69,6 +74,8 @@ def parse_args(argv=None):
     ap.add_argument("--windows", type=int, default=7, help="timed windows per optimizer")
     ap.add_argument("--threads", type=int, default=1, help="torch threads")
     ap.add_argument("--out", default="experiments/results")
+    ap.add_argument("--first-step", default=None, metavar="MEMBER:CONFIG",
+                    help=argparse.SUPPRESS)  # internal: print one fresh first step's seconds
     args = ap.parse_args(argv)
     if args.scale <= 0 or args.steps < 1 or args.windows < 1 or args.threads < 1:
         ap.error("--scale must be > 0; --steps, --windows and --threads >= 1")
@@ -138,14 +145,33 @@ def bench_member(name: str, params, adamw_step, args) -> dict:
             times[k].append(window_ms(step, args.steps))
     row = {k: statistics.median(v) for k, v in times.items()}
     impl = chosen_path(opt, params)
-    return dict(row, member=name, first_s=first_s, S=state_tensors(opt, params), impl=impl)
+    return dict(row, member=name, first_s=first_s, S=state_tensors(opt, params), impl=impl,
+                warm_s=warm_first_step_s(name, args.config_name, args))
+
+
+def first_step_s(name: str, params) -> float:
+    """Seconds of a fresh default optimizer's first step on ``params``."""
+    opt = with_loss_closure(zoo.create(name, params, **BENCH_HP.get(name, {})))
+    _prepare(name, opt, params)
+    t0 = time.perf_counter()
+    opt.step()
+    return time.perf_counter() - t0
+
+
+def warm_first_step_s(name: str, cfg: str, args) -> float:
+    """:func:`first_step_s` in a new process (same cache directory, so Inductor's on-disk
+    cache is warm)."""
+    cmd = [sys.executable, __file__, "--first-step", f"{name}:{cfg}", "--scale",
+           str(args.scale), "--threads", str(args.threads)]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    return float(out.stdout.strip().splitlines()[-1])
 
 
 def judge(row: dict) -> tuple[float, str]:
     """``(x byte-scaled AdamW, verdict)`` for one row."""
     scaled = row["ours"] / (row["adamw"] * (3 + 2 * row["S"]) / 7)
     po = row.get("pytorch-optimizer")
-    ok = scaled <= 1.5 and (po is None or row["ours"] < po)
+    ok = scaled <= 1.5 and (po is None or row["ours"] < po) and row["warm_s"] <= 1.0
     return scaled, "yes" if ok else "no"
 
 
@@ -166,21 +192,24 @@ def render(meta: dict, rows: dict[str, list[dict]]) -> str:
         "and of torch's fused AdamW on the same tensors, so ratios are within one run and one "
         "load; `x AdamW bytes` = ours / (fused AdamW x (3 + 2 S) / 7), S = parameter-sized "
         "state tensors; target <= 1.5 and faster than pytorch-optimizer",
-        "- first step s: a fresh optimizer's first step (state creation, any one-off cost)",
+        "- first step s: a fresh optimizer's first step (state creation, any one-off cost such "
+        "as compiling): cold = this process, empty Inductor cache; warm = a new process with "
+        "the cache this run filled; target <= 1 s warm",
         "",
     ]
     for cfg, cfg_rows in rows.items():
         out += [f"## ({cfg})", "",
                 "| member | path | S | ours ms | pytorch-optimizer ms | ours / p-o | torch ms | "
-                "ours / torch | fused AdamW ms | x AdamW bytes | first step s | target met |",
-                "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+                "ours / torch | fused AdamW ms | x AdamW bytes | first step s cold | warm | "
+                "target met |",
+                "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
         for r in cfg_rows:
             scaled, ok = judge(r)
             po, tc = r.get("pytorch-optimizer"), r.get("torch")
             out.append(
                 f"| {r['member']} | {r['impl']} | {r['S']} | {r['ours']:.2f} | {_fmt(po)} | "
                 f"{_fmt(po and r['ours'] / po)} | {_fmt(tc)} | {_fmt(tc and r['ours'] / tc)} | "
-                f"{r['adamw']:.2f} | {scaled:.2f} | {r['first_s']:.3f} | {ok} |")
+                f"{r['adamw']:.2f} | {scaled:.2f} | {r['first_s']:.3f} | {r['warm_s']:.3f} | {ok} |")
         out.append("")
     return "\n".join(out)
 
@@ -192,6 +221,11 @@ def _fmt(x: float | None) -> str:
 def main(argv=None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.first_step is not None:
+        name, cfg = args.first_step.split(":")
+        print(f"{first_step_s(name, make_params(*configs(args.scale)[cfg])):.6f}")
+        return 0
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="zoo_cpu_inductor_")
     names = elementwise_members() if args.members == "all" else args.members.split(",")
     unknown = sorted(set(names) - set(zoo.names()))
     if unknown:
@@ -216,6 +250,7 @@ def main(argv=None) -> int:
         adamw = torch.optim.AdamW(params, fused=True)
         adamw.step()
         rows[cfg] = []
+        args.config_name = cfg
         for name in names:
             rows[cfg].append(bench_member(name, params, adamw.step, args))
             for p in params:  # members that clear or replace gradients get fresh ones

@@ -18,17 +18,25 @@ per tensor (``impl="loop"``). A fast path computes the same function faster and 
     (``opt.state[p][k]`` are views), so many small tensors cost a few kernels, not a few per
     tensor; the scratch stays below one parameter-sized buffer. Other rules compile the
     per-tensor loop of a whole group.
-  * ``"auto"`` (default): fused when the rule has it, else compiled for elementwise rules on
-    CUDA, else the loop.
+  * ``"auto"`` (default): a fused path where it is the fastest (torch's own fused kernels),
+    else the compiled path for elementwise rules on CUDA and on CPU groups of at least
+    ``CPU_COMPILE_MIN_NUMEL`` elements (with a C++ compiler), else a fallback fused path (the
+    zoo's ``torch._foreach_*`` sequences), else the loop. On CPU the compiled step is one
+    vectorised pass per tensor (:mod:`metaopt.hoist` keeps Inductor from recomputing scalar
+    subexpressions such as ``beta^t`` per vector).
 """
 from __future__ import annotations
 
+import functools
+import os
+import shutil
 import types
 from typing import Any, Callable
 
 import torch
 from torch import Tensor
 
+from .hoist import compile_options
 from .rule import UpdateRule
 
 IMPLS = ("auto", "loop", "fused", "compiled")
@@ -39,20 +47,48 @@ def choose_impl(rule: UpdateRule, impl: str, params: list[Tensor], grads: list[T
     """The path for one group's step: ``impl`` resolved for ``"auto"``, the loop where a fast
     path cannot run. ``plain``: the step needs no extra inputs and no update check."""
     if impl == "auto":
-        # a fused path may name the devices where it is the fastest (``fused.devices``, the
-        # zoo's foreach paths: CPU); elsewhere elementwise rules take the compiled path
-        if rule.fused is not None and params[0].device.type in getattr(
-                rule.fused, "devices", (params[0].device.type,)):
-            impl = "fused"
-        elif rule.elementwise and params[0].is_cuda:
-            impl = "compiled"
-        else:
-            impl = "loop"
+        impl = _auto_impl(rule, params)
     if impl != "loop" and not plain:  # extra inputs (loss, hvp) go through the loop
         return "loop"
     if impl == "fused" and not kernel_safe(params, grads):
         return "loop"
     return impl
+
+
+def _auto_impl(rule: UpdateRule, params: list[Tensor]) -> str:
+    """A fused path that names this device among those where it is the fastest
+    (``fused.devices``; torch's own fused kernels name none, so every device); else the
+    compiled single-pass step for elementwise rules where compiling pays
+    (:func:`compiling_pays`); else a fused path that is only a fallback (the zoo's
+    ``torch._foreach_*`` sequences); else the loop."""
+    device = params[0].device.type
+    fused = rule.fused
+    if fused is not None and device in getattr(fused, "devices", (device,)):
+        return "fused"
+    if rule.elementwise and compiling_pays(params):
+        return "compiled"
+    return "fused" if fused is not None else "loop"
+
+
+#: on CPU, ``"auto"`` compiles a group's step only from this many elements on: a first
+#: compile costs seconds (about 0.5-1 s from Inductor's on-disk cache in a later process),
+#: which a group this large repays within a few hundred steps.
+CPU_COMPILE_MIN_NUMEL = 1 << 20
+
+
+def compiling_pays(params: list[Tensor]) -> bool:
+    """CUDA: always. CPU: a C++ compiler for Inductor is on the path and the group holds at
+    least ``CPU_COMPILE_MIN_NUMEL`` elements. Elsewhere: never."""
+    device = params[0].device.type
+    if device == "cuda":
+        return True
+    return (device == "cpu" and sum(p.numel() for p in params) >= CPU_COMPILE_MIN_NUMEL
+            and _cxx_available())
+
+
+@functools.lru_cache(maxsize=1)
+def _cxx_available() -> bool:
+    return shutil.which(os.environ.get("CXX", "c++")) is not None or shutil.which("g++") is not None
 
 
 def kernel_safe(params: list[Tensor], grads: list[Tensor]) -> bool:
@@ -122,7 +158,7 @@ def compiled_group_step(rule: UpdateRule) -> Callable:
 
 #: tensors with at least this many elements are updated in place through 1-D views; smaller
 #: ones are gathered into flat chunks (at most ``FLAT_CHUNK_NUMEL`` elements each).
-FLAT_BIG_NUMEL = 1 << 22
+FLAT_BIG_NUMEL = 1 << 18
 FLAT_CHUNK_NUMEL = 1 << 24
 _COMPILED: dict[tuple, Callable] = {}
 
@@ -148,7 +184,7 @@ def _compiled_copy(fn: Callable, rule: UpdateRule, dynamic: bool) -> Callable:
     if key not in _COMPILED:
         code = fn.__code__.replace(co_name=f"{fn.__name__}__{rule.name}")
         copy = types.FunctionType(code, fn.__globals__, code.co_name)
-        _COMPILED[key] = torch.compile(copy, dynamic=dynamic)
+        _COMPILED[key] = torch.compile(copy, dynamic=dynamic, options=compile_options())
     return _COMPILED[key]
 
 
@@ -212,10 +248,9 @@ class _FlatLayout:
 
     def step(self, rule, params, grads, hp, step) -> None:
         fn, update = flat_update(rule), rule.update
-        if self.big:  # one graph for all of them: one call, one guard check per step
-            compiled_group_step(rule)(update, [params[i] for i in self.big],
-                                      [grads[i] for i in self.big],
-                                      [self.states[i] for i in self.big], hp, step)
+        for i in self.big:  # in place through 1-D views: one call of one graph per tensor
+            fn(update, params[i].view(-1), grads[i].reshape(-1),
+               {k: v.view(-1) for k, v in self.states[i].items()}, hp, step)
         for chunk, n, bufs, (pv, gv) in zip(self.chunks, self.sizes, self.state_bufs, self.views):
             ps = [params[i] for i in chunk]
             torch._foreach_copy_(pv, ps)

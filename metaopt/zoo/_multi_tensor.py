@@ -34,9 +34,10 @@ from torch import Tensor
 #: covers enough elements that its host cost is small next to its memory traffic.
 BLOCK = 1 << 18
 
-#: devices on which ``"auto"`` should prefer these paths; elsewhere (CUDA) a compiled
-#: single-kernel step is faster than a sequence of multi-tensor kernels.
-DEVICES = frozenset({"cpu"})
+#: devices on which ``"auto"`` prefers these paths to a compiled single-pass step: none, so
+#: they are the fallback where compiling does not pay (small CPU groups, no C++ compiler; see
+#: :func:`metaopt.fastpath.choose_impl`).
+DEVICES = frozenset()
 
 Kernel = Callable[[list, list, dict, Any, int], None]
 

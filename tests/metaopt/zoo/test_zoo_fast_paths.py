@@ -138,13 +138,24 @@ def test_optimizer_default_path_matches_loop(name):
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
 
 
-def test_auto_takes_a_foreach_path_only_on_the_devices_it_names():
-    """The zoo's foreach paths are tagged for the CPU: ``impl="auto"`` uses them there and
-    leaves other devices to the compiled path (CUDA) or the loop (here the meta device)."""
+def test_auto_prefers_native_kernels_then_compiling_then_the_foreach_fallback(monkeypatch):
+    """``impl="auto"``: torch's own fused kernels (adamw) everywhere; for an elementwise rule
+    whose fast path is a foreach sequence (lion), the compiled single-pass step where compiling
+    pays (a CPU group of at least ``CPU_COMPILE_MIN_NUMEL`` elements, with a C++ compiler) and
+    the foreach path otherwise (small CPU groups, devices without a compiled path)."""
+    from metaopt import fastpath
     from metaopt.fastpath import choose_impl
 
-    lion = zoo.rule("lion")
-    assert lion.fused.devices == frozenset({"cpu"})
-    on = {dev: [torch.zeros(4, device=dev)] for dev in ("cpu", "meta")}
-    assert choose_impl(lion, "auto", on["cpu"], on["cpu"], plain=True) == "fused"
-    assert choose_impl(lion, "auto", on["meta"], on["meta"], plain=True) == "loop"
+    lion, adamw = zoo.rule("lion"), zoo.rule("adamw")
+    assert lion.fused.devices == frozenset()
+    small, big = [torch.zeros(4)], [torch.zeros(64)]
+    meta = [torch.zeros(64, device="meta")]
+    monkeypatch.setattr(fastpath, "CPU_COMPILE_MIN_NUMEL", 64)
+    monkeypatch.setattr(fastpath, "_cxx_available", lambda: True)
+    assert choose_impl(lion, "auto", small, small, plain=True) == "fused"
+    assert choose_impl(lion, "auto", big, big, plain=True) == "compiled"
+    assert choose_impl(lion, "auto", meta, meta, plain=True) == "fused"
+    assert choose_impl(adamw, "auto", big, big, plain=True) == "fused"
+    assert choose_impl(lion, "auto", big, big, plain=False) == "loop"  # extra inputs
+    monkeypatch.setattr(fastpath, "_cxx_available", lambda: False)
+    assert choose_impl(lion, "auto", big, big, plain=True) == "fused"
