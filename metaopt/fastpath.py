@@ -41,10 +41,10 @@ def choose_impl(rule: UpdateRule, impl: str, params: list[Tensor], grads: list[T
     if impl == "auto":
         # a fused path may name the devices where it is the fastest (``fused.devices``, the
         # zoo's foreach paths: CPU); elsewhere elementwise rules take the compiled path
-        if rule.fused is not None and params[0].device.type in getattr(
-                rule.fused, "devices", (params[0].device.type,)):
+        if rule.caps.fused is not None and params[0].device.type in getattr(
+                rule.caps.fused, "devices", (params[0].device.type,)):
             impl = "fused"
-        elif rule.elementwise and params[0].is_cuda:
+        elif rule.caps.elementwise and params[0].is_cuda:
             impl = "compiled"
         else:
             impl = "loop"
@@ -82,7 +82,7 @@ class CompiledPaths:
         dev, dtype = params[0].device, _hp_dtype(params[0].dtype)
         hp_t = {k: _as_tensor(v, dev, dtype) for k, v in hp.items()}
         # the cautious mask rescales by its mean over each tensor: not elementwise across tensors
-        elementwise = self.rule.elementwise and not hp.get("cautious", False)
+        elementwise = self.rule.caps.elementwise and not hp.get("cautious", False)
         layout = self.flat.get(key)
         if layout is not None and not layout.matches(params):
             layout = None
