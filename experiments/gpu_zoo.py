@@ -158,7 +158,7 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     for stale in ("zoo_compile.jsonl", "zoo_bench.json"):
         (out / stale).unlink(missing_ok=True)
-    names = ([n for n in zoo.names() if zoo.rule(n).elementwise] if args.members == "all"
+    names = ([n for n in zoo.names() if zoo.rule(n).caps.elementwise] if args.members == "all"
              else args.members.split(","))
     print("inductor cache:", os.environ.get("TORCHINDUCTOR_CACHE_DIR", "(default)"), flush=True)
     end = time.perf_counter() + args.cap_s

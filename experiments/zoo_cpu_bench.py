@@ -91,7 +91,7 @@ def configs(scale: float) -> dict[str, tuple[int, tuple[int, int]]]:
 
 
 def elementwise_members() -> list[str]:
-    return [n for n in zoo.names() if zoo.rule(n).elementwise]
+    return [n for n in zoo.names() if zoo.rule(n).caps.elementwise]
 
 
 def make_params(n: int, shape: tuple[int, int]) -> list[torch.Tensor]:

@@ -162,7 +162,7 @@ def with_loss_closure(opt):
     the loss (Polyak step sizes) or a closure (weight prediction) are timed on their own work
     (gradients stay the fixed random ones; the model's forward and backward are not timed)."""
     rule = opt.rule
-    if rule.predict is None and "loss" not in rule.needs(rule.hp, 1):
+    if rule.caps.predict is None and "loss" not in rule.caps.needs(rule.hp, 1):
         return opt
     loss, step = torch.ones((), device=opt.param_groups[0]["params"][0].device), opt.step
     opt.step = lambda closure=None: step(lambda: loss)

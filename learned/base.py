@@ -24,6 +24,7 @@ from typing import Any, Mapping
 import torch
 from torch import Tensor
 
+from metaopt.capabilities import Capabilities
 from metaopt.rule import UpdateRule
 from metaopt.tasks import ParamInfo
 
@@ -75,12 +76,13 @@ class LOpt:
         def update(g, p, s, hp, step, **ext):
             return self.update(theta, g, p, s, step, as_param_info(hp.get("info")), **ext)
 
-        return with_lr(UpdateRule(self.name, init, update, hp={"info": None}, elementwise=False,
-                                  fused=self.fused_rule(theta)))
+        caps = Capabilities(elementwise=False, fused=self.fused_rule(theta))
+        return with_lr(UpdateRule(self.name, init, update, hp={"info": None}, caps=caps))
 
     def fused_rule(self, theta: Theta):
         """An optional in-place multi-tensor step equal to ``update`` with ``theta`` bound
-        (:class:`UpdateRule`'s ``fused``; run by ``LearnedOptimizer(impl="fused")``), or None."""
+        (its :class:`UpdateRule`'s capability ``caps.fused``; run by
+        ``LearnedOptimizer(impl="fused")``), or None."""
         return None
 
 
@@ -139,7 +141,7 @@ def with_lr(rule: UpdateRule) -> UpdateRule:
     in fp16 ``v``'s epsilon underflows (NaN at step 1)."""
     if "lr" in rule.hp:
         return rule
-    init0, update0, fused0 = rule.init, rule.update, rule.fused
+    init0, update0, fused0 = rule.init, rule.update, rule.caps.fused
 
     def init(p):
         return init0(_up(p))
@@ -154,7 +156,8 @@ def with_lr(rule: UpdateRule) -> UpdateRule:
         _check_lr(hp)
 
     fused = None if fused0 is None else _fused_with_lr(fused0)
-    return dataclasses.replace(rule, init=init, update=update, check=check, fused=fused,
+    return dataclasses.replace(rule, init=init, update=update, check=check,
+                               caps=dataclasses.replace(rule.caps, fused=fused),
                                hp={**rule.hp, "lr": 1.0, "weight_decay": 0.0})
 
 

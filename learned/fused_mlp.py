@@ -135,7 +135,7 @@ def kernel_family(p: Tensor) -> tuple:
 
 def fused_rule_step(lopt, theta: Theta, compile: bool = True) -> Callable[..., None]:
     """The in-place multi-tensor step ``fused(params, grads, states, hp, steps)`` of
-    ``lopt`` with ``theta`` bound (:class:`metaopt.rule.UpdateRule`'s ``fused`` field).
+    ``lopt`` with ``theta`` bound (the rule's capability ``caps.fused``).
 
     With ``compile`` (the point of this path) each tensor's step runs as compiled kernels with
     dynamic sizes from the start, so a model compiles one graph per :func:`kernel_family`

@@ -4,13 +4,13 @@
 per tensor (``impl="loop"``). A fast path computes the same function faster and is chosen by
 :func:`choose_impl`:
 
-  * ``"fused"``: the rule's own in-place multi-tensor kernel, the rule field ``fused``
+  * ``"fused"``: the rule's own in-place multi-tensor kernel, the capability ``caps.fused``
     (``fused(params, grads, states, hp, steps) -> None``, must equal ``update``; e.g. torch's
     fused AdamW, or a ``torch._foreach_*`` multi-tensor step). A member adds one by passing
-    ``fused=`` to its :class:`~metaopt.rule.UpdateRule`; nothing else changes. The adapter
-    only calls it on a group whose tensors are dense, contiguous, real, of one dtype and
-    device (torch's fused kernels write outside a non-contiguous view), and never when the
-    step needs extra inputs or checks its update (``skip_nonfinite``).
+    ``caps=Capabilities(fused=...)`` to its :class:`~metaopt.rule.UpdateRule`; nothing else
+    changes. The adapter only calls it on a group whose tensors are dense, contiguous, real,
+    of one dtype and device (torch's fused kernels write outside a non-contiguous view), and
+    never when the step needs extra inputs or checks its update (``skip_nonfinite``).
   * ``"compiled"``: ``torch.compile``d steps with hyperparameters and the step count as 0-d
     tensors (LR schedules change values, not graphs). Elementwise rules run on flat 1-D
     buffers: tensors of at least ``FLAT_BIG_NUMEL`` elements in place by one graph for all of
@@ -62,10 +62,10 @@ def _auto_impl(rule: UpdateRule, params: list[Tensor]) -> str:
     (:func:`compiling_pays`); else a fused path that is only a fallback (the zoo's
     ``torch._foreach_*`` sequences); else the loop."""
     device = params[0].device.type
-    fused = rule.fused
+    fused = rule.caps.fused
     if fused is not None and device in getattr(fused, "devices", (device,)):
         return "fused"
-    if rule.elementwise and compiling_pays(params):
+    if rule.caps.elementwise and compiling_pays(params):
         return "compiled"
     return "fused" if fused is not None else "loop"
 
@@ -118,7 +118,7 @@ class CompiledPaths:
         dev, dtype = params[0].device, _hp_dtype(params[0].dtype)
         hp_t = {k: _as_tensor(v, dev, dtype) for k, v in hp.items()}
         # the cautious mask rescales by its mean over each tensor: not elementwise across tensors
-        elementwise = self.rule.elementwise and not hp.get("cautious", False)
+        elementwise = self.rule.caps.elementwise and not hp.get("cautious", False)
         layout = self.flat.get(key)
         if layout is not None and not layout.matches(params):
             layout = None

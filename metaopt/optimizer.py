@@ -57,7 +57,7 @@ class RuleOptimizer(torch.optim.Optimizer):
     def __init__(self, params: Iterable, rule: UpdateRule, impl: str = "auto", **hp: Any):
         if impl not in IMPLS:
             raise ValueError(f"impl={impl!r} is not one of {IMPLS}")
-        if impl == "fused" and rule.fused is None:
+        if impl == "fused" and rule.caps.fused is None:
             raise ValueError(f"{rule.name} has no fused implementation; use impl='loop'")
         own = {k: hp.pop(k) for k in list(hp) if k in ADAPTER_DEFAULTS}
         self.rule = rule.with_hp(**hp)
@@ -176,7 +176,7 @@ class RuleOptimizer(torch.optim.Optimizer):
         predicted weights).
         """
         loss = None
-        if self.rule.predict is not None:
+        if self.rule.caps.predict is not None:
             if closure is None:
                 raise RuntimeError(
                     f"{self.rule.name} evaluates gradients at predicted weights: call "
@@ -193,7 +193,7 @@ class RuleOptimizer(torch.optim.Optimizer):
                 self._check_param(p)
             if params:
                 step = _next_step(self._init_state(params[0]))
-                jobs.append((group, params, set(self.rule.needs(self._hp(group), step))))
+                jobs.append((group, params, set(self.rule.caps.needs(self._hp(group), step))))
         needs = set().union(*(n for _, _, n in jobs)) if jobs else set()
         if closure is None and "loss" in needs:
             raise RuntimeError(
@@ -212,7 +212,7 @@ class RuleOptimizer(torch.optim.Optimizer):
                 for k in ("loss", "hvp"):
                     if k in ext:
                         ext[k] = [-v for v in ext[k]]
-        if self.rule.reduce is not None:
+        if self.rule.caps.reduce is not None:
             self._add_total(jobs, exts)
         for (group, params, group_needs), ext in zip(jobs, exts):
             self._step_group(group, params, ext, bool(group_needs) or "total" in ext)
@@ -221,7 +221,7 @@ class RuleOptimizer(torch.optim.Optimizer):
     def _check_param(self, p: Tensor) -> None:
         if p.grad.is_sparse:
             raise RuntimeError(f"{self.rule.name} does not support sparse gradients")
-        if p.is_complex() and not self.rule.elementwise:
+        if p.is_complex() and not self.rule.caps.elementwise:
             raise RuntimeError(
                 f"{self.rule.name} does not support complex parameters (it is not elementwise); "
                 "elementwise members update them as torch.view_as_real"
@@ -229,7 +229,7 @@ class RuleOptimizer(torch.optim.Optimizer):
 
     def _closure_at_predictions(self, closure: Callable[[], Tensor]) -> Tensor:
         """``closure()`` with every parameter that has state moved in place to
-        ``rule.predict(param, state, hp, step)`` and restored afterwards (also when the closure
+        ``rule.caps.predict(param, state, hp, step)`` and restored afterwards (also when the closure
         raises), so its gradients are taken there while the update moves the original weights.
         Parameters without state yet (step 1) stay where they are."""
         originals = []
@@ -240,7 +240,7 @@ class RuleOptimizer(torch.optim.Optimizer):
                 if not state:
                     continue
                 r = _real(p)
-                predicted = self.rule.predict(r, _rule_state(state), hp, _next_step(state))
+                predicted = self.rule.caps.predict(r, _rule_state(state), hp, _next_step(state))
                 originals.append((r, r.clone()))
                 r.copy_(predicted)
         try:
@@ -262,7 +262,7 @@ class RuleOptimizer(torch.optim.Optimizer):
                 g, w = _grad(p, group), _real(p)
                 if self._gathers(w):
                     g, w = gather(g), gather(w)
-                total = total + gather(self.rule.reduce(g, w, _rule_state(state), hp,
+                total = total + gather(self.rule.caps.reduce(g, w, _rule_state(state), hp,
                                                         _next_step(state), **extra))
         for (_, params, _), ext in zip(jobs, exts):
             ext["total"] = [total] * len(params)
@@ -294,7 +294,7 @@ class RuleOptimizer(torch.optim.Optimizer):
             impl = "loop"
         try:
             if impl == "fused":
-                self.rule.fused(real, grads, rule_states, hp, steps)
+                self.rule.caps.fused(real, grads, rule_states, hp, steps)
             elif impl == "compiled":
                 self._paths.step(real, grads, rule_states, hp, steps, id(group), self.state)
             elif group["skip_nonfinite"]:
@@ -325,7 +325,7 @@ class RuleOptimizer(torch.optim.Optimizer):
 
     def _gathers(self, p: Tensor) -> bool:
         """Whether ``p`` is a shard this rule updates through the gathered tensor."""
-        return not self.rule.elementwise and is_sharded(p)
+        return not self.rule.caps.elementwise and is_sharded(p)
 
     def _whole(self, p: Tensor) -> Tensor:
         return gather(p) if self._gathers(p) else p

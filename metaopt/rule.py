@@ -8,27 +8,17 @@ An update rule is a pure, per-tensor function
 
 and the new parameter is ``param - delta``. ``hp`` is a mapping of hyperparameters (floats,
 or 0-d tensors when they are to be differentiated or vmapped), ``step`` is the 1-based count
-of this update (an int or a 0-d tensor). ``ext`` carries extra inputs a rule declares it
-needs through ``needs(hp, step)``: ``"loss"`` (the closure's loss), ``"hvp"`` (a Hessian-
-vector product ``hvp`` with a Rademacher probe ``u``), ``"gnb"`` (Sophia-G's estimate),
-``"layer"`` (``layer_in``, the input rows of the tensor's layer with a column of ones for a
-bias, and ``layer_grad_out``, the gradient of the loss with respect to the layer's output rows)
-or ``"layer_grad"`` (``layer_grad``, the layer's joint ``[dW, db]``); :class:`RuleOptimizer`
-supplies them through the providers of :mod:`metaopt.extras`, the per-layer ones from a
-:class:`metaopt.zoo.LayerStatistics` of the model (``None`` for a tensor that no captured layer
-owns).
-A rule whose step depends on a sum over every tensor (a Polyak step size divides by the whole
-gradient's squared norm) gives a per-tensor ``reduce(grad, param, state, hp, step, **ext)``;
-the sum of its values over all tensors stepped together arrives in ``update`` as ``total``.
-A rule that evaluates its gradient somewhere other than at the parameter (weight prediction,
-XGrad: ``param - s lr Delta`` from the current state) gives ``predict(param, state, hp, step)``,
-the point at which this step's gradient is taken; the update still moves ``param``.
+of this update (an int or a 0-d tensor). ``ext`` carries the extra inputs (the loss, Hessian-
+vector products, per-layer statistics, a sum over all tensors) that a rule declares in its
+optional capabilities, the one field ``caps`` (a :class:`metaopt.capabilities.Capabilities`:
+``needs``, ``fused``, ``elementwise``, ``reduce``, ``predict``, each documented there).
 
 Because a rule is written with out-of-place torch ops, the same definition can be
   * wrapped as a ``torch.optim.Optimizer`` (:class:`metaopt.optimizer.RuleOptimizer`),
   * applied functionally and differentiably to lists of tensors (:func:`apply`),
   * ``torch.func.vmap``-ed over a leading population axis,
-  * fused (a rule may ship a ``fused`` in-place multi-tensor path that must equal ``update``).
+  * fused (a rule may ship a ``caps.fused`` in-place multi-tensor path that must equal
+    ``update``).
 """
 from __future__ import annotations
 
@@ -38,6 +28,8 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 from torch import Tensor
 
+from .capabilities import Capabilities
+
 State = dict[str, Tensor]
 Hyper = Mapping[str, Any]
 
@@ -46,10 +38,6 @@ class HyperparameterError(ValueError):
     """A bad hyperparameter, said without the rule's name (``"invalid lr=-1.0: must be >= 0"``):
     a rule's ``check`` raises it and :meth:`UpdateRule.validate` prefixes the rule's name, so a
     check is written once for every rule that shares it and no id is typed into it."""
-
-
-def _no_needs(hp: Hyper, step: int) -> frozenset:
-    return frozenset()
 
 
 def _no_check(hp: Hyper) -> None:
@@ -67,28 +55,15 @@ class UpdateRule:
       hp: default (or bound) hyperparameters; ``with_hp`` rebinds them.
       check: raises :class:`HyperparameterError` (or a ``ValueError`` that names the rule)
         for a bad hyperparameter and its allowed range; called through :meth:`validate`.
-      needs: ``(hp, step) -> frozenset`` of extra inputs (``"loss"``, ``"hvp"``, ``"gnb"``,
-        ``"layer"``, ``"layer_grad"``) this step.
-      fused: optional in-place multi-tensor step
-        ``fused(params, grads, states, hp, steps) -> None`` equal to ``update``; used by
-        :class:`RuleOptimizer` as the fast path.
-      elementwise: every output coordinate depends only on the same coordinate of the
-        inputs (lets the adapter flatten or fuse across tensors).
-      reduce: optional ``(grad, param, state, hp, step, **ext) -> Tensor``, a tensor's share of
-        a sum over all tensors stepped together (every param group of an optimizer, every
-        tensor given to :func:`apply`); the sum is passed to ``update`` as ``total``.
-      predict: optional ``(param, state, hp, step) -> Tensor``, the point at which step
-        ``step``'s gradient is evaluated (from the state after step ``step - 1``; the
-        parameter itself for a fresh state). :class:`RuleOptimizer` moves the parameters
-        there for the closure and back before the update; :func:`unroll` differentiates
-        there; :func:`apply` takes gradients its caller evaluated at
-        :func:`predicted_params`.
+      caps: the rule's optional capabilities (:class:`~metaopt.capabilities.Capabilities`:
+        extra inputs it ``needs``, a ``fused`` fast path, whether it is ``elementwise``, a
+        ``reduce`` over all tensors, a ``predict``-ed gradient point); the defaults are a plain
+        elementwise rule.
       origin: the zero-argument factory this rule came from (the registry sets it), so that
         the rule pickles by reference (its functions may be closures); ``None`` otherwise.
 
-    A rule's extra inputs are capabilities named in ``needs`` and served by the providers of
-    :mod:`metaopt.extras` (a new kind of input is a new provider there, not a new field here or
-    a new ``step()`` argument); ``fused`` is the fast path :mod:`metaopt.fastpath` documents.
+    A new capability is a new field of :class:`~metaopt.capabilities.Capabilities`, not a new
+    field here.
     """
 
     name: str
@@ -96,12 +71,13 @@ class UpdateRule:
     update: Callable[..., tuple[Tensor, State]]
     hp: Mapping[str, Any] = field(default_factory=dict)
     check: Callable[[Hyper], None] = _no_check
-    needs: Callable[[Hyper, int], frozenset] = _no_needs
-    fused: Callable[..., None] | None = None
-    elementwise: bool = True
-    reduce: Callable[..., Tensor] | None = None
-    predict: Callable[..., Tensor] | None = None
+    caps: Capabilities = Capabilities()
     origin: Callable[[], "UpdateRule"] | None = field(default=None, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.caps, Capabilities):
+            raise ValueError(f"UpdateRule {self.name!r}: caps must be a metaopt.Capabilities, "
+                             f"got {type(self.caps).__name__}")
 
     def with_hp(self, **hp: Any) -> "UpdateRule":
         """This rule with some default hyperparameters replaced (validated)."""
@@ -194,8 +170,8 @@ def apply(
     per_tensor = _per_tensor_hp(rule, hp, len(params))
     extras = [{k: (v[i] if isinstance(v, (list, tuple)) else v) for k, v in ext.items()}
               for i in range(len(params))]
-    if rule.reduce is not None:
-        total = sum(rule.reduce(g, p, s, h, step, **e)
+    if rule.caps.reduce is not None:
+        total = sum(rule.caps.reduce(g, p, s, h, step, **e)
                     for g, p, s, h, e in zip(grads, params, states, per_tensor, extras))
         extras = [dict(e, total=total) for e in extras]
     new_params, new_states = [], []
@@ -213,12 +189,13 @@ def predicted_params(
     step: int | Tensor,
     hp: Hyper | Sequence[Hyper] | None = None,
 ) -> list[Tensor]:
-    """Where step ``step``'s gradients are evaluated: ``rule.predict`` of each tensor from its
-    current state, or the parameters themselves for a rule without ``predict``."""
-    if rule.predict is None:
+    """Where step ``step``'s gradients are evaluated: ``rule.caps.predict`` of each tensor from
+    its current state, or the parameters themselves for a rule without ``predict``."""
+    predict = rule.caps.predict
+    if predict is None:
         return list(params)
     per_tensor = _per_tensor_hp(rule, hp, len(params))
-    return [rule.predict(p, s, h, step) for p, s, h in zip(params, states, per_tensor)]
+    return [predict(p, s, h, step) for p, s, h in zip(params, states, per_tensor)]
 
 
 def _per_tensor_hp(rule: UpdateRule, hp, n: int) -> list[Hyper]:

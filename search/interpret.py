@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from metaopt.optimizer import RuleOptimizer
+from metaopt.capabilities import Capabilities
 from metaopt.rule import UpdateRule
 
 from .functions import FUNCTIONS
@@ -70,7 +71,7 @@ def to_rule(prog: Program, lr: float = 1e-3, name: str = "program") -> UpdateRul
         return step(prog, param, grad, state, hp["lr"], t)
 
     return UpdateRule(name, init, update, hp={"lr": lr}, check=_check_lr,
-                      elementwise=not uses_tree_functions(prog))
+                      caps=Capabilities(elementwise=not uses_tree_functions(prog)))
 
 
 def to_optimizer(prog: Program | str, params: Iterable, lr: float = 1e-3, **kw) -> torch.optim.Optimizer:

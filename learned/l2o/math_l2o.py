@@ -35,6 +35,7 @@ from typing import Any, Mapping
 import torch
 from torch import Tensor
 
+from metaopt.capabilities import Capabilities
 from metaopt.rule import UpdateRule
 from metaopt.zoo.checks import check_min
 
@@ -143,5 +144,6 @@ class MathL2O(LOpt):
             check_min(hp, "l1", name=self.name)
             check_min(hp, "lipschitz", strict=True, name=self.name)
 
-        return UpdateRule(self.name, init, update, check=check, elementwise=False,
+        return UpdateRule(self.name, init, update, check=check,
+                          caps=Capabilities(elementwise=False),
                           hp={"info": None, "l1": None, "lipschitz": None})

@@ -105,7 +105,7 @@ class BenchConfig:
         if self.impl not in IMPLS:
             raise ValueError(f"unknown impl {self.impl!r}; choose from: {', '.join(IMPLS)}")
         if self.impl == "fused":
-            lacking = [o for o in self.optimizers if zoo.rule(o).fused is None]
+            lacking = [o for o in self.optimizers if zoo.rule(o).caps.fused is None]
             if lacking:
                 raise ValueError(f"impl 'fused' is not available for: {', '.join(lacking)}; "
                                  "use auto or loop")

@@ -2,7 +2,7 @@
 
 The rule runs through :class:`metaopt.RuleOptimizer`. Gradients are computed before ``step``
 and the loss is handed over through the closure, so rules that need the loss or
-Hessian-vector products (``rule.needs``) work unchanged: when a step needs ``"hvp"`` the
+Hessian-vector products (``rule.caps.needs``) work unchanged: when a step needs ``"hvp"`` the
 backward pass runs with ``create_graph=True``.
 
 The record (a JSON-able dict) holds the training loss of every step, the validation metrics
@@ -70,7 +70,7 @@ def _step(opt: RuleOptimizer, rule: UpdateRule, task: Task, params: list, batch,
         loss.backward(create_graph=hvp)
         return loss
 
-    if rule.predict is not None:
+    if rule.caps.predict is not None:
         return opt.step(closure)
     loss = closure()
     opt.step(lambda: loss)
@@ -97,7 +97,7 @@ def train_curve(task: Task, rule: UpdateRule, seed: int, steps: int, eval_every:
     elapsed, diverged = 0.0, False
     for t in range(1, steps + 1):
         batch = next(batches)
-        hvp = "hvp" in rule.needs(rule.hp, t)
+        hvp = "hvp" in rule.caps.needs(rule.hp, t)
         start = time.perf_counter()
         try:
             loss_t = _step(opt, rule, task, params, batch, hvp)

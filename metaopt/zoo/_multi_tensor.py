@@ -1,4 +1,4 @@
-"""Multi-tensor in-place fast paths for elementwise members (the rule field ``fused``).
+"""Multi-tensor in-place fast paths for elementwise members (the capability ``caps.fused``).
 
 A member's fast path is a *kernel*: a short sequence of in-place ``torch._foreach_*`` ops on
 lists of same-shaped tensors (parameters, gradients and each state entry), equal to its

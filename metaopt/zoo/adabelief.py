@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import torch
 
+from ..capabilities import Capabilities
 from ..rule import UpdateRule
 from ._scalar import select
 from .checks import check_betas, check_min
@@ -102,5 +103,6 @@ def adabelief() -> UpdateRule:
         _init, _update,
         hp={"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-16, "weight_decay": 0.0,
             "weight_decouple": True, "rectify": True, "degenerated_to_sgd": True},
-        check=_check, fused=multi_tensor(_kernel, ["exp_avg", "exp_avg_var"], _update),
+        check=_check,
+        caps=Capabilities(fused=multi_tensor(_kernel, ["exp_avg", "exp_avg_var"], _update)),
     )

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import torch
 
+from ..capabilities import Capabilities
 from ..rule import UpdateRule
 from .checks import check_betas, check_min, check_unit
 from .registry import member_rule, register
@@ -88,5 +89,6 @@ def adabound() -> UpdateRule:
         hp={"lr": 1e-3, "betas": (0.9, 0.999), "final_lr": 0.1, "gamma": 1e-3, "eps": 1e-8,
             "weight_decay": 0.0, "amsbound": False},
         check=_check,
-        fused=multi_tensor(_kernel, ["exp_avg", "exp_avg_sq", "max_exp_avg_sq"], _update),
+        caps=Capabilities(fused=multi_tensor(
+            _kernel, ["exp_avg", "exp_avg_sq", "max_exp_avg_sq"], _update)),
     )

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import torch
 
+from ..capabilities import Capabilities
 from ..rule import UpdateRule
 from .checks import check_min, check_unit
 from .registry import member_rule, register
@@ -64,5 +65,6 @@ def adadelta() -> UpdateRule:
     return member_rule(
         _init, _update,
         hp={"lr": 1.0, "rho": 0.9, "eps": 1e-6, "weight_decay": 0.0},
-        check=_check, fused=multi_tensor(_kernel, ["square_avg", "acc_delta"], _update),
+        check=_check,
+        caps=Capabilities(fused=multi_tensor(_kernel, ["square_avg", "acc_delta"], _update)),
     )

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import torch
 
+from ..capabilities import Capabilities
 from ..rule import UpdateRule
 from ._scalar import minimum
 from .checks import check_min, fail
@@ -82,5 +83,5 @@ def adafactor() -> UpdateRule:
     return member_rule(
         _init, _update,
         hp={"lr": 1e-2, "beta2_decay": -0.8, "eps": (None, 1e-3), "d": 1.0, "weight_decay": 0.0},
-        check=_check, elementwise=False,
+        check=_check, caps=Capabilities(elementwise=False),
     )

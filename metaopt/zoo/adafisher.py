@@ -52,6 +52,7 @@ import math
 import torch
 from torch import Tensor
 
+from ..capabilities import Capabilities
 from ..helpers import compute_dtype
 from ..rule import UpdateRule
 from ._weight_decay import split_weight_decay
@@ -137,5 +138,5 @@ def adafisher() -> UpdateRule:
         _init, _update,
         hp={"lr": 1e-3, "beta": 0.9, "gamma": 0.8, "damping": 1e-3, "stat_period": 100,
             "weight_decay": 0.0, "decoupled_weight_decay": False},
-        check=_check, needs=_needs, elementwise=False,
+        check=_check, caps=Capabilities(needs=_needs, elementwise=False),
     )

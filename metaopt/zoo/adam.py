@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import torch
 
+from ..capabilities import Capabilities
 from ..rule import UpdateRule
 from ._cautious_mask import cautious
 from .checks import check_betas, check_min
@@ -117,7 +118,7 @@ def adam() -> UpdateRule:
     return member_rule(
         _init, _adam_update,
         hp={"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.0},
-        check=_check, fused=_fused_ok("_fused_adam_"),
+        check=_check, caps=Capabilities(fused=_fused_ok("_fused_adam_")),
     )
 
 
@@ -127,7 +128,7 @@ def adamw() -> UpdateRule:
         _init, _adamw_update,
         hp={"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 1e-2,
             "cautious": False},
-        check=_check, fused=_fused_ok("_fused_adamw_", _adamw_update),
+        check=_check, caps=Capabilities(fused=_fused_ok("_fused_adamw_", _adamw_update)),
     )
 
 
@@ -136,5 +137,5 @@ def amsgrad() -> UpdateRule:
     return member_rule(
         _init_ams, _amsgrad_update,
         hp={"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.0},
-        check=_check, fused=_fused_ok("_fused_adam_", amsgrad=True),
+        check=_check, caps=Capabilities(fused=_fused_ok("_fused_adam_", amsgrad=True)),
     )

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import torch
 
+from ..capabilities import Capabilities
 from ..rule import UpdateRule
 from .checks import check_betas, check_min
 from .registry import member_rule, register
@@ -57,5 +58,6 @@ def adamax() -> UpdateRule:
     return member_rule(
         _init, _update,
         hp={"lr": 2e-3, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.0},
-        check=_check, fused=multi_tensor(_kernel, ["exp_avg", "exp_inf"], _update),
+        check=_check,
+        caps=Capabilities(fused=multi_tensor(_kernel, ["exp_avg", "exp_inf"], _update)),
     )

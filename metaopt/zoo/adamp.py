@@ -26,6 +26,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from ..capabilities import Capabilities
 from ..rule import UpdateRule
 from .checks import check_betas, check_min, check_unit
 from .registry import member_rule, register
@@ -110,7 +111,7 @@ def adamp() -> UpdateRule:
         _adamp_init, _adamp_update,
         hp={"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.0, "delta": 0.1,
             "wd_ratio": 0.1, "nesterov": False},
-        check=_adamp_check, elementwise=False,
+        check=_adamp_check, caps=Capabilities(elementwise=False),
     )
 
 
@@ -120,5 +121,5 @@ def sgdp() -> UpdateRule:
         _sgdp_init, _sgdp_update,
         hp={"lr": 1e-3, "momentum": 0.0, "dampening": 0.0, "weight_decay": 0.0,
             "nesterov": False, "eps": 1e-8, "delta": 0.1, "wd_ratio": 0.1},
-        check=_sgdp_check, elementwise=False,
+        check=_sgdp_check, caps=Capabilities(elementwise=False),
     )

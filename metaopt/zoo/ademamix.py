@@ -21,6 +21,7 @@ import math
 
 import torch
 
+from ..capabilities import Capabilities
 from ..rule import UpdateRule
 from ._scalar import select
 from .checks import check_betas, check_min
@@ -103,5 +104,6 @@ def ademamix() -> UpdateRule:
         hp={"lr": 1e-3, "betas": (0.9, 0.999, 0.9999), "alpha": 2.0, "beta3_warmup": None,
             "alpha_warmup": None, "eps": 1e-8, "weight_decay": 0.0},
         check=_check,
-        fused=multi_tensor(_kernel, ["exp_avg_fast", "exp_avg_slow", "exp_avg_sq"], _update),
+        caps=Capabilities(fused=multi_tensor(
+            _kernel, ["exp_avg_fast", "exp_avg_slow", "exp_avg_sq"], _update)),
     )

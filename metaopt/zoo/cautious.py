@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import torch
 
+from ..capabilities import Capabilities
 from ..rule import UpdateRule
 from . import lion
 from ._cautious_mask import cautious
@@ -55,7 +56,7 @@ def cadamw() -> UpdateRule:
     return member_rule(
         _cadamw_init, _cadamw_update,
         hp={"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-6, "weight_decay": 0.0},
-        check=_cadamw_check, elementwise=False,
+        check=_cadamw_check, caps=Capabilities(elementwise=False),
     )
 
 
@@ -68,5 +69,5 @@ def clion() -> UpdateRule:
     return member_rule(
         lion.init, _clion_update,
         hp={"lr": 1e-4, "betas": (0.9, 0.99), "weight_decay": 0.0},
-        check=lion.check, elementwise=False,
+        check=lion.check, caps=Capabilities(elementwise=False),
     )

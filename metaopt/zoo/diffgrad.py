@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import torch
 
+from ..capabilities import Capabilities
 from ..rule import UpdateRule
 from .checks import check_betas, check_min
 from .registry import member_rule, register
@@ -71,5 +72,6 @@ def diffgrad() -> UpdateRule:
         _init, _update,
         hp={"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.0},
         check=_check,
-        fused=multi_tensor(_kernel, ["exp_avg", "exp_avg_sq", "previous_grad"], _update),
+        caps=Capabilities(fused=multi_tensor(
+            _kernel, ["exp_avg", "exp_avg_sq", "previous_grad"], _update)),
     )

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import torch
 
+from ..capabilities import Capabilities
 from ..rule import UpdateRule
 from ._scalar import select
 from .checks import check_min
@@ -68,4 +69,4 @@ def _check(hp):
 def dog() -> UpdateRule:
     return member_rule(_init, _update,
                        hp={"lr": 1.0, "reps_rel": 1e-6, "eps": 1e-8, "weight_decay": 0.0},
-                       check=_check, elementwise=False)
+                       check=_check, caps=Capabilities(elementwise=False))

@@ -57,6 +57,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..capabilities import Capabilities
 from ..helpers import compute_dtype
 from ..rule import UpdateRule
 from .adam import adam_direction
@@ -208,5 +209,5 @@ def frugal() -> UpdateRule:
             "density": 0.25, "update_gap": 200, "proj_type": "svd",
             "reset_statistics": True, "inactive_update_rule": "sign_sgd",
             "inactive_lr_scale": 1.0, "proj_params_lr_scale": 1.0},
-        check=_check, elementwise=False,
+        check=_check, caps=Capabilities(elementwise=False),
     )

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import torch
 
+from ..capabilities import Capabilities
 from ..rule import UpdateRule
 from .adam import adam_direction
 from .checks import check_betas, check_min
@@ -56,5 +57,6 @@ def grams() -> UpdateRule:
     return member_rule(
         _init, _update,
         hp={"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-6, "weight_decay": 0.0},
-        check=_check, fused=multi_tensor(_kernel, ["exp_avg", "exp_avg_sq"], _update),
+        check=_check,
+        caps=Capabilities(fused=multi_tensor(_kernel, ["exp_avg", "exp_avg_sq"], _update)),
     )

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import torch
 
+from ..capabilities import Capabilities
 from ..rule import UpdateRule
 from ._scalar import select
 from .checks import check_min, check_unit
@@ -47,4 +48,4 @@ def _check(hp):
                        "by tensor: tensors stepped together and apart see different draws"})
 def gravity() -> UpdateRule:
     return member_rule(_init, _update, hp={"lr": 1e-2, "alpha": 0.01, "beta": 0.9},
-                       check=_check, elementwise=False)
+                       check=_check, caps=Capabilities(elementwise=False))

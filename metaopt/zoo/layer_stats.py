@@ -44,14 +44,14 @@ from typing import Iterable
 import torch
 from torch import Tensor, nn
 
-#: the extra inputs (``UpdateRule.needs``) that :class:`LayerStatistics` supplies
+#: the extra inputs (``Capabilities.needs``) that :class:`LayerStatistics` supplies
 LAYER_NEEDS = frozenset({"layer", "layer_grad"})
 
 
 def needs_layer_statistics(rule) -> bool:
     """Whether ``rule`` asks for per-layer statistics on its first step (it then needs an
     ``nn.Module`` model with :class:`LayerStatistics`; functional tasks cannot supply them)."""
-    return bool(LAYER_NEEDS & set(rule.needs(rule.hp, 1)))
+    return bool(LAYER_NEEDS & set(rule.caps.needs(rule.hp, 1)))
 
 
 def is_captured(module: nn.Module) -> bool:

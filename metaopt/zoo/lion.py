@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import torch
 
+from ..capabilities import Capabilities
 from ..rule import UpdateRule
 from ._cautious_mask import cautious
 from ._multi_tensor import multi_tensor
@@ -56,4 +57,4 @@ def lion() -> UpdateRule:
     return member_rule(
         init, update,
         hp={"lr": 1e-4, "betas": (0.9, 0.99), "weight_decay": 0.0, "cautious": False},
-        check=check, fused=multi_tensor(lion_kernel, ["exp_avg"], update))
+        check=check, caps=Capabilities(fused=multi_tensor(lion_kernel, ["exp_avg"], update)))

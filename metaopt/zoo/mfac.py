@@ -49,6 +49,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..capabilities import Capabilities
 from ..helpers import compute_dtype
 from ..rule import UpdateRule
 from ._scalar import nonzero
@@ -129,4 +130,4 @@ def mfac() -> UpdateRule:
     return member_rule(_init, _update,
                        hp={"lr": 1e-3, "momentum": 0.0, "weight_decay": 0.0, "ngrads": 1024,
                            "damp": 1e-5},
-                       check=_check, elementwise=False)
+                       check=_check, caps=Capabilities(elementwise=False))

@@ -54,6 +54,7 @@ import math
 import torch
 from torch import Tensor
 
+from ..capabilities import Capabilities
 from ..helpers import compute_dtype
 from ..rule import UpdateRule
 from ._sqrt import sqrt0
@@ -205,5 +206,5 @@ def microadam() -> UpdateRule:
         _init, _update,
         hp={"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.0, "m": 10,
             "k_init": 0.01, "quant_block_size": 100_000},
-        check=_check, elementwise=False,
+        check=_check, caps=Capabilities(elementwise=False),
     )

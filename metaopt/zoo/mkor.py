@@ -50,6 +50,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..capabilities import Capabilities
 from ..helpers import compute_dtype
 from ..rule import UpdateRule
 from .checks import check_int, check_min, check_unit
@@ -161,5 +162,5 @@ def mkor() -> UpdateRule:
         hp={"lr": 1e-3, "momentum": 0.9, "dampening": 0.0, "weight_decay": 0.0,
             "nesterov": False, "stat_decay": 0.95, "inv_freq": 10, "clipping_value": 100.0,
             "reset_threshold": 2.0, "warmup_steps": 0},
-        check=_check, needs=_needs, elementwise=False,
+        check=_check, caps=Capabilities(needs=_needs, elementwise=False),
     )

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import torch
 
+from ..capabilities import Capabilities
 from ..rule import UpdateRule
 from .checks import check_min, check_unit, fail
 from .registry import member_rule, register
@@ -76,5 +77,5 @@ def muon() -> UpdateRule:
         _init, _update,
         hp={"lr": 0.02, "momentum": 0.95, "nesterov": True, "weight_decay": 0.0,
             "ns_steps": 5},
-        check=_check, elementwise=False,
+        check=_check, caps=Capabilities(elementwise=False),
     )

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import torch
 
+from ..capabilities import Capabilities
 from ..rule import UpdateRule
 
 from .checks import check_betas, check_min
@@ -97,5 +98,5 @@ def nadam() -> UpdateRule:
         _init, _update,
         hp={"lr": 2e-3, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.0,
             "momentum_decay": 4e-3, "decoupled_weight_decay": False},
-        check=_check, fused=fast_path(_fused),
+        check=_check, caps=Capabilities(fused=fast_path(_fused)),
     )

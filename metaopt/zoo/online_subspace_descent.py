@@ -57,6 +57,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..capabilities import Capabilities
 from ..rule import UpdateRule
 from ..helpers import compute_dtype
 from ._sqrt import sqrt0
@@ -190,5 +191,5 @@ def online_subspace_descent() -> UpdateRule:
         _init, _update,
         hp={"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-6, "weight_decay": 0.0, "rank": 128,
             "scale": 1.0, "proj_lr_ratio": 5.0, "proj_weight_decay": 0.01, "ortho_reg": 0.0},
-        check=_check, elementwise=False,
+        check=_check, caps=Capabilities(elementwise=False),
     )

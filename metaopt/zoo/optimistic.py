@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import torch
 
+from ..capabilities import Capabilities
 from ..rule import UpdateRule
 from ._scalar import select
 from .checks import check_betas, check_min
@@ -76,5 +77,5 @@ def _check(hp):
 def optimistic_amsgrad() -> UpdateRule:
     return member_rule(_init, _update,
                        hp={"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8}, check=_check,
-                       fused=multi_tensor(
-                           _kernel, ["half", "exp_avg", "exp_avg_sq", "max_exp_avg_sq"], _update))
+                       caps=Capabilities(fused=multi_tensor(
+                           _kernel, ["half", "exp_avg", "exp_avg_sq", "max_exp_avg_sq"], _update)))

@@ -61,7 +61,7 @@ Common to all three:
     preconditioner coordinates of a group use that group's beta/alpha/eps), while the sum
     over tensors spans every group.
   * The loss is an input (``needs`` -> ``"loss"``): ``opt.step(closure)``, or
-    ``apply(..., loss=loss)``. The whole-model sum arrives as ``total`` (``UpdateRule.reduce``).
+    ``apply(..., loss=loss)``. The whole-model sum arrives as ``total`` (``Capabilities.reduce``).
   * A zero gradient (or zero ``||g||^2_{B^{-1}}``) gives a zero step, without NaN in values or
     in derivatives through the step.
   * No weight decay: the step size is only right for the loss it is given, so put an L2
@@ -75,6 +75,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..capabilities import Capabilities
 from ..helpers import compute_dtype
 from ..rule import UpdateRule
 from ._scalar import minimum, select
@@ -138,8 +139,8 @@ def sps() -> UpdateRule:
     return member_rule(
         _init, _sps_update,
         hp={"lr": 1.0, "c": 0.5, "eta_max": float("inf"), "eps": 1e-8, "fstar": 0.0},
-        check=_sps_check, needs=_needs_loss, elementwise=False,
-        reduce=_sps_reduce,
+        check=_sps_check,
+        caps=Capabilities(needs=_needs_loss, elementwise=False, reduce=_sps_reduce),
     )
 
 
@@ -206,7 +207,8 @@ def psps() -> UpdateRule:
         _init, _psps_update,
         hp={"lr": 1.0, "preconditioner": "none", "beta": 0.999, "alpha": 0.1, "eps": 1e-8,
             "fstar": 0.0},
-        check=_psps_check, needs=_psps_needs, elementwise=False, reduce=_psps_reduce,
+        check=_psps_check,
+        caps=Capabilities(needs=_psps_needs, elementwise=False, reduce=_psps_reduce),
     )
 
 
@@ -260,6 +262,6 @@ def sania() -> UpdateRule:
     return member_rule(
         _init, _sania_update,
         hp={"lr": 1.0, "preconditioner": "adagrad", "beta": 0.999, "eps": 0.1},
-        check=_sania_check, needs=_needs_loss, elementwise=False,
-        reduce=_sania_reduce,
+        check=_sania_check,
+        caps=Capabilities(needs=_needs_loss, elementwise=False, reduce=_sania_reduce),
     )

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import torch
 
+from ..capabilities import Capabilities
 from ..helpers import compute_dtype
 from ..rule import UpdateRule
 from .checks import check_choice, check_int, check_min, check_unit
@@ -192,5 +193,5 @@ def psgd() -> UpdateRule:
             "precondition_lr": 0.1, "precondition_init_scale": 1.0,
             "max_size_triangular": 8192, "min_ndim_triangular": 2, "memory_save_mode": None,
             "momentum_into_precondition_update": True, "update_probability": None},
-        check=_check, elementwise=False,
+        check=_check, caps=Capabilities(elementwise=False),
     )

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import torch
 
+from ..capabilities import Capabilities
 from ..rule import UpdateRule
 from ._scalar import select
 from .adabelief import rectification
@@ -108,5 +109,5 @@ def radam() -> UpdateRule:
         _init, _update,
         hp={"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.0,
             "decoupled_weight_decay": False},
-        check=_check, fused=fast_path(_fused, devices=("cpu", "cuda")),
+        check=_check, caps=Capabilities(fused=fast_path(_fused, devices=("cpu", "cuda"))),
     )

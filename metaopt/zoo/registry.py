@@ -1,11 +1,11 @@
 """The zoo's registry: one entry per member, the only place its id is written.
 
 An entry (:class:`Entry`) carries the member's id, its rule factory (whose rule holds the
-defaults, checks and capabilities: ``needs``, ``elementwise``, ``fused``, ``reduce``,
-``predict``) and its row of the torch.optim contract table (``tests/metaopt/test_contract.py``):
-the sample hyperparameters the contract checks use, the parameter dtypes it supports and
-documented opt-outs (contract case -> reason). A member registered without ``sample`` has no
-row, and the contract suite fails for it.
+defaults, checks and capabilities, :class:`metaopt.capabilities.Capabilities`) and its row of
+the torch.optim contract table (``tests/metaopt/test_contract.py``): the sample
+hyperparameters the contract checks use, the parameter dtypes it supports and documented
+opt-outs (contract case -> reason). A member registered without ``sample`` has no row, and the
+contract suite fails for it.
 
     zoo.create("adamw", model, lr=1e-3, decay_groups=True)   # decay on matrices only
     zoo.get("adamw")(params, lr=1e-3)                        # a torch.optim-style class

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import torch
 
+from ..capabilities import Capabilities
 from ..rule import UpdateRule
 from ._scalar import nonzero
 from .checks import check_min, check_unit
@@ -87,5 +88,6 @@ def rmsprop() -> UpdateRule:
         hp={"lr": 1e-2, "alpha": 0.99, "eps": 1e-8, "weight_decay": 0.0, "momentum": 0.0,
             "centered": False},
         check=_check,
-        fused=multi_tensor(_kernel, ["square_avg", "grad_avg", "momentum_buffer"], _update),
+        caps=Capabilities(fused=multi_tensor(
+            _kernel, ["square_avg", "grad_avg", "momentum_buffer"], _update)),
     )

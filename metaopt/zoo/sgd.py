@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import torch
 
+from ..capabilities import Capabilities
 from ..rule import UpdateRule
 from ._cautious_mask import cautious
 from ._scalar import nonzero
@@ -86,5 +87,6 @@ def sgd() -> UpdateRule:
         _init, _update,
         hp={"lr": 1e-3, "momentum": 0.0, "dampening": 0.0, "weight_decay": 0.0, "nesterov": False,
             "cautious": False},
-        check=check_sgd_hp, fused=multi_tensor(sgd_kernel, ["momentum_buffer"], _update),
+        check=check_sgd_hp,
+        caps=Capabilities(fused=multi_tensor(sgd_kernel, ["momentum_buffer"], _update)),
     )

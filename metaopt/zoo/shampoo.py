@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import torch
 
+from ..capabilities import Capabilities
 from ..helpers import compute_dtype, mode_gram
 from ..rule import UpdateRule
 from .checks import check_choice, check_int, check_min, check_unit
@@ -112,5 +113,5 @@ def shampoo() -> UpdateRule:
         hp={"lr": 1e-3, "momentum": 0.0, "weight_decay": 0.0, "eps": 1e-6,
             "precondition_frequency": 1, "max_precond_dim": 8192, "graft": "none",
             "graft_eps": 1e-10},
-        check=_check, elementwise=False,
+        check=_check, caps=Capabilities(elementwise=False),
     )

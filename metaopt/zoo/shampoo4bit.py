@@ -50,6 +50,7 @@ from functools import lru_cache
 import torch
 from torch import Tensor
 
+from ..capabilities import Capabilities
 from ..helpers import compute_dtype, mode_gram
 from ..rule import UpdateRule
 from .adam import adam_direction
@@ -320,5 +321,5 @@ def shampoo4bit() -> UpdateRule:
             "stat_decay": 0.95, "matrix_eps": 1e-6, "prec_maxorder": 1200, "prec_bits": 4,
             "min_lowbit_size": 4096, "quan_blocksize": 64, "rect_t1": 1, "rect_t2": 4,
             "quan_map": "linear-2"},
-        check=_check, elementwise=False,
+        check=_check, caps=Capabilities(elementwise=False),
     )

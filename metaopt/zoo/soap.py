@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import torch
 
+from ..capabilities import Capabilities
 from ..helpers import compute_dtype, mode_gram
 from ..rule import UpdateRule
 from .checks import check_betas, check_int, check_min, check_unit
@@ -126,5 +127,5 @@ def soap() -> UpdateRule:
         hp={"lr": 3e-3, "betas": (0.95, 0.95), "shampoo_beta": None, "eps": 1e-8,
             "weight_decay": 0.01, "precondition_frequency": 10, "max_precond_dim": 10000,
             "precondition_1d": False},
-        check=_check, elementwise=False,
+        check=_check, caps=Capabilities(elementwise=False),
     )

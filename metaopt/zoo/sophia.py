@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import torch
 
+from ..capabilities import Capabilities
 from ..rule import UpdateRule
 from .checks import check_betas, check_int, check_min, fail
 from .registry import member_rule, register
@@ -81,5 +82,5 @@ def sophia() -> UpdateRule:
         _init, _update,
         hp={"lr": 1e-4, "betas": (0.965, 0.99), "rho": 0.04, "weight_decay": 0.1,
             "eps": 1e-15, "update_period": 10, "estimator": "hutchinson"},
-        check=_check, needs=_needs, elementwise=True,
+        check=_check, caps=Capabilities(needs=_needs, elementwise=True),
     )

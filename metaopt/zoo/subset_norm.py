@@ -68,6 +68,7 @@ import math
 import torch
 from torch import Tensor
 
+from ..capabilities import Capabilities
 from ..rule import UpdateRule
 from ._scalar import nonzero
 from ._sqrt import sqrt0
@@ -248,7 +249,8 @@ def _rule(adam: bool, subspace: bool) -> UpdateRule:
     hp.update(eps=1e-6, weight_decay=0.0, subset_size=HEURISTICS)
     if subspace:
         hp.update(rank=128, update_proj_gap=200)
-    return member_rule(_init, _make_update(adam), hp=hp, check=_check, elementwise=False)
+    return member_rule(_init, _make_update(adam), hp=hp, check=_check,
+                       caps=Capabilities(elementwise=False))
 
 
 @register("adamw_sn", sample={"weight_decay": 0.05})

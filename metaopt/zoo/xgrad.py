@@ -14,9 +14,10 @@ with D_{t-1} the base optimizer's direction from its state after step t-1:
                                          / (sqrt(v_{t-1}) / sqrt(1 - b2^(t-1)) + eps)
 
 The base steps are the zoo's ``sgd``, ``adam`` and ``adamw`` rules unchanged (their ``update``
-and fused kernels); this module adds ``predict`` (see :class:`metaopt.rule.UpdateRule`) and
-the prediction step ``s`` (default 1). :class:`metaopt.RuleOptimizer` therefore needs
-``step(closure)``: the closure computes the gradients at the predicted weights.
+and fused kernels); this module adds the capability ``predict`` (see
+:class:`metaopt.capabilities.Capabilities`) and the prediction step ``s`` (default 1).
+:class:`metaopt.RuleOptimizer` therefore needs ``step(closure)``: the closure computes the
+gradients at the predicted weights.
 
 Lei Guan, Dongsheng Li, Yanqi Shi, Jian Meng, "XGrad: Boosting Gradient-Based Optimizers With
 Weight Prediction", IEEE TPAMI 2024 (arXiv 2305.18240); Lei Guan, "Weight Prediction Boosts
@@ -99,7 +100,7 @@ def _xgrad(base: UpdateRule, predict: Callable, hp: dict,
            ) -> UpdateRule:
     """``base`` with weight prediction: its update and fused kernel, ``predict`` and ``s``."""
     return replace(base, hp={**base.hp, **hp, "s": 1.0}, check=_check(base, plain, extra),
-                   predict=predict)
+                   caps=replace(base.caps, predict=predict))
 
 
 @register("xgrad_sgd", sample={"weight_decay": 0.05})

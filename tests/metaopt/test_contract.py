@@ -62,7 +62,7 @@ def _rule(opt):
 
 def _needs(opt) -> set:
     rule, hp = _rule(opt), opt.param_groups[0]
-    return set().union(*(rule.needs({k: hp[k] for k in rule.hp}, t) for t in range(1, 12)))
+    return set().union(*(rule.caps.needs({k: hp[k] for k in rule.hp}, t) for t in range(1, 12)))
 
 
 def _skip_unless(name: str, case: str) -> None:
@@ -380,7 +380,7 @@ def test_mixed_dtypes_in_one_group(name):
         torch.manual_seed(0)
         for _ in range(2):
             _step(o, [p])
-    if _rule(om).reduce is None:  # a reduce sums over the tensors stepped together
+    if _rule(om).caps.reduce is None:  # a reduce sums over the tensors stepped together
         _assert_same(mixed, alone, exact=False, rtol=1e-5, atol=1e-6)
     assert all(p.dtype == q.dtype for p, q in zip(mixed, alone))
 
@@ -435,7 +435,7 @@ def test_add_param_group(name):
     _step(opt, ps + extra)
     torch.manual_seed(0)
     _step(o_ref, ref)
-    if _rule(opt).reduce is None:
+    if _rule(opt).caps.reduce is None:
         _assert_same(extra, ref, exact=False, rtol=1e-9, atol=1e-12)
     with pytest.raises(ValueError, match="unknown hyperparameter"):
         opt.add_param_group({"params": [nn.Parameter(torch.randn(2))], "no_such_key": 1.0})
@@ -513,7 +513,7 @@ def test_complex_params(name):
     c = nn.Parameter(torch.randn(3, 2, dtype=torch.complex128, generator=g))
     r = nn.Parameter(torch.view_as_real(c.detach()).clone())
     oc = _make(name, [c])
-    if not _rule(oc).elementwise:
+    if not _rule(oc).caps.elementwise:
         with pytest.raises(RuntimeError, match="does not support complex parameters"):
             _step(oc, [c])
         return
@@ -532,7 +532,7 @@ def test_differentiable_through_apply(name):
     """d loss(after 2 functional steps) / d lr equals a central finite difference (float64)."""
     _skip_unless(name, "differentiable")
     rule = zoo.rule(name, **_sample(name))
-    if rule.needs(rule.hp, 1) or rule.predict is not None or rule.reduce is not None:
+    if rule.caps.needs(rule.hp, 1) or rule.caps.predict is not None or rule.caps.reduce is not None:
         pytest.skip(f"{name} takes extra inputs (loss, Hessian products, predictions); "
                     "its hypergradient is covered by its own tests")
     p0 = [p.detach() for p in _params(name, shapes=((3,), (2, 3)))]

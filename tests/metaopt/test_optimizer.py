@@ -4,7 +4,7 @@ import io
 import pytest
 import torch
 
-from metaopt import RuleOptimizer, zoo
+from metaopt import Capabilities, RuleOptimizer, zoo
 
 # gradients built with backward(create_graph=True) are differentiated on purpose
 pytestmark = pytest.mark.filterwarnings("ignore:Using backward\\(\\) with create_graph")
@@ -180,7 +180,7 @@ def test_needs_loss_without_closure_is_an_error():
     from metaopt.rule import UpdateRule
 
     rule = UpdateRule("polyak", lambda p: {}, lambda g, p, s, hp, t, loss: (loss * g, {}),
-                      hp={"lr": 1.0}, needs=lambda hp, t: frozenset({"loss"}))
+                      hp={"lr": 1.0}, caps=Capabilities(needs=lambda hp, t: frozenset({"loss"})))
     p = torch.nn.Parameter(torch.ones(2))
     opt = RuleOptimizer([p], rule)
     (p * p).sum().backward()
@@ -275,7 +275,7 @@ def test_predict_moves_weights_for_the_closure_and_back_for_the_update():
     rule = UpdateRule(
         "ahead_sgd", init=lambda p: {"last": torch.zeros_like(p)}, hp={"lr": 0.5, "ahead": 1.0},
         update=lambda g, p, s, hp, step: (hp["lr"] * g, {"last": hp["lr"] * g}),
-        predict=lambda p, s, hp, step: p - hp["ahead"] * s["last"])
+        caps=Capabilities(predict=lambda p, s, hp, step: p - hp["ahead"] * s["last"]))
     a = torch.ones(2, dtype=torch.float64, requires_grad=True)
     b = torch.full((1,), 2.0, dtype=torch.float64, requires_grad=True)
     opt = RuleOptimizer([{"params": [a]}, {"params": [b], "ahead": 0.0}], rule)

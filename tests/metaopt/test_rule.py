@@ -3,7 +3,7 @@ import pytest
 import torch
 from torch.func import vmap
 
-from metaopt import apply, init_states, unroll, zoo
+from metaopt import Capabilities, apply, init_states, unroll, zoo
 
 
 def _quad_loss(params, batch):
@@ -134,8 +134,8 @@ def _global_normalized_sgd():
     """A toy rule with a cross-tensor sum: p <- p - lr g / ||g||, ||g|| over every tensor."""
     from metaopt.rule import UpdateRule
     return UpdateRule(
-        "gnsgd", init=lambda p: {}, hp={"lr": 0.1}, elementwise=False,
-        reduce=lambda g, p, s, hp, step: (g * g).sum(),
+        "gnsgd", init=lambda p: {}, hp={"lr": 0.1},
+        caps=Capabilities(elementwise=False, reduce=lambda g, p, s, hp, step: (g * g).sum()),
         update=lambda g, p, s, hp, step, total: (hp["lr"] * g / total.sqrt(), {}))
 
 
@@ -170,7 +170,7 @@ def _predicting_sgd():
     return UpdateRule(
         "ahead_sgd", init=lambda p: {"last": torch.zeros_like(p)}, hp={"lr": 0.5, "ahead": 1.0},
         update=lambda g, p, s, hp, step: (hp["lr"] * g, {"last": hp["lr"] * g}),
-        predict=lambda p, s, hp, step: p - hp["ahead"] * s["last"])
+        caps=Capabilities(predict=lambda p, s, hp, step: p - hp["ahead"] * s["last"]))
 
 
 def test_unroll_takes_gradients_at_the_predicted_point():

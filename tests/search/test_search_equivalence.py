@@ -84,12 +84,12 @@ def test_lion_program_equals_lion_pytorch_and_zoo():
 
 def test_to_rule_is_an_update_rule_with_zero_states_and_lr():
     rule = search.to_rule(search.parse(ADAM), lr=0.3)
-    assert rule.hp == {"lr": 0.3} and rule.elementwise
+    assert rule.hp == {"lr": 0.3} and rule.caps.elementwise
     state = rule.init(torch.ones(2, 3))
     assert set(state) == {"m", "v"} and all(bool((s == 0).all()) for s in state.values())
     assert not search.to_rule(search.parse(
         "def train(w, g, lr):\n    update = clip_by_global_norm(g, 1.0) * lr\n    return update\n"
-    )).elementwise
+    )).caps.elementwise
 
 
 def test_to_optimizer_state_dict_resume_is_exact():

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from metaopt import UpdateRule, tasks, zoo
+from metaopt import Capabilities, UpdateRule, tasks, zoo
 from metaopt.bench.run import final_val_loss, train_curve
 
 
@@ -45,7 +45,7 @@ def _hvp_rule():
         return hp["lr"] * u * hvp, s
 
     return UpdateRule("hvp_probe", lambda p: {}, update, hp={"lr": 0.1},
-                      needs=lambda hp, step: frozenset({"hvp"}))
+                      caps=Capabilities(needs=lambda hp, step: frozenset({"hvp"})))
 
 
 @pytest.mark.filterwarnings("ignore:Using backward\\(\\) with create_graph=True")

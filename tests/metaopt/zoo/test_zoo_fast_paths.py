@@ -1,4 +1,4 @@
-"""The multi-tensor fast paths (``rule.fused``) equal the rules' pure ``update``.
+"""The multi-tensor fast paths (``rule.caps.fused``) equal the rules' pure ``update``.
 
 Each member's in-place path runs a few steps in float64 on tensors of several shapes (some cut
 into blocks, some batched, one non-contiguous) next to the per-tensor reference ``p - update``;
@@ -68,7 +68,7 @@ def _fast(rule, params, grads, steps):
     params = [p.clone() for p in params]
     states = [rule.init(p) for p in params]
     for t, gs in enumerate(grads):
-        rule.fused(params, gs, states, dict(rule.hp), [s + t for s in steps])
+        rule.caps.fused(params, gs, states, dict(rule.hp), [s + t for s in steps])
     return params, states
 
 
@@ -89,7 +89,7 @@ def small_blocks(monkeypatch):
                          ids=lambda x: x if isinstance(x, str) else str(x))
 def test_fast_path_equals_update(name, hp, small_blocks):
     rule = zoo.rule(name, **hp)
-    assert rule.fused is not None
+    assert rule.caps.fused is not None
     params, grads = _tensors(0, steps=8)
     ones = [1] * len(params)
     want_p, want_s = _reference(rule, params, grads, ones)
@@ -113,7 +113,7 @@ def test_tensors_at_different_steps(name, small_blocks):
 
 def test_every_elementwise_member_has_a_fast_path():
     without = sorted(n for n in zoo.names()
-                     if zoo.rule(n).elementwise and zoo.rule(n).fused is None)
+                     if zoo.rule(n).caps.elementwise and zoo.rule(n).caps.fused is None)
     assert without == sorted(NO_FAST_PATH)
 
 
@@ -147,7 +147,7 @@ def test_auto_prefers_native_kernels_then_compiling_then_the_foreach_fallback(mo
     from metaopt.fastpath import choose_impl
 
     lion, adamw = zoo.rule("lion"), zoo.rule("adamw")
-    assert lion.fused.devices == frozenset()
+    assert lion.caps.fused.devices == frozenset()
     small, big = [torch.zeros(4)], [torch.zeros(64)]
     meta = [torch.zeros(64, device="meta")]
     monkeypatch.setattr(fastpath, "CPU_COMPILE_MIN_NUMEL", 64)

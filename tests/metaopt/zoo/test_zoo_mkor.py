@@ -226,5 +226,5 @@ def test_bad_hyperparameters_are_one_line_errors(hp, message):
 
 def test_warmup_refreshes_the_factors_every_step():
     rule = zoo.rule("mkor", inv_freq=10, warmup_steps=3)
-    assert [sorted(rule.needs(rule.hp, t)) for t in (1, 3, 4, 11)] == [
+    assert [sorted(rule.caps.needs(rule.hp, t)) for t in (1, 3, 4, 11)] == [
         ["layer", "layer_grad"], ["layer", "layer_grad"], ["layer_grad"], ["layer", "layer_grad"]]

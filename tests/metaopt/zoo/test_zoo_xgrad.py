@@ -269,7 +269,7 @@ def _run_predicted(rule, x, grad_fn, steps):
     """The rule's functional step with the gradient taken at its predicted point."""
     state = rule.init(x)
     for t in range(1, steps + 1):
-        delta, state = rule.update(grad_fn(rule.predict(x, state, rule.hp, t)), x, state,
+        delta, state = rule.update(grad_fn(rule.caps.predict(x, state, rule.hp, t)), x, state,
                                    rule.hp, t)
         x = x - delta
     return x

@@ -12,7 +12,7 @@ SECOND_ORDER = {"shampoo", "soap", "psgd", "muon", "mfac"}  # matrices; costly b
 def _needs_extras(name: str) -> bool:
     """Members that need the loss or Hessian-vector products (``unroll`` supplies neither)."""
     rule = zoo.rule(name)
-    return bool(rule.needs(rule.hp, 1))
+    return bool(rule.caps.needs(rule.hp, 1))
 
 
 def test_sqrt0_value_and_derivative():
