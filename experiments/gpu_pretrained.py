@@ -60,7 +60,7 @@ def main(argv=None) -> int:
              + (f" = {3600 * steps / secs:.0f} outer steps/hour" if secs else ""), "",
              "| outer step | meta-training s | validation (geomean final train loss) |",
              "|---:|---:|---:|"]
-    lines += [f"| {s} | {t:.0f} | {v:.4f} |" for s, v, t in log["val"]]
+    lines += [f"| {r[0]} | {r[2]:.0f} | {r[1]:.4f} |" for r in log["val"]]
     (out / "gpu_pretrained.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0

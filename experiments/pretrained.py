@@ -49,6 +49,7 @@ NUM_TASKS = 8
 OUTER_LR = 1e-3
 LR0_GRID = (1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
 VAL_SEEDS = (100, 101)  # meta-validation seeds; the evaluation uses others
+VAL_MULTS = (0.1, 0.316, 1.0)  # step multipliers meta-validation chooses among
 CHARLM = dict(depth=1, heads=4, context=32, base_width=64, eval_windows=64)
 
 
@@ -83,6 +84,10 @@ def train_family(device: str = "cpu") -> Mixture:
                    device=device),
         TaskChoice("charlm", h, {"width": [32, 64], "param": ["mup", "sp"]}, device=device,
                    batch_size=16, **CHARLM),
+        TaskChoice("autoencoder_digits", h, {"width": [32, 64], "batch_size": [32, 128]},
+                   device=device, code=8),
+        TaskChoice("rnn_digits", h, {"width": [16, 32], "batch_size": [32, 64]},
+                   device=device, cell="gru"),
     ], h)
 
 
@@ -99,7 +104,9 @@ def validation_problems(device: str = "cpu") -> list:
     (seeds ``VAL_SEEDS``)."""
     return [tasks.get("mlp_digits", width=256, depth=2, param="sp", base_width=64,
                       batch_size=32, device=device),
-            tasks.get("charlm", width=128, param="sp", batch_size=16, device=device, **CHARLM)]
+            tasks.get("charlm", width=128, param="sp", batch_size=16, device=device, **CHARLM),
+            tasks.get("autoencoder_digits", width=256, code=8, batch_size=64, device=device),
+            tasks.get("rnn_digits", cell="gru", width=64, batch_size=64, device=device)]
 
 
 def run_lo(task, lopt, theta, steps: int, seed: int) -> float:
@@ -136,10 +143,19 @@ def geomean(xs) -> float:
     return math.exp(sum(math.log(max(x, 1e-30)) for x in xs) / len(xs))
 
 
-def validate(lopt, theta, device: str, steps: int | None = None) -> float:
+def scaled(lopt: MLPLOpt, mult: float) -> MLPLOpt:
+    """``lopt`` with its step multiplied by ``mult`` (``step_mult`` scales every step linearly;
+    the shipped file carries the chosen one, so a user's ``lr=1.0`` is it)."""
+    return MLPLOpt(**{**lopt.config(), "step_mult": lopt.step_mult * mult})
+
+
+def validate(lopt, theta, device: str, steps: int | None = None) -> dict[float, float]:
+    """Meta-validation score (geometric mean final train loss over :func:`validation_problems`
+    and ``VAL_SEEDS``) for each step multiplier in ``VAL_MULTS``."""
     steps = 2 * HORIZON if steps is None else steps
-    return geomean(run_lo(t, lopt, theta, steps, s) for t in validation_problems(device)
-                   for s in VAL_SEEDS)
+    problems = validation_problems(device)
+    return {m: geomean(run_lo(t, scaled(lopt, m), theta, steps, s) for t in problems
+                       for s in VAL_SEEDS) for m in VAL_MULTS}
 
 
 def pick_lr0(lopt, device: str) -> tuple[float, dict]:
@@ -173,7 +189,7 @@ def meta_train_stage(work: Path, minutes: float, meta_steps: int, val_every: int
         start = load_theta(init, lopt)
     if not log["val"]:
         t0 = time.perf_counter()
-        log["val"].append([0, validate(lopt, start, device), 0.0])
+        log["val"].append(_val_entry(0, validate(lopt, start, device), 0.0))
         log["val_seconds"] = time.perf_counter() - t0
         save_theta(work / "best.safetensors", start, lopt)
         save_theta(work / "theta_0.safetensors", start, lopt)
@@ -191,16 +207,41 @@ def meta_train_stage(work: Path, minutes: float, meta_steps: int, val_every: int
                            seed=0, theta=start, meta_loss="mean_log_train_loss",
                            progress=False, device=device)
         log["seconds"] += time.perf_counter() - t0
-        score = validate(lopt, theta, device)
-        if score < min(v for _, v, _ in log["val"]):
+        entry = _val_entry(upto, validate(lopt, theta, device), log["seconds"])
+        if entry[1] < min(v[1] for v in log["val"]):
             save_theta(work / "best.safetensors", theta, lopt)
         save_theta(work / f"theta_{upto}.safetensors", theta, lopt)
-        log["val"].append([upto, score, log["seconds"]])
+        log["val"].append(entry)
         _write(log_path, log)
         rate = 3600 * upto / log["seconds"]
-        print(f"outer step {upto}: validation {score:.4f} ({rate:.0f} outer steps/hour)",
-              flush=True)
+        print(f"outer step {upto}: validation {entry[1]:.4f} at step multiplier {entry[3]:g} "
+              f"({rate:.0f} outer steps/hour)", flush=True)
     return log
+
+
+def _val_entry(step: int, scores: dict[float, float], seconds: float) -> list:
+    """A log row: outer step, best score, meta-training seconds, its multiplier, all scores."""
+    best = min(scores, key=scores.get)
+    return [step, scores[best], seconds, best, {f"{m:g}": v for m, v in scores.items()}]
+
+
+def ship_stage(work: Path, out: Path) -> Path:
+    """Write the meta-validation's best theta (``work/best.safetensors``) with its chosen step
+    multiplier folded into ``step_mult`` to ``out`` (the package's pretrained file)."""
+    log = json.loads((work / "meta.json").read_text())
+    best = min(log["val"], key=lambda v: v[1])
+    lopt = make_lopt()
+    theta = load_theta(work / "best.safetensors", lopt)
+    save_theta(out, theta, scaled(lopt, best[3]))
+    print(f"shipped outer step {best[0]} (validation {best[1]:.4f}, step multiplier "
+          f"{best[3]:g}) to {out}", flush=True)
+    return out
+
+
+def eval_problems() -> tuple[str, ...]:
+    """The evaluation's problems (``pretrained_eval.PROBLEMS``)."""
+    from pretrained_eval import PROBLEMS
+    return PROBLEMS
 
 
 def _write(path: Path, data: dict) -> None:
@@ -209,7 +250,8 @@ def _write(path: Path, data: dict) -> None:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--stage", choices=("meta-train", "evaluate", "report"), required=True)
+    p.add_argument("--stage", choices=("meta-train", "ship", "evaluate", "report"),
+                   required=True)
     p.add_argument("--work", default="/tmp/pretrained_work")
     p.add_argument("--minutes", type=float, default=45.0)
     p.add_argument("--meta-steps", type=int, default=10_000)
@@ -231,7 +273,7 @@ def main(argv=None) -> int:
     p.add_argument("--lo-grid", default=",".join(f"{10 ** (e / 2):.6g}" for e in range(-2, 3)),
                    help="evaluate: the LO's lr multipliers tried (comma-separated)")
     p.add_argument("--seeds", type=int, default=3)
-    p.add_argument("--problems", default="gru_markov,ae_digits,resmlp_synth,mlp_diabetes")
+    p.add_argument("--problems", default=",".join(eval_problems()))
     p.add_argument("--no-width", dest="width", action="store_false",
                    help="evaluate: skip the width-transfer runs")
     p.add_argument("--width-size", type=int, default=2048)
@@ -244,11 +286,14 @@ def main(argv=None) -> int:
     p.add_argument("--width-steps", type=int, default=100)
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
+    from pretrained_eval import evaluate_stage, report_stage
     work = Path(a.work)
     if a.stage == "meta-train":
         meta_train_stage(work, a.minutes, a.meta_steps, a.val_every, a.device, a.init)
         return 0
-    from pretrained_eval import evaluate_stage, report_stage
+    if a.stage == "ship":
+        ship_stage(work, Path(a.theta))
+        return 0
     if a.stage == "evaluate":
         return evaluate_stage(work, a)
     return report_stage(work, a)

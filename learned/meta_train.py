@@ -174,7 +174,8 @@ def _restore(ckpt, folder, cfg, theta, adam_states, gen, est):
             raise ValueError(f"checkpoint {where} was made with {key}={have!r}, this run has "
                              f"{want!r}; use the same settings or another checkpoint folder")
     try:
-        theta = fill_named(theta, tensors, "theta")
+        filled = fill_named(theta, tensors, "theta")  # dicts come back in sorted key order
+        theta = {k: filled[k] for k in theta}  # ... but the outer Adam states follow theta's
         adam_states = fill_named(adam_states, tensors, "outer")
         gen.set_state(tensors["gen/perturb"])
         est.load_state(slots, tensors, theta)

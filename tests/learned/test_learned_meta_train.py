@@ -12,6 +12,7 @@ from learned import estimators
 from learned.estimators import estimate
 from learned.meta_train import meta_train
 from learned.pool import InnerPool
+from learned.mlp_lopt import MLPLOpt
 from learned.sgdm_lopt import SGDMLOpt
 from learned.task_family import SingleTask, TaskChoice, TaskFamily
 from metaopt import tasks
@@ -347,3 +348,21 @@ def test_an_estimator_added_as_one_file_is_found_by_name(monkeypatch):
         for name in [m for m in sys.modules if m.startswith("learned.estimators")]:
             del sys.modules[name]
         importlib.import_module("learned.estimators")
+
+
+def test_resume_is_exact_when_theta_keys_are_not_sorted(tmp_path):
+    """A checkpoint stores theta's entries by name; restored, they must line up with the outer
+    Adam states again (kept in theta's own key order), also when that order is not sorted, as
+    for ``adam_like_theta`` and the pretrained μLO's meta-training (a resumed run once crashed
+    on mismatched shapes)."""
+    fam = SingleTask(tasks.get("quadratic", dim=4, cond=10.0, noise=0.5), horizon=6)
+    lopt = MLPLOpt(hidden=4, layers=1)
+    start = lopt.init_theta(torch.Generator().manual_seed(0))
+    unsorted = dict(reversed(list(start.items())))
+    assert list(unsorted) != sorted(unsorted)
+    kw = dict(method="pes", truncation=2, num_tasks=2, outer_lr=0.05, progress=False, seed=5,
+              theta=unsorted)
+    straight = meta_train(lopt, fam, steps=5, **kw)
+    meta_train(lopt, fam, steps=2, checkpoint_dir=tmp_path, checkpoint_every=2, **kw)
+    resumed = meta_train(lopt, fam, steps=5, checkpoint_dir=tmp_path, **kw)
+    assert all(torch.equal(straight[k], resumed[k]) for k in straight)
