@@ -17,6 +17,11 @@ def rosenbrock_grad(x):
     return torch.stack([-2 * (1 - a) - 400 * a * (b - a * a), 200 * (b - a * a)])
 
 
+# two param groups for Lion's and the cautious Lion's runs against lion-pytorch
+LION_GROUPS = [{"lr": 0.01, "weight_decay": 0.1},
+               {"lr": 0.003, "betas": (0.8, 0.95), "weight_decay": 0.5}]
+
+
 def assert_lr_vmap_equals_loop(run, lrs, p0, s0, steps=3):
     """``run(lr, params, states, step_list)`` vmapped over ``lrs`` (steps as float64 0-d
     tensors) equals ``run`` called once per lr with int steps, to 1e-10."""
