@@ -48,6 +48,15 @@ def test_the_id_is_written_once_in_its_member_file(name):
 
 
 @pytest.mark.parametrize("name", MEMBERS)
+def test_no_message_in_its_member_file_retypes_the_id(name):
+    """Messages outside ``check`` name the member by ``member_id(factory)``."""
+    factory = zoo.entry(name).factory
+    source = inspect.getsource(inspect.getmodule(factory))
+    assert not re.search(rf"""["']{name}: """, source), f"a message retypes {name!r}"
+    assert zoo.registry.member_id(factory) == name
+
+
+@pytest.mark.parametrize("name", MEMBERS)
 def test_a_bad_lr_is_named_by_the_member(name):
     with pytest.raises(ValueError, match=rf"^{name}: invalid lr=-1.0: must be"):
         zoo.rule(name, lr=-1.0)
