@@ -19,9 +19,9 @@ import time
 
 import torch
 
-from metaopt.bench.atomic import write_atomic
 from metaopt.bench.machine import machine_line
 from metaopt.bench.step_timing import adamw_factories, copy_bandwidth, time_candidates, timing_table
+from metaopt.helpers import write_atomic
 
 SETS = {
     "few large tensors (4 x 2560x1024 = 10.5M params)": [(2560, 1024)] * 4,

@@ -40,8 +40,8 @@ from bilevel.online import online_tune, train, tune_runs  # noqa: E402
 from bilevel.problems.data import corrupt_labels  # noqa: E402
 from bilevel.space import TrainingSpace  # noqa: E402
 from metaopt import tasks  # noqa: E402
-from metaopt.bench.atomic import write_atomic  # noqa: E402
 from metaopt.bench.machine import machine_line  # noqa: E402
+from metaopt.helpers import write_atomic  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)

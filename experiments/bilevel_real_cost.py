@@ -25,8 +25,8 @@ import bilevel  # noqa: E402
 from bilevel import problems  # noqa: E402
 from bilevel.inner import rule_solve  # noqa: E402
 from metaopt import zoo  # noqa: E402
-from metaopt.bench.atomic import write_atomic  # noqa: E402
 from metaopt.bench.machine import machine_line  # noqa: E402
+from metaopt.helpers import write_atomic  # noqa: E402
 from bilevel_compare import memory_table, peak_rss_kib  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))

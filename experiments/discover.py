@@ -36,6 +36,8 @@ sys.path.insert(0, ROOT)
 
 import torch  # noqa: E402
 
+from metaopt.helpers import write_atomic  # noqa: E402
+
 LRS = tuple(round(10 ** (k / 2), 10) for k in range(-9, 3))  # 3.2e-5 ... 10 in half decades
 BASELINES = ("adamw", "soap", "lion")
 ARMS = ("evolution+metaval", "evolution", "random", "constants")
@@ -349,11 +351,11 @@ def main(argv=None, defaults: dict | None = None) -> int:
                 programs[f"{arm} (seed {best['seed']}, {kind})"] = text
     print(f"search and simplification done at {(time.perf_counter() - t_start) / 60:.1f} min",
           flush=True)
-    with open(os.path.join(args.out, "discovered_search.json"), "w", encoding="utf-8") as fh:
-        json.dump({"command": command, "runs": runs, "programs": programs, "rate": rate,
-                   "budget": budget, "heldout_scores": {f"{a}/{s}": v for (a, s), v in
-                                                       arm_heldout.items()}},
-                  fh, indent=2, default=str)  # kept if the table stage is cut short
+    write_atomic(os.path.join(args.out, "discovered_search.json"), json.dumps(
+        {"command": command, "runs": runs, "programs": programs, "rate": rate,
+         "budget": budget, "heldout_scores": {f"{a}/{s}": v for (a, s), v in
+                                             arm_heldout.items()}},
+        indent=2, default=str))  # kept if the table stage is cut short
     all_programs = dict(programs)
     base_table, base_secs = collect_table(base_jobs, len(members), LRS)
     if args.minutes is not None:  # fit the table in the time left: fewer discoveries, not seeds
@@ -384,12 +386,11 @@ def main(argv=None, defaults: dict | None = None) -> int:
              f"{(time.perf_counter() - t_start) / 60:.1f} min.")
     md = markdown(command, machine_line(args.device), setup, runs, arm_heldout, table, rat,
                   list(optimizers), all_programs, member_labels, rate)
-    with open(os.path.join(args.out, "discovered.md"), "w", encoding="utf-8") as fh:
-        fh.write(md)
-    with open(os.path.join(args.out, "discovered.json"), "w", encoding="utf-8") as fh:
-        json.dump({"command": command, "runs": runs, "table": table, "ratios": rat,
-                   "heldout_scores": {f"{a}/{s}": v for (a, s), v in arm_heldout.items()},
-                   "rate": rate, "budget": budget}, fh, indent=2, default=str)
+    write_atomic(os.path.join(args.out, "discovered.md"), md)
+    write_atomic(os.path.join(args.out, "discovered.json"), json.dumps(
+        {"command": command, "runs": runs, "table": table, "ratios": rat,
+         "heldout_scores": {f"{a}/{s}": v for (a, s), v in arm_heldout.items()},
+         "rate": rate, "budget": budget}, indent=2, default=str))
     print(md)
     return 0
 

@@ -14,6 +14,7 @@ import torch
 
 from metaopt import apply, init_states, zoo
 from metaopt.bench.machine import machine_line
+from metaopt.helpers import write_atomic
 from metaopt.tasks import families
 
 
@@ -56,8 +57,7 @@ def main() -> int:
             print(lines[-1], file=sys.stderr)
     text = "\n".join(lines) + "\n"
     if args.out:
-        with open(args.out, "w", encoding="utf-8") as f:
-            f.write(text)
+        write_atomic(args.out, text)
     else:
         print(text)
     return 0

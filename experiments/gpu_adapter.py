@@ -18,9 +18,9 @@ import time
 
 import torch
 
-from metaopt.bench.atomic import write_atomic
 from metaopt.bench.machine import machine_line
 from metaopt.bench.step_timing import adamw_factories, copy_bandwidth, time_candidates, timing_table
+from metaopt.helpers import write_atomic
 
 SETS = {
     "many small tensors (1024 x 256x256 = 67M params)": ([(256, 256)] * 1024, False),

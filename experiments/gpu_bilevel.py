@@ -23,6 +23,7 @@ import bilevel  # noqa: E402
 from bilevel import problems  # noqa: E402
 from bilevel.inner import rule_solve  # noqa: E402
 from metaopt import zoo  # noqa: E402
+from metaopt.helpers import write_atomic  # noqa: E402
 
 
 def exactness(dev) -> list[str]:
@@ -100,8 +101,7 @@ def main() -> None:
         *rows,
     ])
     os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "bilevel.md"), "w") as fh:
-        fh.write(text + "\n")
+    write_atomic(os.path.join(args.out, "bilevel.md"), text + "\n")
     print(text)
 
 

@@ -22,8 +22,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bilevel import problems  # noqa: E402
 from bilevel_real_cost import one_hypergrad  # noqa: E402
 from metaopt import zoo  # noqa: E402
-from metaopt.bench.atomic import write_atomic  # noqa: E402
 from metaopt.bench.machine import machine_line  # noqa: E402
+from metaopt.helpers import write_atomic  # noqa: E402
 
 
 def measure(pb, method: str, steps: int, device) -> tuple[float | None, float]:

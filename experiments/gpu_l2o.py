@@ -24,7 +24,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from l2o_common import (MODEL_LR, MODELS, TEST_SEED, TRAIN_SEED, curves, machine,  # noqa: E402
                         optimal_value, problem)
 from learned.l2o import meta_train_l2o  # noqa: E402
-from metaopt.bench.atomic import write_atomic
+from metaopt.helpers import write_atomic
 
 ADAM_LR = 0.1  # the lr l2o_bench.py tuned for LASSO on CPU (best of 1e-3 .. 1e-1)
 BUDGET_S = {"Math-L2O (PA)": 10.0, "L2O-DM": 4.0, "RNNprop": 4.0}

@@ -22,7 +22,6 @@ keeps what was measured (gpu.sh caps this part at 240 s: the fused step compiles
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
@@ -32,6 +31,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from learned import MLPLOpt  # noqa: E402
+from metaopt.helpers import write_atomic  # noqa: E402
 from metaopt.tasks import ParamInfo  # noqa: E402
 
 N_TENSORS, SIDE = 50, 1448
@@ -99,9 +99,7 @@ class Report:
             lines.append(f"| {name} | {ms} | {ratio} | {gb:.2f} | {note} |")
         lines += [""] + self.notes
         text = "\n".join(lines) + "\n"
-        tmp = self.out.with_suffix(".tmp")
-        tmp.write_text(text)
-        os.replace(tmp, self.out)
+        write_atomic(self.out, text)
         return text
 
 

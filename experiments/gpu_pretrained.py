@@ -31,6 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import pretrained  # noqa: E402
 from pretrained import meta_train_stage  # noqa: E402
 
+from metaopt.helpers import write_atomic  # noqa: E402
+
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -61,7 +63,7 @@ def main(argv=None) -> int:
              "| outer step | meta-training s | validation (geomean final train loss) |",
              "|---:|---:|---:|"]
     lines += [f"| {r[0]} | {r[2]:.0f} | {r[1]:.4f} |" for r in log["val"]]
-    (out / "gpu_pretrained.md").write_text("\n".join(lines) + "\n")
+    write_atomic(out / "gpu_pretrained.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0
 

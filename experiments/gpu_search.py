@@ -23,6 +23,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from search_tasks import TeacherStudentMLP, machine_line  # noqa: E402
 from search_throughput import candidates, rate  # noqa: E402
 
+from metaopt.helpers import write_atomic  # noqa: E402
 from search.backends import evaluate_local  # noqa: E402
 from search.evolve import run  # noqa: E402
 from search.fitness import FitnessConfig  # noqa: E402
@@ -97,8 +98,7 @@ def main(argv=None) -> int:
                             max(2, a.serial // 2), t_start, a.budget_s + 10)
     text = "\n".join(lines) + "\n"
     os.makedirs(a.out, exist_ok=True)
-    with open(os.path.join(a.out, "search.md"), "w") as fh:
-        fh.write(text)
+    write_atomic(os.path.join(a.out, "search.md"), text)
     print(text)
     return 0
 

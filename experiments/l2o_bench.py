@@ -26,7 +26,7 @@ from l2o_common import (ADAM_LRS, MODELS, TEST_SEED, VARIANTS, add_run_args,  # 
                         curves, machine, optimal_value, problem, slug, train, tune_adam,
                         write_json)
 from learned.l2o import l2o_step  # noqa: E402
-from metaopt.bench.atomic import write_atomic
+from metaopt.helpers import write_atomic
 
 
 def parse(argv=None):

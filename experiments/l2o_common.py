@@ -8,7 +8,6 @@ steps and of instances per step are scaled to the machine (the paper: 500 x 64).
 from __future__ import annotations
 
 import json
-import os
 import re
 import time
 
@@ -19,6 +18,7 @@ from learned.l2o import (L2ODM, MathL2O, RNNProp, fista, ista, l2o_objectives,
 from learned.l2o import ood
 from metaopt import tasks, zoo
 from metaopt.bench.machine import machine_line
+from metaopt.helpers import write_atomic
 
 MODELS = {"Math-L2O (PA)": MathL2O, "L2O-DM": L2ODM, "RNNprop": RNNProp,
           # ablation (not in the paper): P in (0, 1), i.e. steps capped at 0.9999/L
@@ -109,7 +109,4 @@ def slug(text: str) -> str:
 
 
 def write_json(path: str, data) -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(data, f)
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(data))

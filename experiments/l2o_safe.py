@@ -28,7 +28,7 @@ from l2o_common import (TEST_SEED, VARIANTS, add_run_args, fista,  # noqa: E402
 from learned.l2o import MathL2O, Safeguarded, ood  # noqa: E402
 from learned.l2o.run import l2o_step  # noqa: E402
 from learned.l2o.solvers import fista_step  # noqa: E402
-from metaopt.bench.atomic import write_atomic  # noqa: E402
+from metaopt.helpers import write_atomic  # noqa: E402
 
 MODEL = "Math-L2O (PA)"
 FLOOR = 1e-15          # relative errors below this are float64 round-off of F

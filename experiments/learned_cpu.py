@@ -36,7 +36,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 import time
 from dataclasses import dataclass
@@ -52,6 +51,7 @@ from learned.unroll import lopt_step  # noqa: E402
 from metaopt import mup, tasks, zoo  # noqa: E402
 from metaopt.bench.machine import machine_line  # noqa: E402
 from metaopt.bench.tune import open_storage, tune_lr  # noqa: E402
+from metaopt.helpers import write_atomic  # noqa: E402
 from metaopt.rule import apply, init_states  # noqa: E402
 
 VAL_SEEDS = (100, 101)  # meta-validation: never used for evaluation
@@ -147,9 +147,7 @@ class Cache:
     def get(self, key, fn):
         if key not in self.data:
             self.data[key] = fn()
-            tmp = self.path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(self.data, indent=1))
-            os.replace(tmp, self.path)
+            write_atomic(self.path, json.dumps(self.data, indent=1))
         return self.data[key]
 
 
@@ -206,7 +204,7 @@ def meta_train_lo(work: Path, which: str, lr0: float, a) -> tuple[dict, dict]:
         if score < min(v for _, v in log["val"]):
             save_theta(best_path, theta, lopt)
         log["val"].append([upto, score])
-        log_path.write_text(json.dumps(log))
+        write_atomic(log_path, json.dumps(log))
         print(f"{which}: outer step {upto}, held-out final train loss {score:.4f}", flush=True)
     return load_theta(best_path, lopt), log
 
@@ -387,9 +385,7 @@ def write_report(out, a, lr0, base0, metas, rows, times, curves):
           "| optimizer | ms / step | x AdamW (foreach) |", "|---|---:|---:|",
           *[f"| {n} | {t * 1e3:.1f} | {t / ref:.1f} |" for n, t in times], ""]
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text("\n".join(L) + "\n")
-    os.replace(tmp, out)
+    write_atomic(out, "\n".join(L) + "\n")
     print("\n".join(L))
 
 

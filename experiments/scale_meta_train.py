@@ -31,6 +31,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from learned import MLPLOpt, load_theta  # noqa: E402
+from metaopt.helpers import write_atomic  # noqa: E402
 
 RESULT = ROOT / "experiments" / "results" / "scale_meta_train.md"
 
@@ -90,7 +91,7 @@ def main() -> None:
               "same `tasks_per_vmap`, tested in `tests/learned/test_learned_distributed.py`). "
               "On 2 shared cores more than 2 processes cannot speed up; the ratios are "
               "measured in one run under the same load."]
-    a.out.write_text("\n".join(lines) + "\n")
+    write_atomic(a.out, "\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

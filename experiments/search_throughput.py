@@ -23,6 +23,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from search_tasks import TeacherStudentMLP, machine_line  # noqa: E402
 
+from metaopt.helpers import write_atomic  # noqa: E402
 from search.backends import evaluate_local  # noqa: E402
 from search.fitness import FitnessConfig  # noqa: E402
 from search.mutate import valid_child  # noqa: E402
@@ -94,8 +95,7 @@ def main(argv=None) -> int:
     print(text)
     if a.out:
         os.makedirs(a.out, exist_ok=True)
-        with open(os.path.join(a.out, "search_throughput.md"), "w") as fh:
-            fh.write(text)
+        write_atomic(os.path.join(a.out, "search_throughput.md"), text)
     return 0
 
 

@@ -43,9 +43,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from metaopt import zoo  # noqa: E402
-from metaopt.bench.atomic import write_atomic  # noqa: E402
 from metaopt.bench.machine import machine_line  # noqa: E402
 from metaopt.bench.tune import open_storage, tune_lr  # noqa: E402
+from metaopt.helpers import write_atomic  # noqa: E402
 from metaopt.tasks.digits_data import DigitsTask  # noqa: E402
 
 OPTIMIZERS = ["adam", "adamw", "sgd", "shampoo", "soap", "adafisher", "mkor"]

@@ -44,3 +44,48 @@ def test_results_file_starts_with_its_command(path):
     assert names_a_command(first), (
         f"{path.name}: first line must be 'Command: ...' or a backticked python/bash command, "
         f"got {first[:80]!r}")
+
+
+ROOT = RESULTS.parent.parent
+SCRIPT_RUN = re.compile(r"(?:python3?|bash) (experiments/[\w/]+\.(?:py|sh))((?: +[^ `]+)*)")
+
+
+def _script_source(script: Path, seen: set | None = None) -> str:
+    """The text of ``script`` and of the experiments modules it imports (its options may be
+    declared there, e.g. ``l2o_common.add_run_args``)."""
+    seen = set() if seen is None else seen
+    seen.add(script)
+    text = script.read_text(encoding="utf-8")
+    for name in re.findall(r"^(?:from|import) (\w+)", text, flags=re.M):
+        helper = script.parent / f"{name}.py"
+        if helper.is_file() and helper not in seen:
+            text += _script_source(helper, seen)
+    return text
+
+
+def named_runs(first_line: str) -> list[tuple[str, list[str]]]:
+    """``(script, options)`` of every ``python|bash experiments/...`` run in backticks."""
+    runs = []
+    for quoted in re.findall(r"`([^`]*)`", first_line):
+        for script, rest in SCRIPT_RUN.findall(quoted):
+            runs.append((script, re.findall(r"(?<![\w-])(--[a-z][\w-]*)", rest)))
+    return runs
+
+
+def test_named_runs_reads_scripts_and_options():
+    assert named_runs("Command: `OMP_NUM_THREADS=1 python experiments/x.py --a 1 --b-c` and "
+                      "`bash experiments/gpu.sh zoo`") == [("experiments/x.py", ["--a", "--b-c"]),
+                                                           ("experiments/gpu.sh", [])]
+    assert named_runs("Command: not recorded.") == []
+
+
+@pytest.mark.parametrize("path", RESULT_FILES, ids=lambda p: p.name)
+def test_the_command_names_an_existing_script_and_its_options(path):
+    """The script a results file names exists and still takes every option the command
+    passes (a renamed flag makes the recorded command wrong)."""
+    first = path.read_text(encoding="utf-8").split("\n", 1)[0]
+    for script, options in named_runs(first):
+        assert (ROOT / script).is_file(), f"{path.name}: {script} does not exist"
+        source = _script_source(ROOT / script)
+        missing = [o for o in options if f'"{o}"' not in source and f"'{o}'" not in source]
+        assert not missing, f"{path.name}: {script} has no option {missing}"

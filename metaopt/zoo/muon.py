@@ -22,7 +22,7 @@ import torch
 from ..capabilities import Capabilities
 from ..rule import UpdateRule
 from .checks import check_min, check_unit, fail
-from .registry import member_rule, register
+from .registry import member_id, member_rule, register
 
 NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
 
@@ -47,8 +47,8 @@ def _init(p):
 
 def _update(g, p, state, hp, step):
     if p.dim() < 2:
-        raise ValueError(f"muon: a parameter of shape {tuple(p.shape)} is not a matrix; "
-                         "optimize vectors and scalars with another optimizer (e.g. adamw)")
+        raise ValueError(f"{member_id(muon)}: a parameter of shape {tuple(p.shape)} is not a "
+                         "matrix; optimize vectors and scalars with another optimizer (e.g. adamw)")
     mu, lr = hp["momentum"], hp["lr"]
     buf = torch.lerp(state["momentum_buffer"], g, 1 - mu)
     u = torch.lerp(g, buf, mu) if hp["nesterov"] else buf

@@ -81,7 +81,7 @@ from ..rule import UpdateRule
 from ._scalar import minimum, select
 from ._sqrt import sqrt0
 from .checks import check_choice, check_min, check_unit
-from .registry import member_rule, register
+from .registry import member_id, member_rule, register
 
 PSPS_PRECONDITIONERS = ("none", "hutchinson", "adam", "adagrad")
 SANIA_PRECONDITIONERS = ("adagrad", "adam")
@@ -156,7 +156,8 @@ def psps_diagonal(g: Tensor, state: dict, hp, step, ext: dict) -> tuple[Tensor |
     beta = hp["beta"]
     if kind == "hutchinson":
         if "hvp" not in ext:
-            raise ValueError("psps: preconditioner='hutchinson' needs the extras hvp and u")
+            raise ValueError(f"{member_id(psps)}: preconditioner='hutchinson' needs the extras hvp "
+                             "and u")
         sample = (ext["u"] * ext["hvp"]).to(g.dtype)
         keep = select(step == 1, 0.0, beta)  # D_1 is the first sample
         d = keep * old + (1 - keep) * sample

@@ -80,6 +80,12 @@ def entry(name: str) -> Entry:
     return _ENTRIES[key]
 
 
+def member_id(factory: Callable[[], UpdateRule]) -> str:
+    """The id ``factory`` is registered under, for a member's messages outside ``check``
+    (which :meth:`UpdateRule.validate` names): the id stays written once, in ``@register``."""
+    return next(e.name for e in _ENTRIES.values() if e.factory is factory)
+
+
 def _build(name: str) -> UpdateRule:
     """The member's rule with its defaults, named by the registry (``origin`` lets pickle
     store it by id)."""

@@ -9,6 +9,7 @@ import sys
 import time
 
 import pytest
+import torch
 
 import search
 from metaopt import tasks
@@ -168,15 +169,53 @@ def test_cli_resume_continues_the_same_run(tmp_path):
     assert main(argv + ["--budget", "40", "--resume", "--population", "7"]) == 2
 
 
-def test_warm_starts(tmp_path):
+def _three_steps(prog, lr, w, grads):
+    """``w`` after the program's first three steps (as an update rule) on ``grads``."""
+    rule = search.to_rule(prog, lr=lr)
+    state = rule.init(w)
+    for t, g in enumerate(grads, 1):
+        delta, state = rule.update(g, w, state, rule.hp, t)
+        w = w - delta
+    return w
+
+
+def test_named_warm_starts_step_as_their_closed_forms():
+    """adamw: ``m = 0.9 m + 0.1 g``, ``v = 0.999 v + 0.001 g^2``, ``w -= lr (m / (sqrt(v) +
+    1e-8) + 0.01 w)`` (Chen et al. 2023's start, no bias correction); sgd: ``w -= lr g``.
+    Written out in float64 Python floats."""
     from search.warm import warm_start
 
-    assert warm_start("adamw").states == ("m", "v")
-    assert warm_start("sgd").to_text().count("=") == 1
-    from search.parse import parse
+    w0, lr = [0.5, -1.0, 2.0], 0.1
+    grads = [[0.3, -0.2, 1.0], [0.0, 0.5, -1.5], [-0.7, 0.1, 0.2]]
+    w, m, v, sgd = list(w0), [0.0] * 3, [0.0] * 3, list(w0)
+    for g in grads:
+        m = [0.9 * mi + 0.1 * gi for mi, gi in zip(m, g)]
+        v = [0.999 * vi + 0.001 * gi * gi for vi, gi in zip(v, g)]
+        w = [wi - lr * (mi / (math.sqrt(vi) + 1e-8) + 0.01 * wi) for wi, mi, vi in zip(w, m, v)]
+        sgd = [wi - lr * gi for wi, gi in zip(sgd, g)]
+    as_tensors = [torch.tensor(g, dtype=torch.float64) for g in grads]
+    start = torch.tensor(w0, dtype=torch.float64)
+    for name, expected in (("adamw", w), ("sgd", sgd)):
+        got = _three_steps(warm_start(name), lr, start, as_tensors)
+        torch.testing.assert_close(got, torch.tensor(expected, dtype=torch.float64),
+                                   rtol=1e-12, atol=1e-14)
 
+
+RANDOM_TEXT = ("import sys; from search.warm import warm_start; "
+               "sys.stdout.write(warm_start('random', seed=1).to_text())")
+
+
+def test_random_warm_start_is_fixed_by_its_seed_across_processes(tmp_path):
+    """The program a seed draws is the same in another interpreter with another string hash
+    seed (a set or dict order would show there), differs between seeds, and parses back."""
+    from search.parse import parse
+    from search.warm import warm_start
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONHASHSEED": "12345"}
+    other = subprocess.run([sys.executable, "-c", RANDOM_TEXT], env=env, check=True,
+                           capture_output=True, text=True, timeout=120).stdout
     first = warm_start("random", seed=1)
-    assert first == warm_start("random", seed=1)  # a seed fixes the program
+    assert first.to_text() == other
     assert len({warm_start("random", seed=s).to_text() for s in range(1, 9)}) > 1
     assert parse(first.to_text()) == first  # a valid program: its text parses back to it
     f = tmp_path / "p.txt"

@@ -1,11 +1,13 @@
 """adam and adamw against Kingma & Ba (2015), Algorithm 1, written out by hand (torch's eps
-placement), and AdamW's decoupled decay (Loshchilov & Hutter 2019), in float64."""
+placement), and AdamW's decoupled decay (Loshchilov & Hutter 2019), in float64; amsgrad
+(Reddi et al. 2018) against torch.optim.Adam(amsgrad=True)."""
 import math
 
 import pytest
 import torch
 
 from metaopt import zoo
+from metaopt.zoo.equivalence import compare_with_reference
 
 
 @pytest.mark.parametrize("name,wd", [("adam", 0.0), ("adamw", 0.1)])
@@ -26,3 +28,11 @@ def test_adam_matches_algorithm_1(name, wd):
                for wi, mi, vi in zip(ref, m, v)]
     torch.testing.assert_close(w.detach(), torch.tensor(ref, dtype=torch.float64),
                                rtol=1e-12, atol=1e-14)
+
+
+def test_amsgrad_matches_torch_adam_amsgrad(float64_default):
+    groups = [{"lr": 0.01, "weight_decay": 0.1}, {"lr": 0.03, "betas": (0.8, 0.99)}]
+    compare_with_reference(
+        "amsgrad", lambda g: torch.optim.Adam(g, amsgrad=True, foreach=False), groups,
+        state_map={"exp_avg": "exp_avg", "exp_avg_sq": "exp_avg_sq",
+                   "max_exp_avg_sq": "max_exp_avg_sq"})

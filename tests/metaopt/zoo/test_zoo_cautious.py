@@ -1,9 +1,11 @@
 """The cautious mask and the cautious members (cadamw; adamw / sgd with cautious=True)
-against transcriptions of kyleliang919/C-Optim's steps (no installable package exists),
-float64, 25 steps, 1-D/2-D/4-D tensors, two param groups, weight decay on. clion and
-lion(cautious=True) are checked against lion-pytorch in test_zoo_lion.py."""
+against transcriptions of kyleliang919/C-Optim's steps (no installable package exists), and
+clion / lion(cautious=True) against lion-pytorch's cautious Lion: float64, 25 steps,
+1-D/2-D/4-D tensors, two param groups, weight decay on."""
 import pytest
 import torch
+from lion_pytorch.cautious_lion import Lion as CautiousLion
+from zoo_support import LION_GROUPS
 
 from metaopt import zoo
 from metaopt.zoo._cautious_mask import cautious
@@ -139,6 +141,16 @@ def test_cautious_changes_the_update():
     torch.testing.assert_close(caut, torch.tensor([-0.1, -0.1 - 2 * 0.19, -0.1, -0.1 - 2 * 0.19],
                                                   dtype=torch.float64))
     assert not torch.allclose(plain, caut)
+
+
+@pytest.mark.parametrize("name, extra", [("clion", {}), ("lion", {"cautious": True})])
+def test_cautious_lion_matches_lion_pytorch(name, extra):
+    """lion-pytorch's cautious Lion with cautious_factor=0 is the C-Optim mask; it clamps the
+    mean at 1e-5 where C-Optim uses 1e-3, which only matters when under 0.1% of the
+    coordinates agree (never here)."""
+    groups = [dict(g, **extra) for g in LION_GROUPS]
+    compare_with_reference(name, lambda g: CautiousLion(g, cautious_factor=0.0), groups,
+                           ref_groups=LION_GROUPS, state_map={"exp_avg": "exp_avg"})
 
 
 @pytest.mark.slow

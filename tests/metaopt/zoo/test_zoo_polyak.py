@@ -510,6 +510,14 @@ def test_bad_hyperparameters_are_rejected(name):
         opt.step(lambda: torch.zeros(()))
 
 
+def test_psps_hutchinson_without_the_hvp_is_refused_by_name():
+    rule = zoo.rule("psps", preconditioner="hutchinson")
+    x = torch.ones(3, dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"^psps: preconditioner='hutchinson' needs the extras "
+                                         r"hvp and u$"):
+        apply(rule, [x], [x], init_states(rule, [x]), 1, loss=torch.tensor(1.0))
+
+
 @pytest.mark.parametrize("name,hp,match", [
     ("sps", {"c": 0.0}, r"sps: invalid c=0.0: must be > 0"),
     ("sps", {"eta_max": -1.0}, r"sps: invalid eta_max=-1.0: must be > 0"),

@@ -1,4 +1,5 @@
-"""Differentiating through steps where a gradient coordinate is exactly zero stays finite
+"""Differentiating through steps where a gradient coordinate is exactly zero stays finite and
+equals central finite differences in float64, for every member the registry does not opt out
 (constant input pixels and dead units make this the common case on real tasks)."""
 import pytest
 import torch
@@ -6,7 +7,9 @@ import torch
 from metaopt import unroll, zoo
 from metaopt.zoo._sqrt import sqrt0
 
-SECOND_ORDER = {"shampoo", "soap", "psgd", "muon", "mfac"}  # matrices; costly by default
+# SOAP's step divides by ``v.sqrt() + eps`` (metaopt/zoo/soap.py), not the guarded sqrt0: a
+# coordinate that never gets a gradient has v = 0 and a NaN derivative through it
+KNOWN_NAN = {"soap": "soap.py takes v.sqrt() where a zero v needs sqrt0; NaN hypergradient"}
 
 
 def _needs_extras(name: str) -> bool:
@@ -35,8 +38,16 @@ def _final_sum(rule, hp, x0) -> torch.Tensor:
     return ps[0].sum()
 
 
-@pytest.mark.parametrize("name", [n for n in zoo.names()
-                                  if n not in SECOND_ORDER and not _needs_extras(n)])
+def _differentiable_without_extras() -> list:
+    """Members whose registry entry does not opt out of differentiation (muon: bfloat16) and
+    that need no extras; a known NaN is an expected (strict) failure until it is fixed."""
+    names = [n for n in zoo.names()
+             if "differentiable" not in zoo.entry(n).opt_out and not _needs_extras(n)]
+    return [pytest.param(n, marks=pytest.mark.xfail(strict=True, reason=KNOWN_NAN[n]))
+            if n in KNOWN_NAN else n for n in names]
+
+
+@pytest.mark.parametrize("name", _differentiable_without_extras())
 def test_unrolled_gradient_with_a_dead_coordinate_matches_finite_differences(name):
     """d/d lr and d/d x0 (a dead and a live coordinate) through 4 steps equal central finite
     differences in float64, so the zero-gradient guard (sqrt0) is finite and right."""
