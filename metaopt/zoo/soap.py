@@ -27,7 +27,7 @@ from __future__ import annotations
 import torch
 
 from ..capabilities import Capabilities
-from ..helpers import compute_dtype, mode_gram
+from ..helpers import compute_dtype, mode_gram, sqrt0
 from ..rule import UpdateRule
 from .checks import check_betas, check_int, check_min, check_unit
 from .registry import member_rule, register
@@ -95,7 +95,7 @@ def _update(g, p, state, hp, step):
     g, p = g.to(wd), p.to(wd)
     m = torch.lerp(state["exp_avg"], g, 1 - b1)
     v = torch.lerp(state["exp_avg_sq"], rotate(g, qs) ** 2, 1 - b2)
-    direction = rotate(rotate(m, qs) / (v.sqrt() + hp["eps"]), qs, back=True)
+    direction = rotate(rotate(m, qs) / (sqrt0(v) + hp["eps"]), qs, back=True)
     step_size = hp["lr"] * (1 - b2 ** s) ** 0.5 / (1 - b1 ** s)
     moved = (p - step_size * direction) * (1 - hp["lr"] * hp["weight_decay"])
     new = {"exp_avg": m}

@@ -7,9 +7,6 @@ import torch
 from metaopt import unroll, zoo
 from metaopt.zoo._sqrt import sqrt0
 
-# SOAP's step divides by ``v.sqrt() + eps`` (metaopt/zoo/soap.py), not the guarded sqrt0: a
-# coordinate that never gets a gradient has v = 0 and a NaN derivative through it
-KNOWN_NAN = {"soap": "soap.py takes v.sqrt() where a zero v needs sqrt0; NaN hypergradient"}
 
 
 def _needs_extras(name: str) -> bool:
@@ -40,11 +37,9 @@ def _final_sum(rule, hp, x0) -> torch.Tensor:
 
 def _differentiable_without_extras() -> list:
     """Members whose registry entry does not opt out of differentiation (muon: bfloat16) and
-    that need no extras; a known NaN is an expected (strict) failure until it is fixed."""
-    names = [n for n in zoo.names()
-             if "differentiable" not in zoo.entry(n).opt_out and not _needs_extras(n)]
-    return [pytest.param(n, marks=pytest.mark.xfail(strict=True, reason=KNOWN_NAN[n]))
-            if n in KNOWN_NAN else n for n in names]
+    that need no extras."""
+    return [n for n in zoo.names()
+            if "differentiable" not in zoo.entry(n).opt_out and not _needs_extras(n)]
 
 
 @pytest.mark.parametrize("name", _differentiable_without_extras())
