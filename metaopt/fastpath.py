@@ -13,11 +13,14 @@ per tensor (``impl="loop"``). A fast path computes the same function faster and 
     never when the step needs extra inputs or checks its update (``skip_nonfinite``).
   * ``"compiled"``: ``torch.compile``d steps with hyperparameters and the step count as 0-d
     tensors (LR schedules change values, not graphs). Elementwise rules run on flat 1-D
-    buffers: tensors of at least ``FLAT_BIG_NUMEL`` elements in place by one graph for all of
-    them, smaller ones gathered with ``_foreach_copy_`` into chunks whose state is kept flat
-    (``opt.state[p][k]`` are views), so many small tensors cost a few kernels, not a few per
-    tensor; the scratch stays below one parameter-sized buffer. Other rules compile the
-    per-tensor loop of a whole group.
+    buffers: tensors of at least ``FLAT_BIG_NUMEL`` elements in place through 1-D views (one
+    call each of one graph compiled with a dynamic length), smaller ones gathered with
+    ``_foreach_copy_`` into chunks whose state is kept flat (``opt.state[p][k]`` are views),
+    so many small tensors cost a few kernels, not a few per tensor; the scratch stays below
+    one parameter-sized buffer. Other rules (and state not shaped like the parameters, e.g.
+    NAdam's scalar momentum product) compile the per-tensor loop of a whole group; on CPU,
+    ``"auto"`` takes the fused fallback instead (such a graph over hundreds of tensors takes
+    minutes to compile there).
   * ``"auto"`` (default): a fused path where it is the fastest (torch's own fused kernels),
     else the compiled path for elementwise rules on CUDA and on CPU groups of at least
     ``CPU_COMPILE_MIN_NUMEL`` elements (with a C++ compiler), else a fallback fused path (the
@@ -117,13 +120,9 @@ class CompiledPaths:
             self._compiled = compiled_group_step(self.rule)
         dev, dtype = params[0].device, _hp_dtype(params[0].dtype)
         hp_t = {k: _as_tensor(v, dev, dtype) for k, v in hp.items()}
-        # the cautious mask rescales by its mean over each tensor: not elementwise across tensors
-        elementwise = self.rule.caps.elementwise and not hp.get("cautious", False)
-        layout = self.flat.get(key)
-        if layout is not None and not layout.matches(params):
-            layout = None
-        if elementwise and len(set(steps)) == 1 and (layout or _flattenable(params, states)):
-            self.flat_step(params, grads, states, hp, steps[0], key, layout, opt_state)
+        if self.flat_applies(params, states, hp, steps, key):
+            self.flat_step(params, grads, states, hp, steps[0], key, self._layout(params, key),
+                           opt_state)
             return
         self.flat.pop(key, None)  # a layout is kept only while it is the group's last path
         if len(set(steps)) == 1:
@@ -131,6 +130,20 @@ class CompiledPaths:
         else:
             steps_t = torch.tensor([float(s) for s in steps], device=dev, dtype=dtype).unbind()
         self._compiled(self.rule.update, params, grads, states, hp_t, steps_t)
+
+    def flat_applies(self, params, states, hp, steps, key: int) -> bool:
+        """Whether this group's compiled step runs over flat buffers (one vectorised pass per
+        tensor or chunk): an elementwise rule, one step count, every state tensor shaped like
+        its parameter. Otherwise the compiled step is one graph over the whole group, whose
+        compile time grows with the number of tensors."""
+        # the cautious mask rescales by its mean over each tensor: not elementwise across tensors
+        elementwise = self.rule.caps.elementwise and not hp.get("cautious", False)
+        return elementwise and len(set(steps)) == 1 and (
+            self._layout(params, key) is not None or _flattenable(params, states))
+
+    def _layout(self, params, key: int) -> "_FlatLayout | None":
+        layout = self.flat.get(key)
+        return layout if layout is not None and layout.matches(params) else None
 
     def flat_step(self, params, grads, states, hp, step: int, key: int,
                   layout: "_FlatLayout | None", opt_state) -> None:
@@ -199,7 +212,8 @@ def _flattenable(params, states) -> bool:
 class _FlatLayout:
     """How one param group is laid out for :meth:`RuleOptimizer._flat_step`.
 
-    ``big``: indices of large contiguous tensors (updated in place by one compiled graph).
+    ``big``: indices of large contiguous tensors (updated in place through 1-D views, one call
+    of the compiled flat graph each).
     ``chunks``: lists of indices of the others; each chunk owns one flat buffer per state key
     (the group's state tensors become views of it) and shares two scratch buffers (parameters
     and gradients gathered by ``_foreach_copy_``) with the other chunks. The scratch is at
@@ -211,7 +225,8 @@ class _FlatLayout:
         self.ids = [id(p) for p in params]
         self.states = states
         self.big = [i for i, p in enumerate(params)
-                    if p.numel() >= FLAT_BIG_NUMEL and p.is_contiguous()]
+                    if p.numel() >= FLAT_BIG_NUMEL and p.is_contiguous()
+                    and all(v.is_contiguous() for v in states[i].values())]
         small = [i for i in range(len(params)) if i not in set(self.big)]
         total = sum(params[i].numel() for i in small)
         cap = min(FLAT_CHUNK_NUMEL, max(1, -(-total // 2)))

@@ -159,3 +159,38 @@ def test_auto_prefers_native_kernels_then_compiling_then_the_foreach_fallback(mo
     assert choose_impl(lion, "auto", big, big, plain=False) == "loop"  # extra inputs
     monkeypatch.setattr(fastpath, "_cxx_available", lambda: False)
     assert choose_impl(lion, "auto", big, big, plain=True) == "fused"
+
+
+def test_auto_on_cpu_compiles_only_the_flat_path(monkeypatch):
+    """NAdam keeps a scalar momentum product per tensor, so its state is not flat: on CPU
+    ``"auto"`` then takes its foreach fallback (a whole-group graph over many tensors would
+    compile for minutes), while lion (flat state) takes the compiled flat path. Both equal the
+    loop."""
+    from metaopt import fastpath
+
+    monkeypatch.setattr(fastpath, "CPU_COMPILE_MIN_NUMEL", 1)
+    monkeypatch.setattr(fastpath, "_cxx_available", lambda: True)
+    calls = []
+    monkeypatch.setattr(fastpath.CompiledPaths, "step",
+                        lambda self, *a, **k: calls.append(self.rule.name))
+    gen = torch.Generator().manual_seed(0)
+    shapes = [(3, 4)] * 20
+    ps = [torch.randn(s, generator=gen, dtype=torch.float64, requires_grad=True) for s in shapes]
+    for p in ps:
+        p.grad = torch.randn(p.shape, generator=gen, dtype=torch.float64)
+    qs = [p.detach().clone().requires_grad_() for p in ps]
+    for q, p in zip(qs, ps):
+        q.grad = p.grad.clone()
+    auto, loop = zoo.create("nadam", ps), zoo.create("nadam", qs, impl="loop")
+    for _ in range(3):
+        auto.step()
+        loop.step()
+    assert calls == []  # the compiled path never ran
+    for p, q in zip(ps, qs):
+        torch.testing.assert_close(p, q, rtol=1e-12, atol=1e-14)
+    lion = zoo.create("lion", [p.detach().clone().requires_grad_() for p in ps])
+    for p, q in zip(lion.param_groups[0]["params"], ps):
+        p.grad = q.grad.clone()
+    lion.step()
+    lion.step()
+    assert calls == ["lion", "lion"]  # both steps take the compiled flat path
