@@ -34,6 +34,8 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor
 
+from metaopt.hoist import compile_options
+
 from .base import Theta, as_param_info
 from .features import EPS, NORM_EPS, adam_direction, adam_rms, matrix_shape, update_state
 
@@ -149,7 +151,7 @@ def fused_rule_step(lopt, theta: Theta, compile: bool = True) -> Callable[..., N
                              taus=lopt.taus)
     compile = compile and not torch._dynamo.config.disable  # TORCH_COMPILE_DISABLE=1: eager
     if compile:
-        step = torch.compile(step, fullgraph=True, dynamic=True)
+        step = torch.compile(step, fullgraph=True, dynamic=True, options=compile_options())
     cache: dict = {}
     compiled: set = set()
 

@@ -57,3 +57,25 @@ def test_realize_copies():
     out = realize(xs)
     assert [float(x) for x in out] == [1.5, -2.0]
     assert all(a.data_ptr() != b.data_ptr() for a, b in zip(out, xs))
+
+
+def normalised_step(p, g, lr, step):
+    """A step scaled by a 0-d hyperparameter expression (``lr / (1 - 0.9^t)``) and then
+    normalised by a reduction of the scaled update (its RMS): the second scalar depends on
+    elements that read the first, so the two cannot be realized by one call."""
+    u = g * (lr / (1 - 0.9 ** step))
+    rms = u.square().mean().sqrt() + 1e-8
+    p.copy_(p - u / rms)
+
+
+def test_scalars_from_reductions_and_from_hyperparameters_compile_and_agree():
+    gen = torch.Generator().manual_seed(2)
+    p, g = torch.randn(1000, generator=gen), torch.randn(1000, generator=gen)
+    hp = (torch.tensor(1e-2), torch.tensor(3.0))
+    want = p.clone()
+    normalised_step(want, g, *hp)
+    compiled = torch.compile(normalised_step, dynamic=True, options=compile_options())
+    got = p.clone()
+    _, codes = run_and_get_code(compiled, got, g, *hp)
+    assert "torch.ops.metaopt.realize" in "\n".join(codes)
+    torch.testing.assert_close(got, want, rtol=2e-6, atol=1e-7)
