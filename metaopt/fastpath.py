@@ -34,6 +34,7 @@ import functools
 import os
 import shutil
 import types
+import warnings
 from typing import Any, Callable
 
 import torch
@@ -112,6 +113,26 @@ class CompiledPaths:
         self.rule = rule
         self._compiled: Callable | None = None
         self.flat: dict[int, _FlatLayout] = {}
+        self.failed = False  # a CPU compile failed: "auto" stops choosing this path
+        self._worked = False
+
+    def step_or_fall_back(self, params, grads, states, hp, steps, key: int, opt_state) -> None:
+        """:meth:`step` where ``"auto"`` chose it on a CPU: if the very first compile fails
+        (a C++ toolchain that cannot build Inductor's kernels), warn once and take the rule's
+        fused path, or its per-tensor update, for this and every later step."""
+        try:
+            self.step(params, grads, states, hp, steps, key, opt_state)
+            self._worked = True
+        except Exception as err:  # noqa: BLE001 - compile errors have many types
+            if self._worked:
+                raise
+            self.failed = True
+            self.flat.pop(key, None)
+            reason = " ".join(str(err).split())[:200]
+            warnings.warn(f"{self.rule.name}: compiling the CPU step failed ({reason}); "
+                          "using the uncompiled path from now on (impl='fused' or 'loop' "
+                          "avoids this attempt)", RuntimeWarning, stacklevel=4)
+            _uncompiled_step(self.rule, params, grads, states, hp, steps)
 
     def step(self, params, grads, states, hp, steps, key: int, opt_state) -> None:
         """One compiled step of a group; ``opt_state`` (the optimizer's ``state``) is
@@ -294,6 +315,14 @@ def _as_tensor(v: Any, device, dtype) -> Any:
     if isinstance(v, tuple) and all(isinstance(x, float) for x in v):
         return tuple(torch.tensor(x, device=device, dtype=dtype) for x in v)
     return v
+
+
+def _uncompiled_step(rule: UpdateRule, params, grads, states, hp, steps) -> None:
+    """The rule's fused path where it may run, else its update per tensor, in place."""
+    if rule.caps.fused is not None and kernel_safe(params, grads):
+        rule.caps.fused(params, grads, states, hp, steps)
+    else:
+        _inplace_group_step(rule.update, params, grads, states, hp, steps)
 
 
 def _inplace_group_step(update, params, grads, states, hp, steps) -> None:

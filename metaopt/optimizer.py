@@ -293,7 +293,8 @@ class RuleOptimizer(torch.optim.Optimizer):
         if impl == "compiled" and not all(rule_states):  # state created by the first update
             impl = "loop"
         if (impl == "compiled" and self.impl == "auto" and real[0].device.type == "cpu"
-                and not self._paths.flat_applies(real, rule_states, hp, steps, id(group))):
+                and (self._paths.failed
+                     or not self._paths.flat_applies(real, rule_states, hp, steps, id(group)))):
             # on CPU "auto" compiles only the flat path: a graph over a whole group of many
             # tensors takes minutes to compile there; the rule's fused fallback instead
             impl = "fused" if self.rule.caps.fused is not None and kernel_safe(real, grads) \
@@ -301,6 +302,9 @@ class RuleOptimizer(torch.optim.Optimizer):
         try:
             if impl == "fused":
                 self.rule.caps.fused(real, grads, rule_states, hp, steps)
+            elif impl == "compiled" and self.impl == "auto" and real[0].device.type == "cpu":
+                self._paths.step_or_fall_back(real, grads, rule_states, hp, steps, id(group),
+                                              self.state)
             elif impl == "compiled":
                 self._paths.step(real, grads, rule_states, hp, steps, id(group), self.state)
             elif group["skip_nonfinite"]:

@@ -42,12 +42,15 @@ DEVICES = frozenset()
 Kernel = Callable[[list, list, dict, Any, int], None]
 
 
-def multi_tensor(kernel: Kernel, keys: Sequence[str], update: Callable | None = None
-                 ) -> Callable[..., None]:
+def multi_tensor(kernel: Kernel, keys: Sequence[str], update: Callable | None = None,
+                 devices: Sequence[str] = DEVICES) -> Callable[..., None]:
     """``fused(params, grads, states, hp, steps)`` running ``kernel`` block by block.
 
     ``keys``: the state entries shaped like the parameter (cut into blocks with it).
     ``update``: the rule's pure update, run per tensor when ``hp.get("cautious")``.
+    ``devices``: where ``"auto"`` prefers this path to the compiled one (measured in
+    ``experiments/results/zoo_cpu.md``: SGD's two ops are faster as foreach ops than as a
+    compiled pass with its per-tensor call overhead).
     """
 
     def fused(params, grads, states, hp, steps) -> None:
@@ -61,7 +64,7 @@ def multi_tensor(kernel: Kernel, keys: Sequence[str], update: Callable | None = 
             for ps, gs, st in blocks(*batch, keys):
                 kernel(ps, gs, st, hp, step)
 
-    return fast_path(fused)
+    return fast_path(fused, devices)
 
 
 def fast_path(fused: Callable[..., None], devices: Sequence[str] = DEVICES

@@ -90,5 +90,5 @@ def adagrad() -> UpdateRule:
         _init, _update,
         hp={"lr": 1e-2, "lr_decay": 0.0, "weight_decay": 0.0,
             "initial_accumulator_value": 0.0, "eps": 1e-10},
-        check=_check, caps=Capabilities(fused=fast_path(_fused)),
+        check=_check, caps=Capabilities(fused=fast_path(_fused, devices=("cpu",))),
     )

@@ -88,5 +88,6 @@ def sgd() -> UpdateRule:
         hp={"lr": 1e-3, "momentum": 0.0, "dampening": 0.0, "weight_decay": 0.0, "nesterov": False,
             "cautious": False},
         check=check_sgd_hp,
-        caps=Capabilities(fused=multi_tensor(sgd_kernel, ["momentum_buffer"], _update)),
+        caps=Capabilities(fused=multi_tensor(sgd_kernel, ["momentum_buffer"], _update,
+                                             devices=("cpu",))),
     )

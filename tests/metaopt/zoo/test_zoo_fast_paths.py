@@ -194,3 +194,37 @@ def test_auto_on_cpu_compiles_only_the_flat_path(monkeypatch):
     lion.step()
     lion.step()
     assert calls == ["lion", "lion"]  # both steps take the compiled flat path
+
+
+def test_a_failing_cpu_compile_warns_once_and_falls_back(monkeypatch):
+    """A machine whose C++ toolchain cannot build Inductor's kernels: the first compiled step
+    raises inside ``CompiledPaths.step``; ``"auto"`` warns once, takes the rule's fused path
+    for that step and every later one, and the parameters equal the loop's."""
+    from metaopt import fastpath
+
+    monkeypatch.setattr(fastpath, "CPU_COMPILE_MIN_NUMEL", 1)
+    monkeypatch.setattr(fastpath, "_cxx_available", lambda: True)
+    attempts = []
+
+    def broken(self, *a, **k):
+        attempts.append(1)
+        raise RuntimeError("InductorError: CppCompileError: c++ not usable")
+
+    monkeypatch.setattr(fastpath.CompiledPaths, "step", broken)
+    gen = torch.Generator().manual_seed(1)
+    ps = [torch.randn(5, 3, generator=gen, dtype=torch.float64, requires_grad=True)
+          for _ in range(3)]
+    qs = [p.detach().clone().requires_grad_() for p in ps]
+    for p, q in zip(ps, qs):
+        p.grad = torch.randn(p.shape, generator=gen, dtype=torch.float64)
+        q.grad = p.grad.clone()
+    auto, loop = zoo.create("lion", ps), zoo.create("lion", qs, impl="loop")
+    with pytest.warns(RuntimeWarning, match="lion: compiling the CPU step failed"):
+        auto.step()
+    loop.step()
+    for _ in range(2):
+        auto.step()
+        loop.step()
+    assert attempts == [1]
+    for p, q in zip(ps, qs):
+        torch.testing.assert_close(p, q, rtol=1e-12, atol=1e-14)
