@@ -13,8 +13,9 @@ per tensor (``impl="loop"``). A fast path computes the same function faster and 
     never when the step needs extra inputs or checks its update (``skip_nonfinite``).
   * ``"compiled"``: ``torch.compile``d steps with hyperparameters and the step count as 0-d
     tensors (LR schedules change values, not graphs). Elementwise rules run on flat 1-D
-    buffers: tensors of at least ``FLAT_BIG_NUMEL`` elements in place through 1-D views (one
-    call each of one graph compiled with a dynamic length), smaller ones gathered with
+    buffers: tensors of at least ``FLAT_BIG_NUMEL`` elements in place (on CUDA by one graph
+    for all of them; on CPU through 1-D views, one call each of one graph compiled with a
+    dynamic length), smaller ones gathered with
     ``_foreach_copy_`` into chunks whose state is kept flat (``opt.state[p][k]`` are views),
     so many small tensors cost a few kernels, not a few per tensor; the scratch stays below
     one parameter-sized buffer. Other rules (and state not shaped like the parameters, e.g.
@@ -233,8 +234,8 @@ def _flattenable(params, states) -> bool:
 class _FlatLayout:
     """How one param group is laid out for :meth:`RuleOptimizer._flat_step`.
 
-    ``big``: indices of large contiguous tensors (updated in place through 1-D views, one call
-    of the compiled flat graph each).
+    ``big``: indices of large contiguous tensors (updated in place: one compiled graph for all
+    of them on CUDA, one call of the compiled flat graph each on CPU).
     ``chunks``: lists of indices of the others; each chunk owns one flat buffer per state key
     (the group's state tensors become views of it) and shares two scratch buffers (parameters
     and gradients gathered by ``_foreach_copy_``) with the other chunks. The scratch is at
@@ -284,9 +285,16 @@ class _FlatLayout:
 
     def step(self, rule, params, grads, hp, step) -> None:
         fn, update = flat_update(rule), rule.update
-        for i in self.big:  # in place through 1-D views: one call of one graph per tensor
-            fn(update, params[i].view(-1), grads[i].reshape(-1),
-               {k: v.view(-1) for k, v in self.states[i].items()}, hp, step)
+        if self.big and params[0].device.type != "cpu":  # one graph for all of them: one
+            # call, one guard check per step (CUDA: host time per call matters most)
+            compiled_group_step(rule)(update, [params[i] for i in self.big],
+                                      [grads[i] for i in self.big],
+                                      [self.states[i] for i in self.big], hp, step)
+        elif self.big:  # CPU: in place through 1-D views, one call of one graph per tensor
+            # (a graph over many tensors compiles for minutes on a CPU)
+            for i in self.big:
+                fn(update, params[i].view(-1), grads[i].reshape(-1),
+                   {k: v.view(-1) for k, v in self.states[i].items()}, hp, step)
         for chunk, n, bufs, (pv, gv) in zip(self.chunks, self.sizes, self.state_bufs, self.views):
             ps = [params[i] for i in chunk]
             torch._foreach_copy_(pv, ps)
