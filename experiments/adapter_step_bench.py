@@ -19,7 +19,7 @@ import time
 
 import torch
 
-from metaopt.bench.machine import machine_line
+from metaopt.bench.machine import command_line, machine_line
 from metaopt.bench.step_timing import adamw_factories, copy_bandwidth, time_candidates, timing_table
 from metaopt.helpers import write_atomic
 
@@ -42,7 +42,8 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
     bandwidth = copy_bandwidth("cpu")
-    parts = [f"# RuleOptimizer step time vs torch.optim.AdamW (CPU)\n\n"
+    parts = [f"Command: `{command_line()}`\n\n"
+             f"# RuleOptimizer step time vs torch.optim.AdamW (CPU)\n\n"
              f"Machine: {machine_line('cpu')}\n\n"
              f"Measured copy bandwidth: {bandwidth / 1e9:.1f} GB/s. Median of {args.repeats} "
              f"steps after {args.warmup} warm-up steps, round-robin over implementations; "

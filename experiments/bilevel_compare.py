@@ -31,7 +31,7 @@ from bilevel import problems  # noqa: E402
 from bilevel.inner import rule_solve  # noqa: E402
 from bilevel.tuning import METHODS, RUNNERS, evaluate_trace  # noqa: E402
 from metaopt import zoo  # noqa: E402
-from metaopt.bench.machine import machine_line
+from metaopt.bench.machine import command_line, machine_line
 from metaopt.helpers import write_atomic
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -252,9 +252,9 @@ def main() -> None:
         runs[n, m, s] = run_one(n, m, s, optuna_budget if m == "optuna" else args.budget, args.cache)
     pngs = plot(runs, seeds, max(args.budget, optuna_budget))
     report = "\n\n".join([
+        f"Command: `{command_line()}`",
         "# Bilevel hyperparameter tuning: implicit-CG, unrolled, F2SA and Optuna TPE (CPU)",
-        f"Machine: {machine()}. Command: `python experiments/bilevel_compare.py --budget {args.budget:g} "
-        f"--seeds {args.seeds}" + (f" --optuna-budget {optuna_budget:g}" if args.optuna_budget else "") + "`.",
+        f"Machine: {machine()}.",
         "Setup: digits (sklearn), 300 train / 300 validation examples, float64, a fresh split (and "
         f"label corruption) per seed, {args.budget:g} s of wall-clock per gradient method and seed, "
         f"{optuna_budget:g} s for Optuna. Validation loss is "

@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 from metaopt.helpers import write_atomic
 from metaopt import apply, init_states, mup, tasks, zoo
 from metaopt.cli_common import Parser, UsageError, add_common_flags, fail, resolve_device
-from metaopt.bench.machine import machine_line
+from metaopt.bench.machine import command_line, machine_line
 
 
 def parse(argv=None):
@@ -190,6 +190,8 @@ def main(argv=None) -> int:
                              os.path.join(args.out, f"coord_check_{m}.png"))
     losses = transfer(transfer_ws, lrs, args, device, work)
     text = "\n".join([
+        f"Command: `{command_line()}`",
+        "",
         "# Coordinate check: μP vs SP",
         "",
         f"Machine: {machine(device)}.",

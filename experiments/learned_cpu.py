@@ -49,7 +49,7 @@ from learned import (LearnedOptimizer, MLPLOpt, SingleTask, adam_like_theta, loa
                      meta_train, save_theta)
 from learned.unroll import lopt_step  # noqa: E402
 from metaopt import mup, tasks, zoo  # noqa: E402
-from metaopt.bench.machine import machine_line  # noqa: E402
+from metaopt.bench.machine import command_line, machine_line  # noqa: E402
 from metaopt.bench.tune import open_storage, tune_lr  # noqa: E402
 from metaopt.helpers import write_atomic  # noqa: E402
 from metaopt.rule import apply, init_states  # noqa: E402
@@ -323,8 +323,9 @@ def main(argv=None) -> int:
 
 def write_report(out, a, lr0, base0, metas, rows, times, curves):
     labels = ("μLO", "SP-LO", "warm start (μAdam-like)")
-    L = [f"# Learned optimizers (μLO) on the CPU: {'QUICK SMOKE TEST, ' if a.quick else ''}results",
-         "", f"Machine: {machine_line()}. Script: `experiments/learned_cpu.py`.", "",
+    L = [f"Command: `{command_line()}`", "",
+         f"# Learned optimizers (μLO) on the CPU: {'QUICK SMOKE TEST, ' if a.quick else ''}results",
+         "", f"Machine: {machine_line()}.", "",
          "## Setup",
          f"- Task: {SETTINGS[a.task].about}, batch {a.batch}, horizon "
          f"H = {a.horizon} steps; μP tasks use base width {a.base} (readout x {a.base}/width, "

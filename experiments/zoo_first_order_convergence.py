@@ -17,7 +17,6 @@ rerun resumes.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import math
 import sys
@@ -29,7 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from metaopt import apply, init_states, tasks, zoo  # noqa: E402
-from metaopt.bench.machine import cpu_model
+from metaopt.bench.machine import command_line, machine_line
 from metaopt.helpers import write_atomic
 
 MEMBERS = ["sgd", "adagrad", "rmsprop", "adadelta", "adam", "adamw", "adamax", "nadam",
@@ -75,13 +74,12 @@ def write_file(path: Path, text: str) -> None:
 
 
 def render(results: dict, scale: float) -> str:
-    cpu = cpu_model()
     lines = [
+        f"Command: `{command_line()}`",
+        "",
         "# First-order zoo members: equal lr budget on three CPU tasks",
         "",
-        f"Machine: {cpu}, torch {torch.__version__}, "
-        f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC. "
-        f"Script: `experiments/zoo_first_order_convergence.py` (steps x {scale}).",
+        f"Machine: {machine_line('cpu')}. Steps x {scale}.",
         "",
         "Each cell: the final loss at the best of 9 learning rates (default x 10^-2..10^2),"
         " that lr, and the member's rank on the task (losses below 1e-12 tie); sorted by mean"

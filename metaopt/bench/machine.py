@@ -1,9 +1,12 @@
-"""A one-line description of the machine a benchmark ran on (CPU model, GPU, torch, date)."""
+"""A one-line description of the machine a benchmark ran on (CPU model, GPU, torch, date), and
+the command line that ran it."""
 from __future__ import annotations
 
 import datetime as _dt
 import os
 import platform
+import shlex
+import sys
 
 import torch
 
@@ -31,3 +34,18 @@ def machine_line(device: str | torch.device = "cpu") -> str:
     parts += [f"torch {torch.__version__}", f"Python {platform.python_version()}",
               _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")]
     return " | ".join(parts)
+
+
+def command_line(argv: list[str] | None = None) -> str:
+    """The command that ran this script, to retype from the same folder:
+    ``[OMP_NUM_THREADS=n] [nice -n k] python <script> <args>``, shell-quoted. ``argv`` is
+    ``sys.argv`` (script first) unless given; the thread variable and the niceness are read from
+    this process."""
+    argv = list(sys.argv if argv is None else argv)
+    prefix = []
+    if "OMP_NUM_THREADS" in os.environ:
+        prefix.append(f"OMP_NUM_THREADS={shlex.quote(os.environ['OMP_NUM_THREADS'])}")
+    niceness = os.nice(0)
+    if niceness:
+        prefix.append(f"nice -n {niceness}")
+    return " ".join(prefix + ["python"] + [shlex.quote(a) for a in argv])
