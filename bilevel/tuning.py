@@ -193,8 +193,9 @@ def run_f2sa(problem: BilevelProblem, budget: float, seed: int, *, lr: float = 0
         trace.record(clock.pause(), k + 1, x, None)
         if tick:
             tick(trace)
-        clock.resume()
-        return clock.out_of(budget) or k + 1 >= (max_steps or math.inf)
+        stop = clock.out_of(budget) or k + 1 >= (max_steps or math.inf)
+        clock.resume()  # out_of pauses: F2SA's next steps are the method's own time
+        return stop
 
     trace.record(0.0, 0, problem.init_hparams(), None)
     clock.resume()
