@@ -153,6 +153,14 @@ class CompiledPaths:
             steps_t = torch.tensor([float(s) for s in steps], device=dev, dtype=dtype).unbind()
         self._compiled(self.rule.update, params, grads, states, hp_t, steps_t)
 
+    def cpu_auto_impl(self, params, grads, states, hp, steps, key: int) -> str:
+        """Where ``"auto"`` chose the compiled path on a CPU: ``"compiled"`` for the flat path
+        (unless a compile failed before), else :func:`uncompiled_impl` (a graph over a whole
+        group of many tensors compiles for minutes on a CPU)."""
+        if not self.failed and self.flat_applies(params, states, hp, steps, key):
+            return "compiled"
+        return uncompiled_impl(self.rule, params, grads)
+
     def flat_applies(self, params, states, hp, steps, key: int) -> bool:
         """Whether this group's compiled step runs over flat buffers (one vectorised pass per
         tensor or chunk): an elementwise rule, one step count, every state tensor shaped like
@@ -325,9 +333,15 @@ def _as_tensor(v: Any, device, dtype) -> Any:
     return v
 
 
+def uncompiled_impl(rule: UpdateRule, params: list[Tensor], grads: list[Tensor]) -> str:
+    """The path where a CPU step is not compiled: the rule's fused path where it may run
+    (:func:`kernel_safe`), else the loop."""
+    return "fused" if rule.caps.fused is not None and kernel_safe(params, grads) else "loop"
+
+
 def _uncompiled_step(rule: UpdateRule, params, grads, states, hp, steps) -> None:
-    """The rule's fused path where it may run, else its update per tensor, in place."""
-    if rule.caps.fused is not None and kernel_safe(params, grads):
+    """:func:`uncompiled_impl`'s path, in place (the loop as the rule's update per tensor)."""
+    if uncompiled_impl(rule, params, grads) == "fused":
         rule.caps.fused(params, grads, states, hp, steps)
     else:
         _inplace_group_step(rule.update, params, grads, states, hp, steps)

@@ -82,10 +82,12 @@ def _reduction_sources(graph: torch.fx.Graph) -> dict[torch.fx.Node, frozenset]:
     return sources
 
 
-def _realize_together(graph: torch.fx.Graph, nodes: list[torch.fx.Node]) -> None:
-    """One :func:`realize` call for ``nodes`` (0-d, one dtype); their element-reading users
-    read its outputs instead."""
-    with graph.inserting_after(max(nodes, key=_position(graph))):
+def _realize_together(graph: torch.fx.Graph, nodes: list[torch.fx.Node],
+                      position: dict[torch.fx.Node, int]) -> None:
+    """One :func:`realize` call for ``nodes`` (0-d, one dtype), after the last of them in
+    the graph's original order ``position``; their element-reading users read its outputs
+    instead."""
+    with graph.inserting_after(max(nodes, key=position.__getitem__)):
         done = graph.call_function(torch.ops.metaopt.realize.default, (list(nodes),))
     done.meta["val"] = [n.meta["val"] for n in nodes]
     anchor = done
@@ -98,24 +100,20 @@ def _realize_together(graph: torch.fx.Graph, nodes: list[torch.fx.Node]) -> None
             user.replace_input_with(node, entry)
 
 
-def _position(graph: torch.fx.Graph):
-    order = {n: i for i, n in enumerate(graph.nodes)}
-    return order.__getitem__
-
-
 class HoistScalars(CustomGraphPass):
     """The pass (see the module docstring). Its ``uuid`` hashes its own source, so Inductor's
     on-disk graph cache stays valid across processes and is invalidated when it changes."""
 
     def __call__(self, graph: torch.fx.Graph) -> None:
         sources = _reduction_sources(graph)
+        position = {n: i for i, n in enumerate(graph.nodes)}  # before any insertion
         groups: dict[tuple, list[torch.fx.Node]] = {}
         for node in graph.nodes:
             if (node.op == "call_function" and _scalar_on_cpu(node)
                     and any(_reads_elements(u) for u in node.users)):
                 groups.setdefault((node.meta["val"].dtype, sources[node]), []).append(node)
         for nodes in groups.values():  # one opaque call per group: its cost is per call
-            _realize_together(graph, nodes)
+            _realize_together(graph, nodes, position)
 
     def uuid(self) -> str:
         return hashlib.sha256(inspect.getsource(HoistScalars).encode()).hexdigest()

@@ -31,7 +31,7 @@ from torch import Tensor
 
 from .dtensor import gather, is_sharded, shard_like
 from .extras import extras
-from .fastpath import IMPLS, CompiledPaths, choose_impl, kernel_safe
+from .fastpath import IMPLS, CompiledPaths, choose_impl
 from .rule import UpdateRule, check_hp_types
 
 __all__ = ["ADAPTER_DEFAULTS", "IMPLS", "RuleOptimizer"]
@@ -292,17 +292,13 @@ class RuleOptimizer(torch.optim.Optimizer):
                 else choose_impl(self.rule, self.impl, real, grads, plain))
         if impl == "compiled" and not all(rule_states):  # state created by the first update
             impl = "loop"
-        if (impl == "compiled" and self.impl == "auto" and real[0].device.type == "cpu"
-                and (self._paths.failed
-                     or not self._paths.flat_applies(real, rule_states, hp, steps, id(group)))):
-            # on CPU "auto" compiles only the flat path: a graph over a whole group of many
-            # tensors takes minutes to compile there; the rule's fused fallback instead
-            impl = "fused" if self.rule.caps.fused is not None and kernel_safe(real, grads) \
-                else "loop"
+        cpu_auto = impl == "compiled" and self.impl == "auto" and real[0].device.type == "cpu"
+        if cpu_auto:
+            impl = self._paths.cpu_auto_impl(real, grads, rule_states, hp, steps, id(group))
         try:
             if impl == "fused":
                 self.rule.caps.fused(real, grads, rule_states, hp, steps)
-            elif impl == "compiled" and self.impl == "auto" and real[0].device.type == "cpu":
+            elif impl == "compiled" and cpu_auto:
                 self._paths.step_or_fall_back(real, grads, rule_states, hp, steps, id(group),
                                               self.state)
             elif impl == "compiled":
