@@ -79,6 +79,9 @@ def parse_args(argv=None):
     args = ap.parse_args(argv)
     if args.scale <= 0 or args.steps < 1 or args.windows < 1 or args.threads < 1:
         ap.error("--scale must be > 0; --steps, --windows and --threads >= 1")
+    if args.first_step is not None and (args.first_step.count(":") != 1
+                                        or args.first_step.split(":")[1] not in ("big", "small")):
+        ap.error("--first-step must be MEMBER:big or MEMBER:small")
     bad = sorted(set(args.configs.split(",")) - {"big", "small"})
     if bad:
         ap.error(f"unknown config(s) {bad}; choose from big, small")
@@ -128,15 +131,11 @@ def reference_steps(name: str, params) -> dict:
     return {k: v.step for k, v in refs.items()}
 
 
-def bench_member(name: str, params, adamw_step, args) -> dict:
-    """First step of a fresh default optimizer, then windows alternating with the
-    references' and fused AdamW's; medians per step."""
+def bench_member(name: str, cfg: str, params, adamw_step, args) -> dict:
+    """First step of a fresh default optimizer (and of one in a new process), then windows
+    alternating with the references' and fused AdamW's; medians per step."""
     refs = reference_steps(name, params)
-    opt = with_loss_closure(zoo.create(name, params, **BENCH_HP.get(name, {})))
-    _prepare(name, opt, params)
-    t0 = time.perf_counter()
-    opt.step()
-    first_s = time.perf_counter() - t0
+    opt, first_s = fresh_first_step(name, params)
     opt.step()
     steps = {"ours": opt.step, **refs, "adamw": adamw_step}
     times = {k: [] for k in steps}
@@ -146,21 +145,21 @@ def bench_member(name: str, params, adamw_step, args) -> dict:
     row = {k: statistics.median(v) for k, v in times.items()}
     impl = chosen_path(opt, params)
     return dict(row, member=name, first_s=first_s, S=state_tensors(opt, params), impl=impl,
-                warm_s=warm_first_step_s(name, args.config_name, args))
+                warm_s=warm_first_step_s(name, cfg, args))
 
 
-def first_step_s(name: str, params) -> float:
-    """Seconds of a fresh default optimizer's first step on ``params``."""
+def fresh_first_step(name: str, params) -> tuple:
+    """A fresh default optimizer on ``params`` and the seconds of its first step."""
     opt = with_loss_closure(zoo.create(name, params, **BENCH_HP.get(name, {})))
     _prepare(name, opt, params)
     t0 = time.perf_counter()
     opt.step()
-    return time.perf_counter() - t0
+    return opt, time.perf_counter() - t0
 
 
 def warm_first_step_s(name: str, cfg: str, args) -> float:
-    """:func:`first_step_s` in a new process (same cache directory, so Inductor's on-disk
-    cache is warm)."""
+    """:func:`fresh_first_step`'s seconds in a new process (same cache directory, so
+    Inductor's on-disk cache is warm)."""
     cmd = [sys.executable, __file__, "--first-step", f"{name}:{cfg}", "--scale",
            str(args.scale), "--threads", str(args.threads)]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True)
@@ -223,7 +222,10 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     if args.first_step is not None:
         name, cfg = args.first_step.split(":")
-        print(f"{first_step_s(name, make_params(*configs(args.scale)[cfg])):.6f}")
+        if name not in zoo.names():
+            print(f"error: unknown member {name!r}; choose from {zoo.names()}", file=sys.stderr)
+            return 2
+        print(f"{fresh_first_step(name, make_params(*configs(args.scale)[cfg]))[1]:.6f}")
         return 0
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="zoo_cpu_inductor_")
     names = elementwise_members() if args.members == "all" else args.members.split(",")
@@ -250,9 +252,8 @@ def main(argv=None) -> int:
         adamw = torch.optim.AdamW(params, fused=True)
         adamw.step()
         rows[cfg] = []
-        args.config_name = cfg
         for name in names:
-            rows[cfg].append(bench_member(name, params, adamw.step, args))
+            rows[cfg].append(bench_member(name, cfg, params, adamw.step, args))
             for p in params:  # members that clear or replace gradients get fresh ones
                 p.grad = 1e-3 * torch.randn_like(p)
             done += 1
