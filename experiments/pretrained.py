@@ -292,6 +292,12 @@ def main(argv=None) -> int:
         meta_train_stage(work, a.minutes, a.meta_steps, a.val_every, a.device, a.init)
         return 0
     if a.stage == "ship":
+        missing = [str(f) for f in (work / "meta.json", work / "best.safetensors")
+                   if not f.exists()]
+        if missing:
+            print(f"error: --work {work} is not a meta-training folder (missing "
+                  f"{', '.join(missing)}); run --stage meta-train first", file=sys.stderr)
+            return 2
         ship_stage(work, Path(a.theta))
         return 0
     if a.stage == "evaluate":

@@ -172,15 +172,11 @@ def make_problem(name: str, device, width: int = 1024) -> Problem:
         return Problem(name, build, lambda m, b: mse(m(b[0]), b[1]), x, y, 32)
     if name == "lstm_pydoc":
         from metaopt.tasks.stdlib_text import pydoc_corpus
-        from metaopt.tasks.text_lm import RecurrentLM
+        from metaopt.tasks.text_lm import RecurrentLM, next_byte_loss
         train, _ = pydoc_corpus(300_000)
         text = torch.frombuffer(bytearray(train), dtype=torch.uint8).long().to(device)
-
-        def loss(model, batch):
-            x, y = batch
-            return ce(model(x).reshape(-1, 256), y.reshape(-1))
-        return Problem(name, lambda: RecurrentLM("lstm", width // 4), loss, text, None, 32,
-                       windows=32)
+        return Problem(name, lambda: RecurrentLM("lstm", width // 4),
+                       lambda m, b: next_byte_loss(m(b[0]), b[1]), text, None, 32, windows=32)
     raise ValueError(f"unknown held-out problem {name!r}")
 
 
@@ -424,9 +420,12 @@ def _snapshot_compute(theta_file: str, work: Path) -> tuple[str, int | None, flo
     steps = int(stem.split("_")[-1]) if stem.split("_")[-1].isdigit() else None
     if steps is None or not log_path.exists():
         return str(path), steps, None
-    log = json.loads(log_path.read_text())
-    secs = {int(v[0]): v[2] for v in log["val"]}.get(steps)
-    return f"{path.parent.name}/{path.name}", steps, secs
+    return f"{path.parent.name}/{path.name}", steps, _seconds_at(log_path, steps)
+
+
+def _seconds_at(log_path: Path, steps: int) -> float | None:
+    """Meta-training seconds at outer step ``steps`` in a meta-training log (``meta.json``)."""
+    return {int(v[0]): v[2] for v in json.loads(log_path.read_text())["val"]}.get(steps)
 
 
 def _fmt(x: float) -> str:
@@ -520,8 +519,7 @@ def report_stage(work: Path, a) -> int:
     for th in snaps:
         label, n, secs = _snapshot_compute(th, work)
         if th == theta and a.theta_steps is not None:
-            n, secs = a.theta_steps, {int(v[0]): v[2] for v in json.loads(
-                (work / "meta.json").read_text())["val"]}.get(a.theta_steps)
+            n, secs = a.theta_steps, _seconds_at(work / "meta.json", a.theta_steps)
         rs = []
         for p in held_out:
             _, aw, _ = best_of(p, "adamw", LR_GRID, steps=steps, pwidth=pw)
