@@ -49,7 +49,7 @@ NUM_TASKS = 8
 OUTER_LR = 1e-3
 LR0_GRID = (1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
 VAL_SEEDS = (100, 101)  # meta-validation seeds; the evaluation uses others
-VAL_MULTS = (0.1, 0.316, 1.0)  # step multipliers meta-validation chooses among
+VAL_MULTS = (0.1, 0.178, 0.316, 0.562, 1.0)  # step multipliers meta-validation chooses among
 CHARLM = dict(depth=1, heads=4, context=32, base_width=64, eval_windows=64)
 
 
@@ -149,13 +149,37 @@ def scaled(lopt: MLPLOpt, mult: float) -> MLPLOpt:
     return MLPLOpt(**{**lopt.config(), "step_mult": lopt.step_mult * mult})
 
 
-def validate(lopt, theta, device: str, steps: int | None = None) -> dict[float, float]:
+def validate(lopt, theta, device: str, steps: int | None = None,
+             mults=VAL_MULTS) -> dict[float, float]:
     """Meta-validation score (geometric mean final train loss over :func:`validation_problems`
-    and ``VAL_SEEDS``) for each step multiplier in ``VAL_MULTS``."""
+    and ``VAL_SEEDS``) for each step multiplier in ``mults``."""
     steps = 2 * HORIZON if steps is None else steps
     problems = validation_problems(device)
     return {m: geomean(run_lo(t, scaled(lopt, m), theta, steps, s) for t in problems
-                       for s in VAL_SEEDS) for m in VAL_MULTS}
+                       for s in VAL_SEEDS) for m in mults}
+
+
+def revalidate_stage(work: Path, device: str = "cpu") -> dict:
+    """Score every logged snapshot ``work/theta_<step>.safetensors`` at the multipliers of
+    ``VAL_MULTS`` its log row lacks (a grid made finer after the run started), re-pick each
+    row's multiplier and ``work/best.safetensors``; rows already complete are not rerun."""
+    log_path, lopt = work / "meta.json", make_lopt()
+    log = json.loads(log_path.read_text())
+    for i, row in enumerate(log["val"]):
+        missing = [m for m in VAL_MULTS if f"{m:g}" not in row[4]]
+        if not missing:
+            continue
+        theta = load_theta(work / f"theta_{row[0]}.safetensors", lopt)
+        scores = {float(k): v for k, v in row[4].items()}
+        scores.update(validate(lopt, theta, device, mults=missing))
+        log["val"][i] = _val_entry(row[0], scores, row[2])
+        _write(log_path, log)
+        print(f"outer step {row[0]}: validation {log['val'][i][1]:.4f} at step multiplier "
+              f"{log['val'][i][3]:g}", flush=True)
+    best = min(log["val"], key=lambda v: v[1])
+    save_theta(work / "best.safetensors",
+               load_theta(work / f"theta_{best[0]}.safetensors", lopt), lopt)
+    return log
 
 
 def pick_lr0(lopt, device: str) -> tuple[float, dict]:
@@ -250,7 +274,8 @@ def _write(path: Path, data: dict) -> None:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--stage", choices=("meta-train", "ship", "evaluate", "report"),
+    p.add_argument("--stage", choices=("meta-train", "revalidate", "ship", "evaluate",
+                                       "report"),
                    required=True)
     p.add_argument("--work", default="/tmp/pretrained_work")
     p.add_argument("--minutes", type=float, default=45.0)
@@ -291,13 +316,16 @@ def main(argv=None) -> int:
     if a.stage == "meta-train":
         meta_train_stage(work, a.minutes, a.meta_steps, a.val_every, a.device, a.init)
         return 0
-    if a.stage == "ship":
+    if a.stage in ("ship", "revalidate"):
         missing = [str(f) for f in (work / "meta.json", work / "best.safetensors")
                    if not f.exists()]
         if missing:
             print(f"error: --work {work} is not a meta-training folder (missing "
                   f"{', '.join(missing)}); run --stage meta-train first", file=sys.stderr)
             return 2
+        if a.stage == "revalidate":
+            revalidate_stage(work, a.device)
+            return 0
         ship_stage(work, Path(a.theta))
         return 0
     if a.stage == "evaluate":
