@@ -69,8 +69,10 @@ def mem_now() -> int:
 class Report:
     def __init__(self, out: Path):
         self.out, self.rows, self.notes = out, [], []
-        from metaopt.bench.machine import machine_line
+        from metaopt.bench.machine import command_line, machine_line
         self.head = [
+            f"Command: `{command_line()}`",
+            "",
             "# MLPLOpt step overhead" + (" on the GPU" if torch.cuda.is_available() else ""),
             "",
             f"{machine_line('cuda' if torch.cuda.is_available() else 'cpu')}. "
@@ -124,16 +126,22 @@ def meta_training_speed(rep: Report, dev, steps: int) -> None:
 
 
 def fused_rows(rep: Report, params, grads, states, info, dev, lopt, theta,
-               hiddens=(32, 16), state_gb: float | None = None) -> None:
-    """The fused step (learned/fused_mlp.py: features, MLP and update in registers) for the
-    same LO (hidden 32) and for hidden 16, checked against the eager step on one tensor."""
+               hiddens=(32, 16), state_gb: float | None = None, cpu_kernels: bool = True) -> None:
+    """The fused step (features, MLP and update in registers: on a CPU the C kernels of
+    learned/fused_mlp_cpu.py, else Inductor's of learned/fused_mlp.py, or Inductor's on a CPU
+    too with ``cpu_kernels=False``) for the same LO (hidden 32) and for hidden 16, checked
+    against the eager step on one tensor."""
+    from learned import fused_mlp_cpu
     from learned.fused_mlp import fused_rule_step
 
+    c_path = cpu_kernels and fused_mlp_cpu.supports(params[0], grads[0])
+    label = ("C kernels, learned/fused_mlp_cpu.py" if c_path
+             else "Inductor, learned/fused_mlp.py")
     for hidden in hiddens:
         lo = lopt if hidden == 32 else MLPLOpt(hidden=16, step_mult=0.01, base_fan_in=128)
         th = theta if hidden == 32 else {
             k: v.to(dev) for k, v in lo.init_theta(torch.Generator().manual_seed(0)).items()}
-        fused = fused_rule_step(lo, th)
+        fused = fused_rule_step(lo, th, cpu_kernels=cpu_kernels)
         hp = {"info": info}
         x0, s0 = params[0].clone(), {k: v.clone() for k, v in states[0].items()}
         x1, s1 = params[0].clone(), {k: v.clone() for k, v in states[0].items()}
@@ -148,9 +156,26 @@ def fused_rows(rep: Report, params, grads, states, info, dev, lopt, theta,
         t = timed(lambda: fused(params, grads, states, hp, [1] * len(params)), 5)
         peak = peak_since(base_mem)
         gb = rep.rows[1][2] if state_gb is None else state_gb
-        rep.add(f"MLPLOpt fused (learned/fused_mlp.py), hidden {hidden}", t, gb,
+        rep.add(f"MLPLOpt fused ({label}), hidden {hidden}", t, gb,
                 f"compile {compile_s:.0f} s; max rel. step diff vs eager "
                 f"{rel:.1e}; transient peak +{peak:.2f} GB")
+
+
+def compute_floor_note(rep: Report, hiddens) -> None:
+    """The MLP's arithmetic floor: its multiply-adds per coordinate (2 layers, 17 inputs)
+    at the multiply-add rate of a float32 ``torch.mm`` (1024^3, same threads) measured now."""
+    a = torch.randn(1024, 1024)
+    rate = 1024 ** 3 / timed(lambda: torch.mm(a, a), 5)  # multiply-adds per second
+    n = N_TENSORS * SIDE * SIDE
+    parts = []
+    for h in hiddens:
+        fmas = 17 * h + h * h + 2 * h
+        floor = n * fmas / rate
+        parts.append(f"hidden {h}: {fmas} multiply-adds per coordinate, {floor * 1e3:.1f} ms "
+                     f"= {floor / rep.rows[0][1]:.1f}x fused AdamW")
+    rep.note(f"Arithmetic floor of the per-coordinate MLP at torch.mm's rate on this machine "
+             f"({rate / 1e9:.1f} G multiply-adds/s, float32, {torch.get_num_threads()} "
+             f"threads): " + "; ".join(parts) + ". No kernel can step faster than this.")
 
 
 def _eager_step(lo, theta, x, g, s, info) -> None:
@@ -228,6 +253,10 @@ def main(argv=None) -> int:
                 f"transient peak +{peak:.2f} GB")
 
         fused_rows(rep, params, grads, states, info, dev, lopt, theta)
+        if dev.type == "cpu":
+            fused_rows(rep, params, grads, states, info, dev, lopt, theta, hiddens=(16,),
+                       cpu_kernels=False)
+            compute_floor_note(rep, (16, 32))
         whole = MLPLOpt(hidden=32, step_mult=0.01, base_fan_in=128, chunk_elems=SIDE * SIDE)
         compiled_one = torch.compile(lambda x, g, s: one(whole, x, g, s), dynamic=False)
         # agreement on a copy of one tensor

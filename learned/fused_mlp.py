@@ -36,6 +36,7 @@ from torch import Tensor
 
 from metaopt.hoist import compile_options
 
+from . import fused_mlp_cpu
 from .base import Theta, as_param_info
 from .features import EPS, NORM_EPS, adam_direction, adam_rms, matrix_shape, update_state
 
@@ -135,15 +136,19 @@ def kernel_family(p: Tensor) -> tuple:
     return p.device.type, p.dtype, p.dim(), r == 1, c == 1
 
 
-def fused_rule_step(lopt, theta: Theta, compile: bool = True) -> Callable[..., None]:
+def fused_rule_step(lopt, theta: Theta, compile: bool = True,
+                    cpu_kernels: bool = True) -> Callable[..., None]:
     """The in-place multi-tensor step ``fused(params, grads, states, hp, steps)`` of
     ``lopt`` with ``theta`` bound (the rule's capability ``caps.fused``).
 
-    With ``compile`` (the point of this path) each tensor's step runs as compiled kernels with
+    With ``compile`` (the point of this path), a float32/float64 tensor on a CPU runs the C
+    kernels of :mod:`learned.fused_mlp_cpu` (built in about a second, where a C compiler
+    exists); any other tensor's step runs as Inductor-compiled kernels with
     dynamic sizes from the start, so a model compiles one graph per :func:`kernel_family`
     (typically two: matrices and vectors), not one per shape; the first step of each family
     prints what it is compiling and how long it took (on stderr). ``compile=False`` runs the
-    same formulation eagerly (for tests).
+    same formulation eagerly (for tests); ``cpu_kernels=False`` keeps CPU tensors on Inductor
+    too (benchmarks).
     """
     step = functools.partial(tensor_step, exp_mult=lopt.exp_mult,
                              scale_features=lopt.scale_features,
@@ -162,6 +167,10 @@ def fused_rule_step(lopt, theta: Theta, compile: bool = True) -> Callable[..., N
             if key not in cache:
                 cache[key] = theta_weights(lopt, theta, p.dtype)
             weights = cache[key]
+            if compile and cpu_kernels and fused_mlp_cpu.supports(p, g):
+                fused_mlp_cpu.tensor_step(lopt, weights, g, p, s, int(st),
+                                          lopt.step_mult * lopt.scale(info))
+                continue
             t = torch.tensor(float(st), dtype=p.dtype, device=p.device)
             mult = torch.tensor(lopt.step_mult * lopt.scale(info), dtype=p.dtype, device=p.device)
             family = kernel_family(p) if compile else None

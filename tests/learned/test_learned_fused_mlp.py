@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from learned import LearnedOptimizer, MLPLOpt
+from learned import LearnedOptimizer, MLPLOpt, fused_mlp_cpu
 from learned.fused_mlp import fused_rule_step
 from metaopt.tasks import ParamInfo
 
@@ -57,7 +57,14 @@ def test_the_steps_are_not_trivial():
 
 
 @pytest.mark.slow
-def test_compiled_fused_optimizer_equals_the_loop():
+@pytest.mark.parametrize("path", ["c", "inductor"])
+def test_compiled_fused_optimizer_equals_the_loop(path, monkeypatch):
+    """On a CPU ``impl="fused"`` runs the C step (learned/fused_mlp_cpu.py) where a C compiler
+    exists, else the Inductor-compiled one (the path GPUs take): both equal the loop."""
+    if path == "inductor":
+        monkeypatch.setattr(fused_mlp_cpu, "compiler", lambda: None)
+    elif not fused_mlp_cpu.available():
+        pytest.skip("no C compiler")
     lopt = MLPLOpt(hidden=4, step_mult=0.05)
     theta = lopt.init_theta(torch.Generator().manual_seed(0))
     gen = torch.Generator().manual_seed(2)
@@ -84,6 +91,7 @@ def test_compile_is_announced_once_per_kernel_family(monkeypatch, capsys):
     a family reuse its dynamic-shape graph silently (``torch.compile`` stubbed: the message
     logic, not Inductor, is under test)."""
     monkeypatch.setattr(torch, "compile", lambda fn, **kw: fn)
+    monkeypatch.setattr(fused_mlp_cpu, "compiler", lambda: None)  # the Inductor path
     lopt = MLPLOpt(hidden=4, step_mult=0.1)
     theta = lopt.init_theta(torch.Generator().manual_seed(0))
     fused = fused_rule_step(lopt, theta, compile=True)

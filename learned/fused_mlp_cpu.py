@@ -1,0 +1,166 @@
+"""The fused MLPLOpt step on a CPU: two C passes per tensor, compiled once per configuration in
+about a second and cached on disk.
+
+:mod:`learned.fused_mlp` writes the MLP unit by unit for Inductor, but on a CPU Inductor splits
+that graph into several loops that write the hidden units back to memory (it realises any value
+read more than a few times), and compiles it for 1-2 minutes. Here the same step is two loops of
+plain C (``fused_mlp_cpu.c``), vectorised by the C compiler over blocks of 16 coordinates:
+
+1. ``lo_moments``: the moments ``m_1, m_2, m_3, v`` updated in place and, in the same pass, the
+   sums of squares of the 15 per-coordinate features and of Adam's direction (in double);
+2. ``lo_mlp_step``: features, MLP and ``p <- p - d * exp(exp_mult * m) * mult`` in registers,
+   with the per-tensor normalisers ``rsqrt(mean(x^2) + 1e-5)`` folded into the first layer's
+   weights (``w0[k, j] * norm_k``).
+
+The row and column statistics (Adafactor's factored second moment) and everything per tensor are
+torch ops on small vectors, exactly as in :func:`learned.features.update_state`. The result
+equals :meth:`learned.MLPLOpt.update` up to the order of float rounding (sums taken per thread
+and in double; ``tests/learned/test_learned_fused_mlp_cpu.py``).
+
+Per coordinate the MLP costs ``NIN H + (layers - 1) H^2 + 2 H`` multiply-adds (560 for H = 16,
+two layers, Adam feature): at 16 float FMAs per cycle (two 256-bit FMA units) that is a floor
+of about 35 cycles per coordinate, ~20x a memory-bound fused AdamW step on a CPU whose memory
+gives AdamW ~2 cycles per coordinate. ``experiments/gpu_learned.py --cpu`` measures it.
+
+A kernel is built with the system C compiler (``$CC``, else ``cc``/``gcc``) and OpenMP into
+``$METAOPT_KERNEL_CACHE`` (default ``~/.cache/metaopt/kernels``) under a name hashing the
+source, the flags, the configuration and this CPU's model, written atomically, and loaded with
+:mod:`ctypes` (no Python objects cross the boundary: pointers and sizes only). Without a compiler,
+:func:`available` is false and :mod:`learned.fused_mlp` keeps its Inductor path.
+"""
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from .features import DECAYS, EPS, NORM_EPS, RMS_DECAY, matrix_shape
+
+SOURCE = Path(__file__).with_name("fused_mlp_cpu.c")
+FLAGS = ("-O2", "-march=native", "-funroll-loops", "-fno-math-errno", "-fopenmp", "-shared",
+         "-fPIC")
+DTYPES = {torch.float32: "float", torch.float64: "double"}
+N_SUMS = 16  # lo_moments' sums: 15 coordinate features, then Adam's direction
+_P, _I64, _INT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
+
+
+def compiler() -> str | None:
+    """The C compiler used (``$CC`` if set), or None."""
+    for name in (os.environ.get("CC"), "cc", "gcc"):
+        if name and shutil.which(name):
+            return shutil.which(name)
+    return None
+
+
+def available() -> bool:
+    """Whether this machine can build the kernels (a C compiler is on the PATH)."""
+    return compiler() is not None
+
+
+def supports(p: Tensor, g: Tensor) -> bool:
+    """Whether the C step applies to this tensor: CPU, float32/float64, contiguous, with a
+    gradient of the same dtype."""
+    return (p.device.type == "cpu" and p.dtype in DTYPES and g.dtype == p.dtype
+            and p.is_contiguous() and g.is_contiguous() and available())
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("model name", "flags")):
+                return line
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("METAOPT_KERNEL_CACHE",
+                               Path.home() / ".cache" / "metaopt" / "kernels"))
+
+
+@functools.lru_cache(maxsize=None)
+def kernels(dtype: torch.dtype, hidden: int, layers: int, n_in: int) -> ctypes.CDLL:
+    """The compiled kernels for one configuration (built on first use, then from the cache)."""
+    defines = (f"-DSCALAR={DTYPES[dtype]}", f"-DSCALAR_IS_DOUBLE={int(dtype == torch.float64)}",
+               f"-DHID={hidden}", f"-DLAYERS={layers}", f"-DNIN={n_in}")
+    cc = compiler()
+    if cc is None:
+        raise RuntimeError("learned.fused_mlp_cpu: no C compiler found (set $CC)")
+    key = hashlib.sha256("\0".join((SOURCE.read_text(), cc, *FLAGS, *defines, _cpu_model()))
+                         .encode()).hexdigest()[:24]
+    path = cache_dir() / f"lo_mlp_{key}.so"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
+            out = Path(tmp) / path.name
+            run = subprocess.run([cc, *FLAGS, *defines, "-o", str(out), str(SOURCE), "-lm"],
+                                 capture_output=True, text=True)
+            if run.returncode != 0:
+                raise RuntimeError(f"learned.fused_mlp_cpu: {cc} failed: {run.stderr.strip()}")
+            os.replace(out, path)
+    lib = ctypes.CDLL(str(path))
+    lib.lo_moments.argtypes = [_I64, _I64] + [_P] * 10 + [_INT]
+    lib.lo_mlp_step.argtypes = [_I64, _I64] + [_P] * 16 + [_INT]
+    return lib
+
+
+def _ptr(x: Tensor) -> int:
+    return x.data_ptr()
+
+
+def tensor_step(lopt, weights: tuple[Tensor, ...], g: Tensor, p: Tensor,
+                state: dict[str, Tensor], step: int, mult: float) -> None:
+    """One MLPLOpt step of one tensor in place (``p`` and ``state``); ``weights`` as
+    :func:`learned.fused_mlp.theta_weights` (the parameters' dtype), ``mult`` the step
+    multiplier ``step_mult * s(info)``."""
+    dtype, (r, c) = p.dtype, matrix_shape(p.shape)
+    lib = kernels(dtype, lopt.hidden, lopt.layers, lopt.n_features)
+    nthreads = torch.get_num_threads()
+    g2 = (g * g).reshape(r, c)
+    row, col = state["row"], state["col"]
+    row.copy_(torch.lerp(row, g2.mean(1), 1 - RMS_DECAY))
+    col.copy_(torch.lerp(col, g2.mean(0), 1 - RMS_DECAY))
+    rm = row.mean()
+    bc1, bc2 = 1 - DECAYS[0] ** step, 1 - RMS_DECAY ** step
+    consts = [float(rm), bc1, bc2 ** 0.5, 0.0, lopt.exp_mult, EPS,
+              *(1 - b for b in DECAYS), 1 - RMS_DECAY]
+    sc = torch.tensor(consts, dtype=dtype)
+    sums = torch.zeros(N_SUMS, dtype=torch.float64)
+    lib.lo_moments(r, c, _ptr(g), _ptr(p), *(_ptr(state[k]) for k in ("m1", "m2", "m3", "v")),
+                   _ptr(row), _ptr(col), _ptr(sc), _ptr(sums), nthreads)
+    n = r * c
+    rr, cc = torch.rsqrt(row + EPS), torch.rsqrt(col + EPS)
+    means = torch.cat([sums[:15].to(dtype) / n, torch.stack([(rr * rr).mean(),
+                                                             (cc * cc).mean()])])
+    norms = torch.rsqrt(means + NORM_EPS)
+    w0, wt, b0 = weights[0], weights[1], weights[2]
+    w0f = w0.clone()
+    w0f[:len(norms)] *= norms[:, None]
+    if lopt.adam_feature and lopt.adam_scale:
+        rms = torch.sqrt(sums[15].to(dtype) / n + 1e-16)
+        w0f[len(norms)] /= rms
+        mult = mult * float(rms)
+    t = torch.tensor(float(step), dtype=dtype)
+    per_tensor = torch.tanh(t / torch.tensor(lopt.taus, dtype=dtype) - 1)
+    if lopt.scale_features:
+        sq = torch.stack([(g * g).mean(), (p * p).mean()])
+        per_tensor = torch.cat([per_tensor, 0.5 * torch.log(sq + NORM_EPS)])
+    bias = b0 + per_tensor @ wt
+    hidden = weights[3:-2]
+    wh = torch.stack(list(hidden[0::2])).contiguous() if hidden else torch.zeros(1, dtype=dtype)
+    bh = torch.stack(list(hidden[1::2])).contiguous() if hidden else torch.zeros(1, dtype=dtype)
+    sc[3] = mult
+    lib.lo_mlp_step(r, c, _ptr(g), _ptr(p), *(_ptr(state[k]) for k in ("m1", "m2", "m3", "v")),
+                    _ptr(row), _ptr(col), _ptr(cc), _ptr(sc), _ptr(w0f.contiguous()),
+                    _ptr(bias.contiguous()), _ptr(wh), _ptr(bh),
+                    _ptr(weights[-2].contiguous()), _ptr(weights[-1].contiguous()), nthreads)
