@@ -167,9 +167,9 @@ def fused_rule_step(lopt, theta: Theta, compile: bool = True,
             if key not in cache:
                 cache[key] = theta_weights(lopt, theta, p.dtype)
             weights = cache[key]
-            if compile and cpu_kernels and fused_mlp_cpu.supports(p, g):
-                fused_mlp_cpu.tensor_step(lopt, weights, g, p, s, int(st),
-                                          lopt.step_mult * lopt.scale(info))
+            if (compile and cpu_kernels and fused_mlp_cpu.supports(p, g)
+                    and fused_mlp_cpu.tensor_step(lopt, weights, g, p, s, int(st),
+                                                  lopt.step_mult * lopt.scale(info))):
                 continue
             t = torch.tensor(float(st), dtype=p.dtype, device=p.device)
             mult = torch.tensor(lopt.step_mult * lopt.scale(info), dtype=p.dtype, device=p.device)

@@ -38,6 +38,7 @@ import platform
 import shutil
 import subprocess
 import tempfile
+import warnings
 from pathlib import Path
 
 import torch
@@ -114,17 +115,31 @@ def kernels(dtype: torch.dtype, hidden: int, layers: int, n_in: int) -> ctypes.C
     return lib
 
 
+@functools.lru_cache(maxsize=None)
+def kernels_or_none(dtype: torch.dtype, hidden: int, layers: int, n_in: int):
+    """:func:`kernels`, or None (with one warning) when they cannot be built or loaded here
+    (compiler error, unwritable cache folder): the caller then takes another path."""
+    try:
+        return kernels(dtype, hidden, layers, n_in)
+    except (RuntimeError, OSError) as e:
+        warnings.warn(f"learned.fused_mlp_cpu: C kernels unavailable ({e}); using the "
+                      f"Inductor path", RuntimeWarning, stacklevel=3)
+        return None
+
+
 def _ptr(x: Tensor) -> int:
     return x.data_ptr()
 
 
 def tensor_step(lopt, weights: tuple[Tensor, ...], g: Tensor, p: Tensor,
-                state: dict[str, Tensor], step: int, mult: float) -> None:
+                state: dict[str, Tensor], step: int, mult: float) -> bool:
     """One MLPLOpt step of one tensor in place (``p`` and ``state``); ``weights`` as
     :func:`learned.fused_mlp.theta_weights` (the parameters' dtype), ``mult`` the step
-    multiplier ``step_mult * s(info)``."""
+    multiplier ``step_mult * s(info)``. False (nothing done) when the kernels are unavailable."""
     dtype, (r, c) = p.dtype, matrix_shape(p.shape)
-    lib = kernels(dtype, lopt.hidden, lopt.layers, lopt.n_features)
+    lib = kernels_or_none(dtype, lopt.hidden, lopt.layers, lopt.n_features)
+    if lib is None:
+        return False
     nthreads = torch.get_num_threads()
     g2 = (g * g).reshape(r, c)
     row, col = state["row"], state["col"]
@@ -164,3 +179,4 @@ def tensor_step(lopt, weights: tuple[Tensor, ...], g: Tensor, p: Tensor,
                     _ptr(row), _ptr(col), _ptr(cc), _ptr(sc), _ptr(w0f.contiguous()),
                     _ptr(bias.contiguous()), _ptr(wh), _ptr(bh),
                     _ptr(weights[-2].contiguous()), _ptr(weights[-1].contiguous()), nthreads)
+    return True

@@ -112,3 +112,20 @@ def test_kernel_is_built_once_then_loaded_from_the_cache(monkeypatch, tmp_path):
 def test_without_a_compiler_the_c_step_is_not_used(monkeypatch):
     monkeypatch.setattr(fused_mlp_cpu, "compiler", lambda: None)
     assert not fused_mlp_cpu.supports(torch.zeros(3), torch.zeros(3))
+
+
+def test_a_failed_build_warns_once_and_falls_back(monkeypatch, tmp_path):
+    """A compiler error leaves nothing in the cache and the step takes the other path."""
+    monkeypatch.setenv("METAOPT_KERNEL_CACHE", str(tmp_path))
+    monkeypatch.setenv("CC", "false")  # a "compiler" that always fails
+    fused_mlp_cpu.kernels.cache_clear()
+    fused_mlp_cpu.kernels_or_none.cache_clear()
+    lopt = MLPLOpt(hidden=2, step_mult=0.05)
+    weights = theta_weights(lopt, lopt.init_theta(torch.Generator().manual_seed(0)), torch.float32)
+    p, g = torch.randn(3, 4), torch.randn(3, 4)
+    s, p0 = lopt.init(p), p.clone()
+    with pytest.warns(RuntimeWarning, match="C kernels unavailable"):
+        assert not fused_mlp_cpu.tensor_step(lopt, weights, g, p, s, 1, 0.05)
+    assert torch.equal(p, p0) and not list(tmp_path.rglob("*.so"))
+    fused_mlp_cpu.kernels.cache_clear()
+    fused_mlp_cpu.kernels_or_none.cache_clear()
