@@ -176,4 +176,5 @@ def _fused_with_lr(fused0):
             fused0([new], [_up(g)], [s], hp, [st])
             p.copy_(old - scale_step(old - new, old, hp))
 
+    fused.devices = getattr(fused0, "devices", ())
     return fused

@@ -183,6 +183,9 @@ def fused_rule_step(lopt, theta: Theta, compile: bool = True,
             print(f"learned.fused_mlp: compiled in {time.perf_counter() - start:.0f} s",
                   file=sys.stderr, flush=True)
 
+    # where impl="auto" takes this path: CPUs with the C kernels (ms to load once built); on a
+    # GPU the Inductor compile costs minutes, so "auto" keeps the loop there
+    fused.devices = ("cpu",) if compile and cpu_kernels and fused_mlp_cpu.available() else ()
     return fused
 
 

@@ -44,8 +44,11 @@ class LearnedOptimizer(RuleOptimizer):
       lopt: a :class:`learned.base.LOpt`.
       theta: its meta-parameters (checked: wrong names or shapes are a ``ValueError``).
       infos: optional ParamInfo per parameter (aligned with ``params``; not with groups).
-      impl: :class:`RuleOptimizer`'s implementation path: ``"loop"``, or ``"fused"`` for the
-        LO's compiled fused step where it has one (MLPLOpt: :mod:`learned.fused_mlp`).
+      impl: :class:`RuleOptimizer`'s implementation path: ``"auto"`` (default: the LO's fused
+        step where it declares itself fastest, i.e. MLPLOpt's C kernels on a CPU with a C
+        compiler, :mod:`learned.fused_mlp_cpu`; else the loop), ``"loop"``, or ``"fused"`` for
+        the LO's fused step where it has one (MLPLOpt: :mod:`learned.fused_mlp`; on a GPU
+        Inductor-compiled, minutes on first use).
       lr: multiplier of the LO's step (a learning rate for torch's LR schedulers).
       weight_decay: decoupled weight decay, ``p <- p - lr (delta + weight_decay p)``.
       **hp: other hyperparameters of the LO's rule (``lopt.rule(theta).hp``), e.g. Math-L2O's
@@ -53,7 +56,7 @@ class LearnedOptimizer(RuleOptimizer):
     """
 
     def __init__(self, params: Iterable, lopt: LOpt, theta: Theta,
-                 infos: Sequence[ParamInfo] | None = None, impl: str = "loop",
+                 infos: Sequence[ParamInfo] | None = None, impl: str = "auto",
                  lr: float | Tensor = 1.0, weight_decay: float = 0.0, **hp):
         if isinstance(params, Tensor) or isinstance(params, nn.Module):
             raise TypeError("params argument given to the optimizer should be an iterable of "

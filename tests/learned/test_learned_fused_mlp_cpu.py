@@ -129,3 +129,29 @@ def test_a_failed_build_warns_once_and_falls_back(monkeypatch, tmp_path):
     assert torch.equal(p, p0) and not list(tmp_path.rglob("*.so"))
     fused_mlp_cpu.kernels.cache_clear()
     fused_mlp_cpu.kernels_or_none.cache_clear()
+
+
+def test_learned_optimizer_auto_takes_the_c_step_and_equals_the_loop(monkeypatch):
+    """``LearnedOptimizer``'s default ``impl="auto"`` runs the C step on a CPU (the fused
+    capability names the CPU among its devices) and matches ``impl="loop"``."""
+    from learned import LearnedOptimizer
+
+    lopt = MLPLOpt(hidden=4, step_mult=0.05, adam_feature=True, adam_scale=True)
+    theta = lopt.init_theta(torch.Generator().manual_seed(0))
+    calls = []
+    real = fused_mlp_cpu.tensor_step
+    monkeypatch.setattr(fused_mlp_cpu, "tensor_step", lambda *a: calls.append(1) or real(*a))
+    init = [torch.randn(s, generator=torch.Generator().manual_seed(2)) for s in [(6, 5), (4,)]]
+    runs = []
+    for impl in ("loop", "auto"):
+        ps = [p.clone().requires_grad_() for p in init]
+        opt = LearnedOptimizer(ps, lopt, theta, impl=impl, lr=0.5, weight_decay=0.1)
+        for k in range(3):
+            opt.zero_grad()
+            sum(((p - 0.3 * k) ** 2).sum() for p in ps).backward()
+            opt.step()
+        runs.append(ps)
+    assert len(calls) == 6  # auto: 2 tensors x 3 steps; loop: none
+    for a, b, p0 in zip(*runs, init):
+        assert (a.detach() - p0).abs().max() > 1e-3  # the steps moved the parameters
+        torch.testing.assert_close(b.detach(), a.detach(), rtol=1e-5, atol=1e-6)
