@@ -36,6 +36,7 @@ same theta without per-layer scales) and tuned AdamW.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import queue
@@ -358,6 +359,22 @@ def tune(make_job, grid, cache, cache_path, pool, seeds, extend=2):
 
 
 # ------------------------------------------------------------------ the stages
+def file_digest(path: str) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def stale_thetas(cache: dict, paths: list[str]) -> list[str]:
+    """The theta files whose contents differ from those the cache's runs used (recorded in the
+    cache as ``theta_sha256=<path>`` the first time); records the others."""
+    stale = []
+    for path in paths:
+        key, digest = f"theta_sha256={path}", file_digest(path)
+        if cache.setdefault(key, digest) != digest:
+            stale.append(path)
+    return stale
+
+
+# ------------------------------------------------------------------ the stages
 def evaluate_stage(work: Path, a) -> int:
     """Run every measurement (cached in ``a.results/eval.json``) for ``a.theta`` and the
     snapshots ``a.snapshots``."""
@@ -371,6 +388,11 @@ def evaluate_stage(work: Path, a) -> int:
     seeds = SEEDS[:a.seeds]
     problems = a.problems.split(",")
     theta = str(a.theta)
+    stale = stale_thetas(cache, [theta, *map(str, a.snapshots)])
+    if stale:
+        print(f"error: {cache_path} holds runs of other contents at {', '.join(stale)} (a theta "
+              f"file changed since); use a new --results folder", file=sys.stderr)
+        return 2
     t0 = time.time()
     meta = {"device": device, "torch": torch.__version__, "seeds": list(seeds),
             "steps": steps, "problems": problems, "theta": theta, "width": a.width,
