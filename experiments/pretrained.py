@@ -306,8 +306,9 @@ def main(argv=None) -> int:
                    help="evaluate: skip the SOAP reference")
     p.add_argument("--theta-steps", type=int, default=None,
                    help="report: outer steps of the evaluated theta (looked up in --work)")
-    p.add_argument("--command", nargs="*", default=[],
-                   help="report: the exact command lines that produced the results")
+    p.add_argument("--command", default="",
+                   help="report: the exact command line that produced the results, as one "
+                        "quoted string (its flags are not parsed as this run's)")
     p.add_argument("--width-steps", type=int, default=100)
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)

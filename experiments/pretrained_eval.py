@@ -459,7 +459,7 @@ def report_stage(work: Path, a) -> int:
     cache = json.loads((out_dir / "eval.json").read_text())
     meta = json.loads((out_dir / "eval_meta.json").read_text())
     seeds, steps, theta, pw = meta["seeds"], meta["steps"], meta["theta"], meta["pwidth"]
-    lines = [f"`{' '.join(a.command)}`" if a.command else "", ""]
+    lines = [f"`{a.command}`" if a.command else "", ""]
     took = "cut short" if meta["seconds"] is None else f"{meta['seconds']:.0f} s"
     lines += [f"Evaluation: {meta['gpu'] or meta['device']}, torch {meta['torch']}, "
               f"{meta['date']}, {took} (`python experiments/pretrained.py "
