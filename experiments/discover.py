@@ -17,7 +17,8 @@ lr with the lowest mean final validation loss is kept; cells are that loss over 
     python experiments/discover.py --budget 400 --seeds 5 --out experiments/results
     python experiments/discover.py --minutes 120 ...     # budget from a timed calibration
 
-Writes ``OUT/discovered.md`` (first line: the exact command) and ``OUT/discovered.json``.
+Writes ``OUT/NAME.md`` (first line: the exact command) and ``OUT/NAME.json`` (``--name``,
+default ``discovered``).
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ import argparse
 import json
 import math
 import os
+import re
 import shlex
 import statistics
 import sys
@@ -40,6 +42,7 @@ from metaopt.helpers import write_atomic  # noqa: E402
 
 LRS = tuple(round(10 ** (k / 2), 10) for k in range(-9, 3))  # 3.2e-5 ... 10 in half decades
 BASELINES = ("adamw", "soap", "lion")
+TUNED = "adamw (beta1, wd tuned)"  # the best of search.warm.BASELINES["adamw_tuned"] per task
 ARMS = ("evolution+metaval", "evolution", "random", "constants")
 
 
@@ -171,6 +174,16 @@ def ratios(table: dict, ref: str = "adamw") -> dict:
     return out
 
 
+def merge_variants(table: dict, variants: list[str], label: str) -> dict:
+    """``table`` with the rows ``variants`` replaced by one row ``label``: per task the variant
+    with the lowest tuned loss (its constants chosen on the held-out task, like its lr: the
+    strongest constants-only reference)."""
+    out = {k: v for k, v in table.items() if k not in variants}
+    out[label] = [min((table[v][i] for v in variants), key=lambda c: c["loss"])
+                  for i in range(len(table[variants[0]]))]
+    return out
+
+
 # -- report ------------------------------------------------------------------------------
 
 def _fmt(x, digits=3):
@@ -188,13 +201,16 @@ def compute_note(rate: float, runs: list) -> list[str]:
 
 
 def markdown(command, machine, setup, runs, arm_heldout, table, rat, labels, programs,
-             member_labels, rate) -> str:
+             member_labels, rate, rat_tuned=None, baseline="adamw") -> str:
     lines = [f"`{command}`", "", f"Machine: {machine}", "", setup, ""]
+    ref = ("tuned AdamW" if baseline == "adamw" else
+           "the best of AdamW's constant variants (beta1 0.5/0.7/0.9, weight decay 0/0.01), "
+           "each lr-tuned")
     lines += ["## Arms at equal budget (straight runs)", "",
-              "Held-out score: mean over the held-out family of log(loss / tuned AdamW loss) "
+              f"Held-out score: mean over the held-out family of log(loss / loss of {ref}) "
               "(the search's own normalisation, search's flat-vector trainer, search lr grid); "
-              "negative beats AdamW. Mean ± std over seeds.", "",
-              "| arm | seeds | proxy fitness | held-out score of its pick | held-out x AdamW (geomean) | evaluations | s per run |",
+              "negative beats it. Mean ± std over seeds.", "",
+              "| arm | seeds | proxy fitness | held-out score of its pick | held-out x reference (geomean) | evaluations | s per run |",
               "|---|---|---|---|---|---|---|"]
     for arm in ARMS:
         rs = [r for r in runs if r["arm"] == arm]
@@ -221,7 +237,7 @@ def markdown(command, machine, setup, runs, arm_heldout, table, rat, labels, pro
         lines.append(f"| {label} | " + " | ".join(cells) +
                      f" | {_fmt(rat[label]['geomean'])} | {_fmt(rat[label]['worst'])} |")
     lines += ["", "Target: a discovery at <= 0.90 geomean with no task above 1.10.", ""]
-    met = [lb for lb in labels if lb not in BASELINES and rat[lb]["geomean"] <= 0.90
+    met = [lb for lb in labels if lb not in (*BASELINES, TUNED) and rat[lb]["geomean"] <= 0.90
            and rat[lb]["worst"] <= 1.10]
     missing = [lb for lb in programs if lb not in labels]
     if missing:
@@ -229,6 +245,13 @@ def markdown(command, machine, setup, runs, arm_heldout, table, rat, labels, pro
     lines.append(f"Met by: {', '.join(met) if met else 'none'}."
                  + (" (`*` cells: best lr at a grid edge, read with care.)" if any(
                      c["edge"] for lb in met for c in table[lb]) else ""))
+    if rat_tuned is not None:
+        beat = [f"{lb} ({rat_tuned[lb]['geomean']:.3f}x)" for lb in labels
+                if lb not in BASELINES and lb != TUNED and rat_tuned[lb]["geomean"] < 1.0]
+        lines += ["", f"`{TUNED}`: AdamW with its first-moment decay (0.5, 0.7, 0.9) and weight "
+                  "decay (0, 0.01) chosen per held-out task, like the lr: a constants-only "
+                  "reference. Discoveries below it (geometric mean over the held-out family, "
+                  f"ratio to it): {', '.join(beat) if beat else 'none'}."]
     lines += ["", "## Discoveries (programs)", ""]
     for label, text in programs.items():
         lines += [f"### {label}", "", "```python", text.rstrip(), "```", ""]
@@ -250,6 +273,12 @@ def main(argv=None, defaults: dict | None = None) -> int:
     p.add_argument("--seeds", type=int, default=d["seeds"], help="search seeds per arm")
     p.add_argument("--table-seeds", type=int, default=d["table_seeds"])
     p.add_argument("--arms", default=",".join(ARMS))
+    p.add_argument("--name", default="discovered",
+                   help="file names written in --out: NAME.md, NAME.json, NAME_search.json")
+    p.add_argument("--baseline", default=d.get("baseline", "adamw"),
+                   choices=["adamw", "adamw_tuned"],
+                   help="the search's normalisation (search.family.Family); the table always "
+                        "shows both references")
     p.add_argument("--batch", type=int, default=d["batch"])
     p.add_argument("--population", type=int, default=d["population"])
     p.add_argument("--workers", type=int, default=d["workers"], help="CPU processes for the table")
@@ -263,6 +292,8 @@ def main(argv=None, defaults: dict | None = None) -> int:
     arms = [a for a in args.arms.split(",") if a]
     for a in arms:
         arm_kwargs(a, 10)
+    if not re.fullmatch(r"[A-Za-z0-9_-]+", args.name):
+        p.error(f"--name {args.name!r}: use letters, digits, '_' and '-' only (a file stem)")
     if (args.budget is None) == (args.minutes is None):
         p.error("give exactly one of --budget N and --minutes M")
     os.makedirs(args.out, exist_ok=True)
@@ -276,11 +307,11 @@ def main(argv=None, defaults: dict | None = None) -> int:
     from search.family import Family, build_members
     from search.fitness import FitnessConfig
     from search.backends import evaluate_local
-    from search.warm import ADAMW
+    from search.warm import ADAMW, BASELINES as WARM_BASELINES
 
     cfg = FitnessConfig()
-    proxy = Family.build(args.proxy, args.device)
-    held = Family.build(args.heldout, args.device)
+    proxy = Family.build(args.proxy, args.device, args.baseline)
+    held = Family.build(args.heldout, args.device, args.baseline)
     t0 = time.perf_counter()
     proxy.prepare(cfg)
     held.prepare(cfg)
@@ -290,7 +321,10 @@ def main(argv=None, defaults: dict | None = None) -> int:
     members = [(n, {**o, "device": "cpu"}, s) for n, o, s in _member_specs(args.heldout)]
     seeds = list(range(args.table_seeds))
     pool = table_pool(args.workers)
-    base_jobs = submit_table(pool, {b: ("zoo", b) for b in BASELINES}, members, LRS, seeds)
+    variants = {f"{TUNED} {k}": ("program", text)
+                for k, text in enumerate(WARM_BASELINES["adamw_tuned"])}
+    base_jobs = submit_table(pool, {**{b: ("zoo", b) for b in BASELINES}, **variants}, members,
+                             LRS, seeds)
 
     # calibration: programs/s on the proxy family (one batch of mutants of AdamW) and the
     # seconds of one held-out scoring of 3 programs
@@ -351,13 +385,15 @@ def main(argv=None, defaults: dict | None = None) -> int:
                 programs[f"{arm} (seed {best['seed']}, {kind})"] = text
     print(f"search and simplification done at {(time.perf_counter() - t_start) / 60:.1f} min",
           flush=True)
-    write_atomic(os.path.join(args.out, "discovered_search.json"), json.dumps(
+    write_atomic(os.path.join(args.out, f"{args.name}_search.json"), json.dumps(
         {"command": command, "runs": runs, "programs": programs, "rate": rate,
          "budget": budget, "heldout_scores": {f"{a}/{s}": v for (a, s), v in
                                              arm_heldout.items()}},
         indent=2, default=str))  # kept if the table stage is cut short
     all_programs = dict(programs)
     base_table, base_secs = collect_table(base_jobs, len(members), LRS)
+    base_table = merge_variants(base_table, list(variants), TUNED)
+    base_secs = {k: v for k, v in base_secs.items() if k not in variants}
     if args.minutes is not None:  # fit the table in the time left: fewer discoveries, not seeds
         left = args.minutes * 60 - (time.perf_counter() - t_start) - 15
         per_opt = max(base_secs.values()) / max(1, args.workers)
@@ -366,17 +402,20 @@ def main(argv=None, defaults: dict | None = None) -> int:
             print(f"table: time for {keep} of {len(programs)} discoveries", flush=True)
             programs = dict(list(programs.items())[:keep])
     optimizers = {b: ("zoo", b) for b in BASELINES}
+    optimizers[TUNED] = ("merged", None)
     optimizers.update({label: ("program", text) for label, text in programs.items()})
     t0 = time.perf_counter()
     table, _ = collect_table(submit_table(pool, {k: v for k, v in optimizers.items()
-                                                 if k not in BASELINES}, members, LRS, seeds),
+                                                 if k not in (*BASELINES, TUNED)}, members,
+                                          LRS, seeds),
                              len(members), LRS)
     pool.shutdown()
     table = {**base_table, **table}
     print(f"held-out table of the discoveries in {time.perf_counter() - t0:.0f} s", flush=True)
-    rat = ratios(table)
+    rat, rat_tuned = ratios(table), ratios(table, TUNED)
     member_labels = held.labels()
-    setup = (f"Proxy family `{args.proxy}`: {', '.join(proxy.labels())}. Held-out family "
+    setup = (f"Search normalisation: `--baseline {args.baseline}`. "
+             f"Proxy family `{args.proxy}`: {', '.join(proxy.labels())}. Held-out family "
              f"`{args.heldout}`: {', '.join(member_labels)}. Search lr grid {list(cfg.lrs)}, "
              f"search seeds per evaluation {list(cfg.seeds)}; batch {args.batch}, population "
              f"{args.population}, budget {budget} proxy evaluations per run (cache hits count; "
@@ -385,9 +424,10 @@ def main(argv=None, defaults: dict | None = None) -> int:
              f"device {args.device}; table runs on CPU processes ({args.workers}). Total "
              f"{(time.perf_counter() - t_start) / 60:.1f} min.")
     md = markdown(command, machine_line(args.device), setup, runs, arm_heldout, table, rat,
-                  list(optimizers), all_programs, member_labels, rate)
-    write_atomic(os.path.join(args.out, "discovered.md"), md)
-    write_atomic(os.path.join(args.out, "discovered.json"), json.dumps(
+                  list(optimizers), all_programs, member_labels, rate, rat_tuned,
+                  args.baseline)
+    write_atomic(os.path.join(args.out, f"{args.name}.md"), md)
+    write_atomic(os.path.join(args.out, f"{args.name}.json"), json.dumps(
         {"command": command, "runs": runs, "table": table, "ratios": rat,
          "heldout_scores": {f"{a}/{s}": v for (a, s), v in arm_heldout.items()},
          "rate": rate, "budget": budget}, indent=2, default=str))

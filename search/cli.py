@@ -36,6 +36,9 @@ def build_parser() -> Parser:
                    help="search over a task family (e.g. proxy, tiny); fitness = mean log(loss / tuned AdamW loss)")
     p.add_argument("--heldout", default=None,
                    help="held-out family for meta-validation of the top programs and the final funnel")
+    p.add_argument("--baseline", default="adamw", choices=["adamw", "adamw_tuned"],
+                   help="what --family losses are normalised by: AdamW with its lr tuned (default), "
+                        "or the best of AdamW's first-moment and weight decays, each lr-tuned")
     p.add_argument("--validate-every", type=int, default=0,
                    help="meta-validate the top programs on --heldout every N evaluations (default 0: at the end)")
     p.add_argument("--validate-top", type=int, default=3, help="programs meta-validated each time (default 3)")
@@ -73,6 +76,8 @@ def main(argv=None) -> int:
         if args.task_opt and args.task is None:
             raise UsageError("--task-opt sets options of --task; a --family fixes its members' "
                              "options")
+        if args.baseline != "adamw" and args.family is None:
+            raise UsageError("--baseline normalises a --family's fitness; give --family NAME")
         if args.out is None:
             raise UsageError("--out DIR is required (the search database and results go there)")
         device = resolve_device(args.device)
@@ -95,7 +100,7 @@ def main(argv=None) -> int:
                      heldout=args.heldout, validate_every=args.validate_every,
                      validate_top=args.validate_top, strategy=args.strategy,
                      mutations=("perturb_constant",) if args.constants_only else MUTATIONS,
-                     workers=args.workers, address=args.address)
+                     workers=args.workers, address=args.address, baseline=args.baseline)
     except ValueError as err:
         return fail(str(err).splitlines()[0])
     except KeyboardInterrupt:

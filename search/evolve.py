@@ -28,7 +28,7 @@ from .parse import parse
 from .program import Program
 from .simplify import funnel, funnel_stages, simplify
 from .store import Store, check_out, open_store, remove_empty_store
-from .warm import warm_start as make_warm_start
+from .warm import warm_start as make_warm_start, BASELINES
 
 
 @dataclass
@@ -86,7 +86,7 @@ def run(task=None, budget: int = 200, seed: int = 0, out: str | None = None,
         mutations: tuple[str, ...] = MUTATIONS, simplify_tol: float | None = None,
         funnel_steps: int | None = None, funnel_top: int = 5, *, family=None, heldout=None,
         validate_every: int = 0, validate_top: int = 3, strategy: str = "evolution",
-        address: str | None = None) -> SearchResult:
+        address: str | None = None, baseline: str = "adamw") -> SearchResult:
     """Search for an update rule on ``task`` (or on a task ``family``) with ``budget``
     evaluated programs (cache hits included; the start program counts as one). Writes
     ``out/search.sqlite`` when ``out`` is given (required for ``resume``; resuming an empty
@@ -101,7 +101,9 @@ def run(task=None, budget: int = 200, seed: int = 0, out: str | None = None,
     replace ``fitness.steps``). ``heldout``: a family the selection never sees except through
     meta-validation: every ``validate_every`` evaluations (and at the end) the ``validate_top``
     best distinct programs are scored on it and stored; at the end the ``funnel_top`` best go
-    through a funnel (the family at 2x steps, then ``heldout``).
+    through a funnel (the family at 2x steps, then ``heldout``). ``baseline``: what a family's
+    losses are normalised by: ``"adamw"`` (tuned lr) or ``"adamw_tuned"`` (the best of AdamW's
+    first-moment and weight decays, each lr-tuned: a program must beat tuned constants).
 
     ``simplify_tol`` simplifies the best program (statements whose removal costs less than
     this relative loss are dropped, the update must keep depending on lr and, with
@@ -126,8 +128,13 @@ def run(task=None, budget: int = 200, seed: int = 0, out: str | None = None,
     cfg = fitness or FitnessConfig()
     start = make_warm_start(warm_start, seed)
     check(start)
-    target = Family.build(family, device) if family is not None else resolve_task(task, device)
-    held = Family.build(heldout, device) if heldout is not None else None
+    if baseline not in BASELINES:
+        raise ValueError(f"unknown baseline {baseline!r}; choose from {', '.join(BASELINES)}")
+    if baseline != "adamw" and family is None:
+        raise ValueError(f"baseline={baseline!r} normalises a family's fitness; give family=")
+    target = (Family.build(family, device, baseline) if family is not None
+              else resolve_task(task, device))
+    held = Family.build(heldout, device, baseline) if heldout is not None else None
     if out:
         check_out(out, resume)
     back = make_backend(backend, target, cfg, evaluator, workers, address)

@@ -9,7 +9,10 @@ steps). The score of a program on a family is
 
 where ``L_i`` is the validation loss after the member's ``steps`` with the lr chosen from the
 grid (per task, as in the single-task fitness) and AdamW is the search's start program
-(:data:`search.warm.ADAMW`) tuned on the same grid and seeds. 0 means "as good as tuned AdamW",
+(:data:`search.warm.ADAMW`) tuned on the same grid and seeds, or, with
+``baseline="adamw_tuned"``, the best of AdamW's constant variants (first-moment decay and
+weight decay, :data:`search.warm.BASELINES`), so that a program must beat a constants-tuned
+AdamW, not only AdamW's defaults. 0 means "as good as tuned AdamW",
 -0.105 means 0.90x its loss (geometric mean over the members); a program that diverges on any
 member scores ``inf``. The log ratio keeps a task whose losses are large from dominating and
 never saturates at a tie the way a loss that reaches 0 does.
@@ -131,19 +134,27 @@ class Family:
     members: list[Member]
     baselines: list[float] = field(default_factory=list)
     baseline_lrs: list[float | None] = field(default_factory=list)
+    baseline: str = "adamw"
+    baseline_texts: list[str] = field(default_factory=list)
+
+    def __post_init__(self):
+        from .warm import BASELINES
+        if self.baseline not in BASELINES:
+            raise ValueError(f"unknown baseline {self.baseline!r}; choose from "
+                             f"{', '.join(BASELINES)}")
 
     @classmethod
-    def build(cls, family, device="cpu") -> "Family":
+    def build(cls, family, device="cpu", baseline: str = "adamw") -> "Family":
         if isinstance(family, Family):
             return family
         name = family if isinstance(family, str) else "custom"
-        return cls(name, build_members(family, device, name))
+        return cls(name, build_members(family, device, name), baseline=baseline)
 
     def scaled(self, factor: int) -> "Family":
         """The same tasks trained ``factor`` times longer (a funnel stage; its own baselines)."""
         members = [Member(m.label.rsplit("@", 1)[0] + f"@{m.steps * factor}", m.task,
                           m.steps * factor) for m in self.members]
-        return Family(f"{self.name}x{factor}", members)
+        return Family(f"{self.name}x{factor}", members, baseline=self.baseline)
 
     def labels(self) -> list[str]:
         return [m.label for m in self.members]
@@ -154,23 +165,30 @@ class Family:
         return replace(cfg, steps=steps, time_limit=cfg.time_limit * max(1.0, steps / cfg.steps))
 
     def prepare(self, cfg: FitnessConfig, evaluator: str = "batched") -> None:
-        """Train the baseline (tuned AdamW) on every member; a member on which AdamW itself
-        diverges at every lr cannot normalise anything and is an error."""
+        """Train the baseline on every member: tuned AdamW (``baseline="adamw"``), or the best
+        of AdamW's constant variants (``"adamw_tuned"``: :data:`search.warm.BASELINES`), each
+        with its lr tuned; ``baseline_texts[i]`` is the program that won on member ``i``. A
+        member on which the baseline diverges at every lr cannot normalise anything and is an
+        error."""
         if self.baselines:
             return
         from .backends import evaluate_local
-        from .warm import ADAMW
         from .parse import parse
+        from .warm import BASELINES
 
-        adamw = parse(ADAMW)
+        texts = BASELINES[self.baseline]
+        programs = [parse(t) for t in texts]
         for i, m in enumerate(self.members):
-            fit = evaluate_local([adamw], m.task, self.member_cfg(cfg, i), evaluator)[0]
+            fits = evaluate_local(programs, m.task, self.member_cfg(cfg, i), evaluator)
+            best = min(range(len(fits)), key=lambda k: (fits[k].value, k))
+            fit = fits[best]
             if not math.isfinite(fit.value):
                 raise ValueError(f"family {self.name!r}: tuned AdamW diverges (or runs past the "
                                  f"time limit) on {m.label} at every lr of {list(cfg.lrs)}; fix "
                                  "the member, the grid or the time limit")
             self.baselines.append(fit.value)
             self.baseline_lrs.append(fit.best_lr)
+            self.baseline_texts.append(texts[best])
 
     def evaluate(self, programs: list[Program], cfg: FitnessConfig,
                  evaluator: str = "batched") -> list[Fitness]:

@@ -15,7 +15,7 @@ from search.evolve import run
 from search.family import Family, combine, normalised
 from search.fitness import Fitness, FitnessConfig
 from search.parse import parse
-from search.warm import ADAMW, SGD
+from search.warm import ADAMW, BASELINES, SGD, adamw_text
 
 CFG = FitnessConfig(steps=10, lrs=(0.01, 0.1))
 TINY = [("logreg_digits", {"batch_size": 16}, 8), ("mlp_digits", {"width": 8, "depth": 1, "batch_size": 16}, 6)]
@@ -49,6 +49,51 @@ def test_family_fitness_equals_per_task_fitness_over_tuned_adamw():
             ref.append(math.log(own / base))
         assert fit.value == pytest.approx(sum(ref) / len(ref), rel=1e-4, abs=1e-6)
     assert fam.evaluate([parse(ADAMW)], CFG)[0].value == pytest.approx(0.0, abs=1e-9)
+
+
+def test_adamw_text_writes_the_constants_and_keeps_the_default_program():
+    assert adamw_text() == ADAMW
+    assert "interp(g, m, 0.5)" in adamw_text(0.5) and "w * 0.01" in adamw_text(0.5)
+    no_wd = adamw_text(0.7, 0.0)
+    assert "w *" not in no_wd and "interp(g, m, 0.7)" in no_wd
+    assert len(set(BASELINES["adamw_tuned"])) == 6
+    for text in BASELINES["adamw_tuned"]:
+        parse(text)  # every variant is a valid program
+
+
+def test_constants_tuned_baseline_is_the_best_variant_per_member():
+    """``baseline="adamw_tuned"``: each member's baseline is the lowest tuned loss over the
+    AdamW variants (evaluated one by one here), never above plain tuned AdamW's, and a
+    variant's family score against it is >= 0 (it cannot beat the best of itself)."""
+    fam = Family.build(TINY, baseline="adamw_tuned")
+    plain = Family.build(TINY)
+    fam.prepare(CFG)
+    plain.prepare(CFG)
+    for i, m in enumerate(fam.members):
+        cfg = fam.member_cfg(CFG, i)
+        each = [evaluate_local([parse(t)], m.task, cfg, "serial")[0].value
+                for t in BASELINES["adamw_tuned"]]
+        assert fam.baselines[i] == pytest.approx(min(each), rel=1e-4, abs=1e-6)
+        assert fam.baseline_texts[i] == BASELINES["adamw_tuned"][each.index(min(each))]
+        assert fam.baselines[i] <= plain.baselines[i] * (1 + 1e-6)
+    scores = fam.evaluate([parse(t) for t in BASELINES["adamw_tuned"]], CFG)
+    assert min(f.value for f in scores) >= -1e-9
+    assert fam.scaled(2).baseline == "adamw_tuned"
+
+
+def test_unknown_baseline_is_a_one_line_error(tmp_path):
+    out = tmp_path / "run"
+    with pytest.raises(ValueError, match="unknown baseline 'best'"):
+        run(family=TINY, budget=4, out=str(out), progress=False, baseline="best")
+    with pytest.raises(ValueError, match="give family="):
+        run(task="logreg_digits", budget=4, out=str(out), progress=False,
+            baseline="adamw_tuned")
+    assert not out.exists()
+    proc = subprocess.run([sys.executable, "-m", "metaopt", "search", "--task", "logreg_digits",
+                           "--baseline", "adamw_tuned", "--budget", "4", "--out", str(out)],
+                          capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 2 and "--baseline normalises a --family" in proc.stderr
+    assert proc.stderr.strip().count("\n") == 0 and not out.exists()
 
 
 class _Scaled(tasks.get("logreg_digits").__class__):
