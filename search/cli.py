@@ -37,8 +37,9 @@ def build_parser() -> Parser:
     p.add_argument("--heldout", default=None,
                    help="held-out family for meta-validation of the top programs and the final funnel")
     p.add_argument("--baseline", default="adamw", choices=["adamw", "adamw_tuned"],
-                   help="what --family losses are normalised by: AdamW with its lr tuned (default), "
-                        "or the best of AdamW's first-moment and weight decays, each lr-tuned")
+                   help="what --family losses are normalised by (the score's zero; the ranking is "
+                        "the same): AdamW with its lr tuned (default), or the best of AdamW's "
+                        "first-moment and weight decays, each lr-tuned")
     p.add_argument("--validate-every", type=int, default=0,
                    help="meta-validate the top programs on --heldout every N evaluations (default 0: at the end)")
     p.add_argument("--validate-top", type=int, default=3, help="programs meta-validated each time (default 3)")

@@ -103,7 +103,8 @@ def run(task=None, budget: int = 200, seed: int = 0, out: str | None = None,
     best distinct programs are scored on it and stored; at the end the ``funnel_top`` best go
     through a funnel (the family at 2x steps, then ``heldout``). ``baseline``: what a family's
     losses are normalised by: ``"adamw"`` (tuned lr) or ``"adamw_tuned"`` (the best of AdamW's
-    first-moment and weight decays, each lr-tuned: a program must beat tuned constants).
+    first-moment and weight decays, each lr-tuned; it moves the score's zero, not the
+    ranking).
 
     ``simplify_tol`` simplifies the best program (statements whose removal costs less than
     this relative loss are dropped, the update must keep depending on lr and, with

@@ -11,8 +11,10 @@ where ``L_i`` is the validation loss after the member's ``steps`` with the lr ch
 grid (per task, as in the single-task fitness) and AdamW is the search's start program
 (:data:`search.warm.ADAMW`) tuned on the same grid and seeds, or, with
 ``baseline="adamw_tuned"``, the best of AdamW's constant variants (first-moment decay and
-weight decay, :data:`search.warm.BASELINES`), so that a program must beat a constants-tuned
-AdamW, not only AdamW's defaults. 0 means "as good as tuned AdamW",
+weight decay, :data:`search.warm.BASELINES`), so that a score below 0 means better than a
+constants-tuned AdamW, not only than AdamW's defaults. The baseline shifts every program's
+score by the same amount, so the ranking, and with it the search, is the same under either;
+it sets what 0 means. 0 means "as good as tuned AdamW",
 -0.105 means 0.90x its loss (geometric mean over the members); a program that diverges on any
 member scores ``inf``. The log ratio keeps a task whose losses are large from dominating and
 never saturates at a tie the way a loss that reaches 0 does.

@@ -24,7 +24,8 @@ ADAMW = """def train(w, g, m, v, lr):
 #: the constants of :data:`ADAMW` that the ``adamw_tuned`` baseline tunes (with the lr): the
 #: first-moment decay and the weight decay. Earlier searches' gains were reproduced by AdamW
 #: with a shorter first-moment memory (beta1 0.38-0.55) and no weight decay, a change of
-#: constants, not a new rule; against this baseline such a program scores about 0.
+#: constants, not a new rule; against this baseline such a program scores about 0 (the
+#: baseline sets the zero of the score; it does not change which program ranks first).
 ADAMW_TUNED_BETA1 = (0.5, 0.7, 0.9)
 ADAMW_TUNED_WD = (0.0, 0.01)
 
