@@ -111,13 +111,25 @@ def train(task, space: TrainingSpace, h: dict, *, rule: str | UpdateRule = "adam
 
 @dataclass
 class OnlineResult:
-    """The tuned ``h``, the trained parameters, and per-window (seconds, validation minibatch
-    loss) of the run."""
+    """The tuned ``h`` (where the run ended), ``h_used`` (what the run was trained under: see
+    :func:`online_tune`), the trained parameters, and per-window (seconds, validation
+    minibatch loss) of the run."""
 
     h: dict
     params: list[Tensor]
     seconds: list[float] = field(default_factory=list)
     window_losses: list[float] = field(default_factory=list)
+    h_used: dict | None = None
+
+
+def _acting(space: TrainingSpace, h: dict, piece: int) -> Tensor:
+    """Per element of ``space.to_vector(h)``: 1 where it acts during schedule ``piece`` (the
+    piece's own row of ``log_lr``; every other hyperparameter acts at every step), else 0."""
+    w = torch.ones_like(space.to_vector(h))
+    if "log_lr" in h:
+        n, rows = h["log_lr"].numel(), h["log_lr"].shape[0]
+        w[:n] = (torch.arange(n, device=w.device) // (n // rows) == piece).to(w.dtype)
+    return w
 
 
 def online_tune(task, space: TrainingSpace, h0: dict | None = None, *, rule: str | UpdateRule = "adamw",
@@ -130,7 +142,14 @@ def online_tune(task, space: TrainingSpace, h0: dict | None = None, *, rule: str
     as they were being tuned. ``fill_ahead`` (default: when starting from the space's initial
     point, ``h0=None``) copies the current piece's learning rates into the pieces not reached
     yet after each update, so a first run follows its tuned rates forward as hypergradient
-    descent does (Baydin et al. 2018) instead of falling back to the start value at each piece."""
+    descent does (Baydin et al. 2018) instead of falling back to the start value at each piece.
+
+    ``h_used`` is the hyperparameters the run was trained under, averaged over its windows
+    (weighted by their steps): each ``log_lr`` row over the windows that start in its piece
+    (a row no window starts in keeps its final value), everything
+    else over the whole run. A fresh run at ``h_used`` replays the tuned run's schedule; one at
+    the final ``h`` does not (its weight decay, for one, is where greedy truncated
+    hypergradients pushed it by the end, applied from step 0)."""
     if window < 1:
         raise ValueError(f"window={window}; it must be >= 1")
     the_rule = zoo.rule(rule) if isinstance(rule, str) else rule
@@ -143,9 +162,12 @@ def online_tune(task, space: TrainingSpace, h0: dict | None = None, *, rule: str
     size = batch_size or task.batch_size
     outer = _AdamTree(outer_lr)
     result, start = OnlineResult(h, params), time.perf_counter()
+    used_sum = used_weight = 0.0
     for s in range(0, space.steps, window):
         draws = [draw(data, space, size, gen) for _ in range(min(window, space.steps - s))]
         val = data.batch("val", data.indices("val", val_batch_size, gen))
+        acting = _acting(space, h, space.piece(s)) * len(draws)
+        used_sum, used_weight = used_sum + acting * space.to_vector(h).detach(), used_weight + acting
         g, value, params, states = window_hypergrad(task, space, the_rule, h, params, states, draws, val, s)
         h = space.clip(outer.step(h, g))
         if fill and "log_lr" in h:
@@ -155,6 +177,9 @@ def online_tune(task, space: TrainingSpace, h0: dict | None = None, *, rule: str
         if callback is not None:
             callback(s + len(draws), h)
     result.h, result.params = h, params
+    final = space.to_vector(h).detach()  # a row whose piece began no window: its final value
+    result.h_used = space.from_vector(torch.where(used_weight > 0,
+                                                  used_sum / used_weight.clamp_min(1e-30), final))
     return result
 
 
@@ -167,19 +192,23 @@ def _fill_ahead(log_lr: Tensor, piece: int) -> Tensor:
 @dataclass
 class TuneRecord:
     """One finished run of :func:`tune_runs`: seconds since the start, the validation loss of
-    the model it trained, and the ``h`` it ended with."""
+    the model it trained, the ``h`` it ended with and the ``h_used`` it was trained under."""
 
     seconds: float
     val_loss: float
     h: dict
+    h_used: dict | None = None
 
 
 def tune_runs(task, space: TrainingSpace, *, budget_s: float, max_runs: int | None = None,
               outer_lr: float = 0.3, refine_lr: float | None = None, seed: int = 0, on_run: Callable[[TuneRecord], Any] | None = None,
               **online: Any) -> list[TuneRecord]:
     """Repeated :func:`online_tune` runs within ``budget_s`` seconds (at least one run). Each
-    run starts from the ``h`` that ended the best run so far (lowest validation loss of its
-    trained model, ``task.evaluate``). The first run steps ``h`` by ``outer_lr``, later runs,
+    run starts from the ``h_used`` of the best run so far (lowest validation loss of its
+    trained model, ``task.evaluate``): the schedule that model was trained under, which the
+    next run replays and refines (starting from the run's final ``h`` replays a different
+    schedule, and no later run improved on the first in ``experiments/results/bilevel_real.md``
+    of 2026-12-04). The first run steps ``h`` by ``outer_lr``, later runs,
     which refine a tuned schedule, by ``refine_lr`` (default ``outer_lr / 4``); a run that does
     not improve on the best halves it (backtracking, so greedy truncated hypergradients cannot
     run away)."""
@@ -190,13 +219,13 @@ def tune_runs(task, space: TrainingSpace, *, budget_s: float, max_runs: int | No
         result = online_tune(task, space, h, outer_lr=lr, seed=seed, **online)
         value = task.evaluate(result.params)["val_loss"]
         value = value if value == value else float("inf")  # NaN: a diverged run
-        records.append(TuneRecord(time.perf_counter() - start, value, result.h))
+        records.append(TuneRecord(time.perf_counter() - start, value, result.h, result.h_used))
         if best is None or value < best.val_loss:
             best = records[-1]
         else:
             refine *= 0.5
         lr = refine
-        h = best.h
+        h = best.h_used
         if on_run is not None:
             on_run(records[-1])
     return records

@@ -134,3 +134,34 @@ def test_tune_runs_restarts_from_the_best_run_and_backtracks():
     assert len(records) == 3 and [r.seconds for r in records] == sorted(r.seconds for r in records)
     lo, hi = space.bounds()["log_lr"]
     assert all(float(r.h["log_lr"].min()) >= lo and float(r.h["log_lr"].max()) <= hi for r in records)
+
+
+def test_h_used_is_the_schedule_the_run_was_trained_under():
+    """``h_used``: each ``log_lr`` row averaged over the windows of its piece, weight decay over
+    every window, from the ``h`` each window trained with (the start, then each update)."""
+    task = tasks.get("mlp_digits", width=8, depth=1)
+    params = task.init(task.generator(0))
+    space = TrainingSpace.for_params(params, steps=12, lr_pieces=2)
+    seen = []
+    res = online_tune(task, space, seed=0, window=3, outer_lr=0.5,
+                      callback=lambda step, h: seen.append(h))
+    used = [space.init()] + seen[:-1]  # window k trains under the h after update k - 1
+    pieces = [space.piece(3 * k) for k in range(4)]
+    for p in range(2):
+        rows = [u["log_lr"][p] for u, q in zip(used, pieces) if q == p]
+        torch.testing.assert_close(res.h_used["log_lr"][p], torch.stack(rows).mean(0))
+    torch.testing.assert_close(res.h_used["log_wd"], torch.stack([u["log_wd"] for u in used]).mean(0))
+    assert not torch.allclose(res.h_used["log_wd"], res.h["log_wd"])  # not where it ended
+
+
+def test_tune_runs_starts_each_run_from_the_best_run_s_h_used(monkeypatch):
+    import bilevel.online as online
+
+    task = tasks.get("mlp_digits", width=8, depth=1)
+    params = task.init(task.generator(0))
+    space = TrainingSpace.for_params(params, steps=10, lr_pieces=2)
+    starts, real = [], online.online_tune
+    monkeypatch.setattr(online, "online_tune",
+                        lambda task, space, h0, **kw: starts.append(h0) or real(task, space, h0, **kw))
+    records = tune_runs(task, space, budget_s=1e9, max_runs=2, window=5, outer_lr=0.5, seed=0)
+    assert starts[0] is None and starts[1] is records[0].h_used
