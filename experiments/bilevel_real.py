@@ -8,7 +8,8 @@ first black-box trial); the score is the validation loss of a trained model (tas
 
 * ``hypergrad``: repeated training runs, each tuning h online by truncated hypergradients
   (bilevel.online.tune_runs: online_tune with window W, later runs starting from the best run's
-  h); a point per finished run (the validation loss of the model that run trained).
+  h_used, the schedule its model was trained under); a point per finished run (the
+  validation loss of the model that run trained).
 * ``tpe``: optuna TPESampler(multivariate=True); ``cmaes``: optuna CmaEsSampler (x0 = the start,
   sigma0 = 1/6 of the box); a trial trains a fresh model at fixed h (bilevel.online.train).
 
@@ -253,7 +254,7 @@ def main() -> None:
         "per tensor: a piecewise-constant log-lr schedule and a log weight decay, start lr 1e-3, wd 1e-4; "
         f"hypergrad: truncated online hypergradients (window {args.window}, Adam on h with lr {args.outer_lr} in the "
         "first run, which carries each piece's tuned lr forward into the pieces not reached yet; later runs start "
-        "from the best run's final h with a quarter of that step, halved after a run that does not improve; "
+        "from the best run's h_used (the schedule its model was trained under) with a quarter of that step, halved after a run that does not improve; "
         "bilevel.online.tune_runs). Box for black-box search: lr in [1e-4, 1e-1], "
         "wd in [1e-6, 1], example-weight logits in [-5, 5]. 'Reached': the hypergradient tuner's best-so-far "
         "is at or below the best final black-box loss of the same seed; the ratio divides its time to get there "
