@@ -211,7 +211,8 @@ def main() -> None:
     parser.add_argument("--results", default=os.path.join(HERE, "results"))
     args = parser.parse_args()
     torch.set_num_threads(1)
-    command = "python experiments/bilevel_real.py " + " ".join(sys.argv[1:])
+    from metaopt.bench.machine import command_line
+    command = command_line()  # as typed: thread variable, niceness, script and flags
     kinds = args.kinds.split(",")
     seeds = list(range(args.seeds))
     os.makedirs(args.cache, exist_ok=True)
@@ -246,7 +247,7 @@ def main() -> None:
         plot(k, results[k], seeds, args.budget, os.path.join(args.results, name))
         plots.append(f"![{name}]({name})")
     text = "\n".join([
-        f"Command: `OMP_NUM_THREADS=1 nice -n 10 {command}`", "",
+        f"Command: `{command}`", "",
         "# Bilevel tuning of real training runs against Optuna TPE and CMA-ES at equal wall clock", "",
         f"Machine: {machine_line('cpu')}.", "",
         f"Setup: {args.steps} AdamW steps per training run (task batch size), {args.budget:.0f} s of wall "
