@@ -35,6 +35,7 @@ from metaopt.helpers import write_atomic  # noqa: E402
 from metaopt.tasks import ParamInfo  # noqa: E402
 
 N_TENSORS, SIDE = 50, 1448
+HIDDEN16 = MLPLOpt(hidden=16, step_mult=0.01, base_fan_in=128)  # the hidden-16 rows' LO
 
 
 def sync() -> None:
@@ -138,7 +139,7 @@ def fused_rows(rep: Report, params, grads, states, info, dev, lopt, theta,
     label = ("C kernels, learned/fused_mlp_cpu.py" if c_path
              else "Inductor, learned/fused_mlp.py")
     for hidden in hiddens:
-        lo = lopt if hidden == 32 else MLPLOpt(hidden=16, step_mult=0.01, base_fan_in=128)
+        lo = lopt if hidden == 32 else HIDDEN16
         th = theta if hidden == 32 else {
             k: v.to(dev) for k, v in lo.init_theta(torch.Generator().manual_seed(0)).items()}
         fused = fused_rule_step(lo, th, cpu_kernels=cpu_kernels)
@@ -161,18 +162,21 @@ def fused_rows(rep: Report, params, grads, states, info, dev, lopt, theta,
                 f"{rel:.1e}; transient peak +{peak:.2f} GB")
 
 
-def compute_floor_note(rep: Report, hiddens) -> None:
-    """The MLP's arithmetic floor: its multiply-adds per coordinate (2 layers, 17 inputs)
-    at the multiply-add rate of a float32 ``torch.mm`` (1024^3, same threads) measured now."""
+def compute_floor_note(rep: Report, lopts) -> None:
+    """The MLP's arithmetic floor: its multiply-adds per coordinate
+    (:func:`learned.fused_mlp_cpu.mlp_multiply_adds`) at the multiply-add rate of a float32
+    ``torch.mm`` (1024^3, same threads) measured now."""
+    from learned.fused_mlp_cpu import mlp_multiply_adds
+
     a = torch.randn(1024, 1024)
     rate = 1024 ** 3 / timed(lambda: torch.mm(a, a), 5)  # multiply-adds per second
     n = N_TENSORS * SIDE * SIDE
     parts = []
-    for h in hiddens:
-        fmas = 17 * h + h * h + 2 * h
+    for lo in lopts:
+        fmas = mlp_multiply_adds(lo)
         floor = n * fmas / rate
-        parts.append(f"hidden {h}: {fmas} multiply-adds per coordinate, {floor * 1e3:.1f} ms "
-                     f"= {floor / rep.rows[0][1]:.1f}x fused AdamW")
+        parts.append(f"hidden {lo.hidden}: {fmas} multiply-adds per coordinate, "
+                     f"{floor * 1e3:.1f} ms = {floor / rep.rows[0][1]:.1f}x fused AdamW")
     rep.note(f"Arithmetic floor of the per-coordinate MLP at torch.mm's rate on this machine "
              f"({rate / 1e9:.1f} G multiply-adds/s, float32, {torch.get_num_threads()} "
              f"threads): " + "; ".join(parts) + ". No kernel can step faster than this.")
@@ -256,7 +260,7 @@ def main(argv=None) -> int:
         if dev.type == "cpu":
             fused_rows(rep, params, grads, states, info, dev, lopt, theta, hiddens=(16,),
                        cpu_kernels=False)
-            compute_floor_note(rep, (16, 32))
+            compute_floor_note(rep, (HIDDEN16, lopt))
         whole = MLPLOpt(hidden=32, step_mult=0.01, base_fan_in=128, chunk_elems=SIDE * SIDE)
         compiled_one = torch.compile(lambda x, g, s: one(whole, x, g, s), dynamic=False)
         # agreement on a copy of one tensor

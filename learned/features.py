@@ -80,13 +80,20 @@ def init_state(param: Tensor) -> dict[str, Tensor]:
 
 def update_state(g: Tensor, state: Mapping[str, Tensor]) -> dict[str, Tensor]:
     """The moments after gradient ``g`` (out of place)."""
-    r, c = matrix_shape(g.shape)
-    g2 = (g * g).reshape(r, c)
     new = {f"m{i + 1}": torch.lerp(state[f"m{i + 1}"], g, 1 - b) for i, b in enumerate(DECAYS)}
     new["v"] = torch.lerp(state["v"], g * g, 1 - RMS_DECAY)
-    new["row"] = torch.lerp(state["row"], g2.mean(1), 1 - RMS_DECAY)
-    new["col"] = torch.lerp(state["col"], g2.mean(0), 1 - RMS_DECAY)
+    new["row"], new["col"] = update_factored(g, state["row"], state["col"])
     return new
+
+
+def update_factored(g: Tensor, row: Tensor, col: Tensor) -> tuple[Tensor, Tensor]:
+    """Adafactor's row and column statistics after gradient ``g`` (out of place): ``row``
+    and ``col`` moved towards the means of ``g^2`` over each row and column of its
+    ``[R, C]`` view."""
+    r, c = matrix_shape(g.shape)
+    g2 = (g * g).reshape(r, c)
+    return (torch.lerp(row, g2.mean(1), 1 - RMS_DECAY),
+            torch.lerp(col, g2.mean(0), 1 - RMS_DECAY))
 
 
 def raw_features(g: Tensor, p: Tensor, m1: Tensor, m2: Tensor, m3: Tensor, v: Tensor,

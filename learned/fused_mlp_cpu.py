@@ -17,8 +17,8 @@ torch ops on small vectors, exactly as in :func:`learned.features.update_state`.
 equals :meth:`learned.MLPLOpt.update` up to the order of float rounding (sums taken per thread
 and in double; ``tests/learned/test_learned_fused_mlp_cpu.py``).
 
-Per coordinate the MLP costs ``NIN H + (layers - 1) H^2 + 2 H`` multiply-adds (560 for H = 16,
-two layers, Adam feature): at 16 float FMAs per cycle (two 256-bit FMA units) that is a floor
+Per coordinate the MLP costs ``NIN H + (layers - 1) H^2 + 2 H`` multiply-adds
+(:func:`mlp_multiply_adds`; 560 for H = 16, two layers, no Adam feature): at 16 float FMAs per cycle (two 256-bit FMA units) that is a floor
 of about 35 cycles per coordinate, ~20x a memory-bound fused AdamW step on a CPU whose memory
 gives AdamW ~2 cycles per coordinate. ``experiments/gpu_learned.py --cpu`` measures it.
 
@@ -44,7 +44,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from .features import DECAYS, EPS, NORM_EPS, RMS_DECAY, matrix_shape
+from .features import (ADAM_RMS_EPS, DECAYS, EPS, NORM_EPS, RMS_DECAY, matrix_shape,
+                       tensor_features, update_factored)
 
 SOURCE = Path(__file__).with_name("fused_mlp_cpu.c")
 FLAGS = ("-O2", "-march=native", "-funroll-loops", "-fno-math-errno", "-fopenmp", "-shared",
@@ -57,9 +58,16 @@ _P, _I64, _INT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
 def compiler() -> str | None:
     """The C compiler used (``$CC`` if set), or None."""
     for name in (os.environ.get("CC"), "cc", "gcc"):
-        if name and shutil.which(name):
-            return shutil.which(name)
+        found = _which(name) if name else None
+        if found:
+            return found
     return None
+
+
+@functools.lru_cache(maxsize=None)
+def _which(name: str) -> str | None:
+    """``shutil.which``, once per name: :func:`supports` asks for every tensor at every step."""
+    return shutil.which(name)
 
 
 def available() -> bool:
@@ -72,6 +80,12 @@ def supports(p: Tensor, g: Tensor) -> bool:
     gradient of the same dtype."""
     return (p.device.type == "cpu" and p.dtype in DTYPES and g.dtype == p.dtype
             and p.is_contiguous() and g.is_contiguous() and available())
+
+
+def mlp_multiply_adds(lopt) -> int:
+    """Multiply-adds of ``lopt``'s MLP per coordinate: ``NIN H + (layers - 1) H^2 + 2 H``."""
+    h = lopt.hidden
+    return lopt.n_features * h + (lopt.layers - 1) * h * h + 2 * h
 
 
 def _cpu_model() -> str:
@@ -141,10 +155,10 @@ def tensor_step(lopt, weights: tuple[Tensor, ...], g: Tensor, p: Tensor,
     if lib is None:
         return False
     nthreads = torch.get_num_threads()
-    g2 = (g * g).reshape(r, c)
     row, col = state["row"], state["col"]
-    row.copy_(torch.lerp(row, g2.mean(1), 1 - RMS_DECAY))
-    col.copy_(torch.lerp(col, g2.mean(0), 1 - RMS_DECAY))
+    new_row, new_col = update_factored(g, row, col)
+    row.copy_(new_row)
+    col.copy_(new_col)
     rm = row.mean()
     bc1, bc2 = 1 - DECAYS[0] ** step, 1 - RMS_DECAY ** step
     consts = [float(rm), bc1, bc2 ** 0.5, 0.0, lopt.exp_mult, EPS,
@@ -162,15 +176,10 @@ def tensor_step(lopt, weights: tuple[Tensor, ...], g: Tensor, p: Tensor,
     w0f = w0.clone()
     w0f[:len(norms)] *= norms[:, None]
     if lopt.adam_feature and lopt.adam_scale:
-        rms = torch.sqrt(sums[15].to(dtype) / n + 1e-16)
+        rms = torch.sqrt(sums[15].to(dtype) / n + ADAM_RMS_EPS)  # features.adam_rms
         w0f[len(norms)] /= rms
         mult = mult * float(rms)
-    t = torch.tensor(float(step), dtype=dtype)
-    per_tensor = torch.tanh(t / torch.tensor(lopt.taus, dtype=dtype) - 1)
-    if lopt.scale_features:
-        sq = torch.stack([(g * g).mean(), (p * p).mean()])
-        per_tensor = torch.cat([per_tensor, 0.5 * torch.log(sq + NORM_EPS)])
-    bias = b0 + per_tensor @ wt
+    bias = b0 + tensor_features(g, p, step, lopt.scale_features, lopt.taus) @ wt
     hidden = weights[3:-2]
     wh = torch.stack(list(hidden[0::2])).contiguous() if hidden else torch.zeros(1, dtype=dtype)
     bh = torch.stack(list(hidden[1::2])).contiguous() if hidden else torch.zeros(1, dtype=dtype)
