@@ -358,7 +358,7 @@ def tune(make_job, grid, cache, cache_path, pool, seeds, extend=2):
     return best, grid
 
 
-# ------------------------------------------------------------------ the stages
+# ------------------------------------------------------------------ the theta files cached
 def file_digest(path: str) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
@@ -378,6 +378,10 @@ def stale_thetas(cache: dict, paths: list[str]) -> list[str]:
 def evaluate_stage(work: Path, a) -> int:
     """Run every measurement (cached in ``a.results/eval.json``) for ``a.theta`` and the
     snapshots ``a.snapshots``."""
+    absent = [str(f) for f in (a.theta, *a.snapshots) if not Path(f).is_file()]
+    if absent:
+        print(f"error: no theta file at {', '.join(absent)}", file=sys.stderr)
+        return 2
     out = Path(a.results)
     out.mkdir(parents=True, exist_ok=True)
     cache_path = out / "eval.json"
