@@ -39,10 +39,15 @@ sys.path.insert(0, ROOT)
 import torch  # noqa: E402
 
 from metaopt.helpers import write_atomic  # noqa: E402
+from search.warm import (ADAMW_TUNED_BETA1, ADAMW_TUNED_WD,  # noqa: E402
+                         BASELINES as WARM_BASELINES)
 
 LRS = tuple(round(10 ** (k / 2), 10) for k in range(-9, 3))  # 3.2e-5 ... 10 in half decades
 BASELINES = ("adamw", "soap", "lion")
 TUNED = "adamw (beta1, wd tuned)"  # the best of search.warm.BASELINES["adamw_tuned"] per task
+REFERENCES = (*BASELINES, TUNED)  # the table's rows that are not discoveries
+TUNED_GRID = (f"first-moment decay {'/'.join(map(str, ADAMW_TUNED_BETA1))} and weight decay "
+              f"{'/'.join(map(str, ADAMW_TUNED_WD))}")
 ARMS = ("evolution+metaval", "evolution", "random", "constants")
 
 
@@ -204,8 +209,7 @@ def markdown(command, machine, setup, runs, arm_heldout, table, rat, labels, pro
              member_labels, rate, rat_tuned=None, baseline="adamw") -> str:
     lines = [f"`{command}`", "", f"Machine: {machine}", "", setup, ""]
     ref = ("tuned AdamW" if baseline == "adamw" else
-           "the best of AdamW's constant variants (beta1 0.5/0.7/0.9, weight decay 0/0.01), "
-           "each lr-tuned")
+           f"the best of AdamW's constant variants ({TUNED_GRID}), each lr-tuned")
     lines += ["## Arms at equal budget (straight runs)", "",
               f"Held-out score: mean over the held-out family of log(loss / loss of {ref}) "
               "(the search's own normalisation, search's flat-vector trainer, search lr grid); "
@@ -237,7 +241,7 @@ def markdown(command, machine, setup, runs, arm_heldout, table, rat, labels, pro
         lines.append(f"| {label} | " + " | ".join(cells) +
                      f" | {_fmt(rat[label]['geomean'])} | {_fmt(rat[label]['worst'])} |")
     lines += ["", "Target: a discovery at <= 0.90 geomean with no task above 1.10.", ""]
-    met = [lb for lb in labels if lb not in (*BASELINES, TUNED) and rat[lb]["geomean"] <= 0.90
+    met = [lb for lb in labels if lb not in REFERENCES and rat[lb]["geomean"] <= 0.90
            and rat[lb]["worst"] <= 1.10]
     missing = [lb for lb in programs if lb not in labels]
     if missing:
@@ -247,11 +251,10 @@ def markdown(command, machine, setup, runs, arm_heldout, table, rat, labels, pro
                      c["edge"] for lb in met for c in table[lb]) else ""))
     if rat_tuned is not None:
         beat = [f"{lb} ({rat_tuned[lb]['geomean']:.3f}x)" for lb in labels
-                if lb not in BASELINES and lb != TUNED and rat_tuned[lb]["geomean"] < 1.0]
-        lines += ["", f"`{TUNED}`: AdamW with its first-moment decay (0.5, 0.7, 0.9) and weight "
-                  "decay (0, 0.01) chosen per held-out task, like the lr: a constants-only "
-                  "reference. Discoveries below it (geometric mean over the held-out family, "
-                  f"ratio to it): {', '.join(beat) if beat else 'none'}."]
+                if lb not in REFERENCES and rat_tuned[lb]["geomean"] < 1.0]
+        lines += ["", f"`{TUNED}`: AdamW with its {TUNED_GRID} chosen per held-out task, like "
+                  "the lr: a constants-only reference. Discoveries below it (geometric mean "
+                  f"over the held-out family, ratio to it): {', '.join(beat) if beat else 'none'}."]
     lines += ["", "## Discoveries (programs)", ""]
     for label, text in programs.items():
         lines += [f"### {label}", "", "```python", text.rstrip(), "```", ""]
@@ -276,7 +279,7 @@ def main(argv=None, defaults: dict | None = None) -> int:
     p.add_argument("--name", default="discovered",
                    help="file names written in --out: NAME.md, NAME.json, NAME_search.json")
     p.add_argument("--baseline", default=d.get("baseline", "adamw"),
-                   choices=["adamw", "adamw_tuned"],
+                   choices=list(WARM_BASELINES),
                    help="the search's normalisation (search.family.Family); the table always "
                         "shows both references")
     p.add_argument("--batch", type=int, default=d["batch"])
@@ -307,7 +310,7 @@ def main(argv=None, defaults: dict | None = None) -> int:
     from search.family import Family, build_members
     from search.fitness import FitnessConfig
     from search.backends import evaluate_local
-    from search.warm import ADAMW, BASELINES as WARM_BASELINES
+    from search.warm import ADAMW
 
     cfg = FitnessConfig()
     proxy = Family.build(args.proxy, args.device, args.baseline)
@@ -401,13 +404,9 @@ def main(argv=None, defaults: dict | None = None) -> int:
         if keep < len(programs):
             print(f"table: time for {keep} of {len(programs)} discoveries", flush=True)
             programs = dict(list(programs.items())[:keep])
-    optimizers = {b: ("zoo", b) for b in BASELINES}
-    optimizers[TUNED] = ("merged", None)
-    optimizers.update({label: ("program", text) for label, text in programs.items()})
     t0 = time.perf_counter()
-    table, _ = collect_table(submit_table(pool, {k: v for k, v in optimizers.items()
-                                                 if k not in (*BASELINES, TUNED)}, members,
-                                          LRS, seeds),
+    table, _ = collect_table(submit_table(pool, {label: ("program", text) for label, text
+                                                 in programs.items()}, members, LRS, seeds),
                              len(members), LRS)
     pool.shutdown()
     table = {**base_table, **table}
@@ -424,7 +423,7 @@ def main(argv=None, defaults: dict | None = None) -> int:
              f"device {args.device}; table runs on CPU processes ({args.workers}). Total "
              f"{(time.perf_counter() - t_start) / 60:.1f} min.")
     md = markdown(command, machine_line(args.device), setup, runs, arm_heldout, table, rat,
-                  list(optimizers), all_programs, member_labels, rate, rat_tuned,
+                  [*REFERENCES, *programs], all_programs, member_labels, rate, rat_tuned,
                   args.baseline)
     write_atomic(os.path.join(args.out, f"{args.name}.md"), md)
     write_atomic(os.path.join(args.out, f"{args.name}.json"), json.dumps(

@@ -23,6 +23,8 @@ from metaopt.helpers import write_atomic
 from metaopt.cli_common import (Parser, UsageError, add_common_flags, build_task, fail,
                                 resolve_device)
 
+from .warm import BASELINES
+
 
 def build_parser() -> Parser:
     p = Parser(prog="metaopt search", description="Program search over optimizer update rules.")
@@ -36,7 +38,7 @@ def build_parser() -> Parser:
                    help="search over a task family (e.g. proxy, tiny); fitness = mean log(loss / tuned AdamW loss)")
     p.add_argument("--heldout", default=None,
                    help="held-out family for meta-validation of the top programs and the final funnel")
-    p.add_argument("--baseline", default="adamw", choices=["adamw", "adamw_tuned"],
+    p.add_argument("--baseline", default="adamw", choices=list(BASELINES),
                    help="what --family losses are normalised by (the score's zero; the ranking is "
                         "the same): AdamW with its lr tuned (default), or the best of AdamW's "
                         "first-moment and weight decays, each lr-tuned")

@@ -28,7 +28,7 @@ from .parse import parse
 from .program import Program
 from .simplify import funnel, funnel_stages, simplify
 from .store import Store, check_out, open_store, remove_empty_store
-from .warm import warm_start as make_warm_start, BASELINES
+from .warm import check_baseline, warm_start as make_warm_start
 
 
 @dataclass
@@ -129,8 +129,7 @@ def run(task=None, budget: int = 200, seed: int = 0, out: str | None = None,
     cfg = fitness or FitnessConfig()
     start = make_warm_start(warm_start, seed)
     check(start)
-    if baseline not in BASELINES:
-        raise ValueError(f"unknown baseline {baseline!r}; choose from {', '.join(BASELINES)}")
+    check_baseline(baseline)  # also when ``family`` is a built Family (its own baseline)
     if baseline != "adamw" and family is None:
         raise ValueError(f"baseline={baseline!r} normalises a family's fitness; give family=")
     target = (Family.build(family, device, baseline) if family is not None

@@ -140,10 +140,8 @@ class Family:
     baseline_texts: list[str] = field(default_factory=list)
 
     def __post_init__(self):
-        from .warm import BASELINES
-        if self.baseline not in BASELINES:
-            raise ValueError(f"unknown baseline {self.baseline!r}; choose from "
-                             f"{', '.join(BASELINES)}")
+        from .warm import check_baseline
+        check_baseline(self.baseline)
 
     @classmethod
     def build(cls, family, device="cpu", baseline: str = "adamw") -> "Family":

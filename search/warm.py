@@ -46,6 +46,13 @@ BASELINES = {
     "adamw_tuned": tuple(adamw_text(b, wd) for b in ADAMW_TUNED_BETA1 for wd in ADAMW_TUNED_WD),
 }
 
+
+def check_baseline(name: str) -> None:
+    """A one-line ``ValueError`` unless ``name`` is in :data:`BASELINES`."""
+    if name not in BASELINES:
+        raise ValueError(f"unknown baseline {name!r}; choose from {', '.join(BASELINES)}")
+
+
 SGD = """def train(w, g, m, v, lr):
     update = g * lr
     return update, m, v
