@@ -5,6 +5,8 @@
 * :func:`f2sa` - the fully first-order penalty method of Kwon et al. (ICML 2023).
 * :func:`bilevel.online.online_tune` / :func:`bilevel.online.tune_runs` - hypergradient descent
   during training runs of any task (per-tensor lr schedules, weight decays, example weights).
+* :func:`bilevel.whole_run.tune_whole_runs` - hypergradient descent over whole training runs
+  (reverse mode through every step of each run: exact, memory growing with the run).
 * :mod:`bilevel.problems` - ridge, per-feature logistic regression, hyper-cleaning, MLP weight decay.
 * :func:`report` - re-render the table and plot of a finished ``metaopt bilevel`` run.
 """

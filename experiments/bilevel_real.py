@@ -10,6 +10,10 @@ first black-box trial); the score is the validation loss of a trained model (tas
   (bilevel.online.tune_runs: online_tune with window W, later runs starting from the best run's
   h_used, the schedule its model was trained under); a point per finished run (the
   validation loss of the model that run trained).
+* ``wholerun``: hypergradient descent over whole training runs (bilevel.whole_run.tune_whole_runs):
+  each outer step trains a fresh model from the same init and batch order and differentiates its
+  loss on the whole validation split through all the run's steps (exact, no truncation bias;
+  Adam on h, backtracking on a run that does not improve); a point per run.
 * ``tpe``: optuna TPESampler(multivariate=True); ``cmaes``: optuna CmaEsSampler (x0 = the start,
   sigma0 = 1/6 of the box); a trial trains a fresh model at fixed h (bilevel.online.train).
 
@@ -40,6 +44,7 @@ from bilevel.examples import examples_of  # noqa: E402
 from bilevel.online import online_tune, train, tune_runs  # noqa: E402
 from bilevel.problems.data import corrupt_labels  # noqa: E402
 from bilevel.space import TrainingSpace  # noqa: E402
+from bilevel.whole_run import tune_whole_runs, whole_run_hypergrad  # noqa: E402
 from metaopt import tasks  # noqa: E402
 from metaopt.bench.machine import machine_line  # noqa: E402
 from metaopt.helpers import write_atomic  # noqa: E402
@@ -54,8 +59,9 @@ KINDS = {
                           "corpus_bytes": 200_000}, 6),
     "hyperclean": ("mlp_digits", {"width": 96, "depth": 2}, 4),
 }
-METHODS = {"mlp": ("hypergrad", "tpe", "cmaes"), "cnn": ("hypergrad", "tpe", "cmaes"),
-           "charlm": ("hypergrad", "tpe", "cmaes"), "hyperclean": ("hypergrad", "random")}
+GRADIENT = ("hypergrad", "wholerun")  # the gradient tuners; every other method is a black box
+METHODS = {"mlp": (*GRADIENT, "tpe", "cmaes"), "cnn": (*GRADIENT, "tpe", "cmaes"),
+           "charlm": (*GRADIENT, "tpe", "cmaes"), "hyperclean": (*GRADIENT, "random")}
 
 
 def build(kind: str, steps: int):
@@ -76,11 +82,18 @@ def warm_up(task, space) -> None:
     short = TrainingSpace(space.shapes, 2, lr_pieces=1, n_data=space.n_data, elementwise_wd=space.elementwise_wd)
     train(task, short, short.init(), seed=0)
     online_tune(task, short, seed=0, window=2)
+    whole_run_hypergrad(task, short, short.init(), seed=0)
 
 
 def run_hypergrad(task, space, seed, budget, window, outer_lr) -> dict:
     warm_up(task, space)
     records = tune_runs(task, space, budget_s=budget, seed=seed, window=window, outer_lr=outer_lr)
+    return {"points": [(r.seconds, r.val_loss) for r in records], "runs": len(records)}
+
+
+def run_wholerun(task, space, seed, budget, outer_lr) -> dict:
+    warm_up(task, space)
+    records = tune_whole_runs(task, space, budget_s=budget, seed=seed, outer_lr=outer_lr)
     return {"points": [(r.seconds, r.val_loss) for r in records], "runs": len(records)}
 
 
@@ -151,13 +164,13 @@ def fmt(x, spec=".4f"):
 
 def table(kind, runs, seeds, space_size) -> list[str]:
     methods = METHODS[kind]
-    baselines = [m for m in methods if m != "hypergrad"]
+    baselines = [m for m in methods if m not in GRADIENT]
     lines = []
     for m in methods:
         finals = [best_curve(runs[m][s]["points"])[-1][1] for s in seeds]
         counts = [runs[m][s]["runs"] for s in seeds]
         row = [kind, str(space_size), m, fmt(med(finals)), fmt(min(finals)), fmt(max(finals)), str(med(counts))]
-        if m == "hypergrad":
+        if m in GRADIENT:
             reached, ratios, gains = 0, [], []
             for s in seeds:
                 bb_best = min(best_curve(runs[b][s]["points"])[-1][1] for b in baselines)
@@ -181,7 +194,7 @@ def plot(kind, runs, seeds, budget, path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    colors = {"hypergrad": "C0", "tpe": "C1", "cmaes": "C2", "random": "C3"}
+    colors = {"hypergrad": "C0", "tpe": "C1", "cmaes": "C2", "random": "C3", "wholerun": "C4"}
     for m in METHODS[kind]:
         for i, s in enumerate(seeds):
             curve = best_curve(runs[m][s]["points"]) + [(budget, best_curve(runs[m][s]["points"])[-1][1])]
@@ -206,6 +219,7 @@ def main() -> None:
     parser.add_argument("--window", type=int, default=10, help="truncation window of the hypergradient")
     parser.add_argument("--outer-lr", type=float, default=1.0, help="Adam step on h in the first run "
                         "(later runs: a quarter, halved after a run that does not improve)")
+    parser.add_argument("--whole-lr", type=float, default=0.3, help="Adam step on h of wholerun")
     parser.add_argument("--kinds", default=",".join(KINDS))
     parser.add_argument("--cache", default=os.path.join(ROOT, "runs", "bilevel_real"))
     parser.add_argument("--results", default=os.path.join(HERE, "results"))
@@ -229,6 +243,8 @@ def main() -> None:
         else:
             if method == "hypergrad":
                 out = run_hypergrad(task, space, seed, args.budget, args.window, args.outer_lr)
+            elif method == "wholerun":
+                out = run_wholerun(task, space, seed, args.budget, args.whole_lr)
             elif method == "random":
                 out = run_random(task, space, seed, args.budget)
             else:
@@ -238,7 +254,7 @@ def main() -> None:
         print(f"[{n + 1}/{len(jobs)}] {kind} {method} seed {seed}: {out['runs']} runs, best "
               f"{best_curve(out['points'])[-1][1]:.4f}", file=sys.stderr)
     head = ["| kind | #hparams | method | median best val loss | min | max | median runs/trials | "
-            "hypergrad reached the best black-box loss (seeds) | median time to reach / black-box time "
+            "gradient tuner reached the best black-box loss (seeds) | median time to reach / black-box time "
             "to its best | median % below the best black-box |", "|---|---|---|---|---|---|---|---|---|---|"]
     rows = [r for k in kinds for r in table(k, results[k], seeds, sizes[k])]
     plots = []
@@ -256,8 +272,10 @@ def main() -> None:
         f"hypergrad: truncated online hypergradients (window {args.window}, Adam on h with lr {args.outer_lr} in the "
         "first run, which carries each piece's tuned lr forward into the pieces not reached yet; later runs start "
         "from the best run's h_used (the schedule its model was trained under) with a quarter of that step, halved after a run that does not improve; "
-        "bilevel.online.tune_runs). Box for black-box search: lr in [1e-4, 1e-1], "
-        "wd in [1e-6, 1], example-weight logits in [-5, 5]. 'Reached': the hypergradient tuner's best-so-far "
+        "bilevel.online.tune_runs); wholerun: hypergradient descent over whole runs (every run from the same init and batch "
+        f"order, the gradient of the whole validation split's loss through all {args.steps} steps, Adam on h with lr {args.whole_lr}, "
+        "a run that does not improve halves the step and returns to the best h; bilevel.whole_run.tune_whole_runs). Box for black-box search: lr in [1e-4, 1e-1], "
+        "wd in [1e-6, 1], example-weight logits in [-5, 5]. 'Reached': a gradient tuner's best-so-far "
         "is at or below the best final black-box loss of the same seed; the ratio divides its time to get there "
         "by the time the black-box method took to find that best.", "",
         *head, *rows, "", *plots, ""])
