@@ -90,14 +90,21 @@ def window_hypergrad(task, space: TrainingSpace, rule: UpdateRule, h: dict, para
     return g, value, [p.detach() for p in ps], [{k: v.detach() for k, v in s.items()} for s in ss]
 
 
-def train(task, space: TrainingSpace, h: dict, *, rule: str | UpdateRule = "adamw", seed: int = 0,
-          batch_size: int | None = None, data: Examples | None = None) -> list[Tensor]:
-    """Train a fresh model (init seeded by ``seed``) for ``space.steps`` steps at fixed ``h``."""
+def fresh_run(task, rule: str | UpdateRule, seed: int, data: Examples | None = None):
+    """``(rule, data, generator, params, states)`` of a fresh run: the zoo rule (by name or
+    given), the task's data, a generator seeded by ``seed`` that drew the initial ``params``
+    (and then draws the run's batches), and the rule's initial states."""
     the_rule = zoo.rule(rule) if isinstance(rule, str) else rule
     data = data or examples_of(task)
     gen = task.generator(seed)
     params = [p.detach() for p in task.init(gen)]
-    states = init_states(the_rule, params)
+    return the_rule, data, gen, params, init_states(the_rule, params)
+
+
+def train(task, space: TrainingSpace, h: dict, *, rule: str | UpdateRule = "adamw", seed: int = 0,
+          batch_size: int | None = None, data: Examples | None = None) -> list[Tensor]:
+    """Train a fresh model (init seeded by ``seed``) for ``space.steps`` steps at fixed ``h``."""
+    the_rule, data, gen, params, states = fresh_run(task, rule, seed, data)
     size = batch_size or task.batch_size
     h = {k: ([t.detach() for t in v] if isinstance(v, list) else v.detach()) for k, v in h.items()}
     grad = torch.func.grad(lambda ps, d: training_loss(task, space, h, list(ps), d.batch, d.idx, d.noise))
@@ -152,11 +159,7 @@ def online_tune(task, space: TrainingSpace, h0: dict | None = None, *, rule: str
     hypergradients pushed it by the end, applied from step 0)."""
     if window < 1:
         raise ValueError(f"window={window}; it must be >= 1")
-    the_rule = zoo.rule(rule) if isinstance(rule, str) else rule
-    data = data or examples_of(task)
-    gen = task.generator(seed)
-    params = [p.detach() for p in task.init(gen)]
-    states = init_states(the_rule, params)
+    the_rule, data, gen, params, states = fresh_run(task, rule, seed, data)
     fill = (h0 is None) if fill_ahead is None else fill_ahead
     h = h0 if h0 is not None else space.init(params[0].dtype, params[0].device)
     size = batch_size or task.batch_size

@@ -30,10 +30,10 @@ import torch
 from torch import Tensor
 
 from metaopt import zoo
-from metaopt.rule import UpdateRule, init_states
+from metaopt.rule import UpdateRule
 
 from .examples import Examples, examples_of
-from .online import TuneRecord, _AdamTree, draw, window_hypergrad
+from .online import TuneRecord, _AdamTree, draw, fresh_run, window_hypergrad
 from .space import TrainingSpace
 
 
@@ -43,11 +43,7 @@ def whole_run_hypergrad(task, space: TrainingSpace, h: dict, *, rule: str | Upda
     """``(dF/dh, F, trained params)``: a fresh model (init and batch order from ``seed``) trained
     for ``space.steps`` steps under ``h``, ``F`` its loss on the whole validation split,
     differentiated through every step."""
-    the_rule = zoo.rule(rule) if isinstance(rule, str) else rule
-    data = data or examples_of(task)
-    gen = task.generator(seed)
-    params = [p.detach() for p in task.init(gen)]
-    states = init_states(the_rule, params)
+    the_rule, data, gen, params, states = fresh_run(task, rule, seed, data)
     size = batch_size or task.batch_size
     draws = [draw(data, space, size, gen) for _ in range(space.steps)]
     val_idx = torch.arange(data.n_val, device=data.val[0].device)

@@ -195,6 +195,19 @@ def _fmt(x, digits=3):
     return "diverged" if not math.isfinite(x) else f"{x:.{digits}f}"
 
 
+def ratio_table(labels, member_labels, table: dict, rat: dict) -> list[str]:
+    """Markdown rows: per optimizer its ratio and tuned lr on each member (``*``: the lr at a
+    grid edge), the geometric mean and the worst."""
+    lines = ["| optimizer | " + " | ".join(member_labels) + " | geomean | worst |",
+             "|---|" + "---|" * (len(member_labels) + 2)]
+    for label in labels:
+        cells = [f"{_fmt(r)}{'*' if c['edge'] else ''} (lr {c['lr']:g})"
+                 for r, c in zip(rat[label]["per_task"], table[label])]
+        lines.append(f"| {label} | " + " | ".join(cells) +
+                     f" | {_fmt(rat[label]['geomean'])} | {_fmt(rat[label]['worst'])} |")
+    return lines
+
+
 def compute_note(rate: float, runs: list) -> list[str]:
     """What the Lion search's scale would cost at this machine's measured rate."""
     per_run = statistics.fmean(r["evaluated"] for r in runs) if runs else 0
@@ -233,13 +246,7 @@ def markdown(command, machine, setup, runs, arm_heldout, table, rat, labels, pro
     lines += ["## Held-out table (final validation loss / tuned AdamW's)", "",
               "Each optimizer's lr tuned on the same grid " + ", ".join(f"{x:g}" for x in LRS) +
               "; `*` = best lr at a grid edge.", "",
-              "| optimizer | " + " | ".join(member_labels) + " | geomean | worst |",
-              "|---|" + "---|" * (len(member_labels) + 2)]
-    for label in labels:
-        cells = [f"{_fmt(r)}{'*' if c['edge'] else ''} (lr {c['lr']:g})"
-                 for r, c in zip(rat[label]["per_task"], table[label])]
-        lines.append(f"| {label} | " + " | ".join(cells) +
-                     f" | {_fmt(rat[label]['geomean'])} | {_fmt(rat[label]['worst'])} |")
+              *ratio_table(labels, member_labels, table, rat)]
     lines += ["", "Target: a discovery at <= 0.90 geomean with no task above 1.10.", ""]
     met = [lb for lb in labels if lb not in REFERENCES and rat[lb]["geomean"] <= 0.90
            and rat[lb]["worst"] <= 1.10]
@@ -307,7 +314,7 @@ def main(argv=None, defaults: dict | None = None) -> int:
     t_start = time.perf_counter()
 
     from metaopt.bench.machine import machine_line
-    from search.family import Family, build_members
+    from search.family import Family
     from search.fitness import FitnessConfig
     from search.backends import evaluate_local
     from search.warm import ADAMW

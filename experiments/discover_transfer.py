@@ -15,7 +15,6 @@ chosen per task), every optimizer's lr tuned on the same grid, >= 3 seeds.
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import re
 import sys
@@ -97,14 +96,7 @@ def main(argv=None) -> int:
              f"grid edge; {args.seeds} seeds (mean final validation loss); {n_runs} runs in "
              f"{(time.perf_counter() - t0) / 60:.1f} min. `{REFERENCE}`: AdamW programs with "
              f"first-moment decay {'/'.join(map(str, BETA1))} (weight decay 0.01), the best per "
-             "task.", "",
-             "| optimizer | " + " | ".join(labels) + " | geomean | worst |",
-             "|---|" + "---|" * (len(labels) + 2)]
-    for label in rows:
-        cells = [f"{D._fmt(r)}{'*' if c['edge'] else ''} (lr {c['lr']:g})"
-                 for r, c in zip(rat[label]["per_task"], table[label])]
-        lines.append(f"| {label} | " + " | ".join(cells) +
-                     f" | {D._fmt(rat[label]['geomean'])} | {D._fmt(rat[label]['worst'])} |")
+             "task.", "", *D.ratio_table(rows, labels, table, rat)]
     met = [lb for lb in found if rat[lb]["geomean"] <= 0.90 and rat[lb]["worst"] <= 1.10]
     lines += ["", "Ratios: final validation loss / AdamW's (torch's AdamW, lr tuned). Target of "
               "issue 12: <= 0.90 geomean, no task above 1.10. "
