@@ -8,7 +8,7 @@ shared ``heldout`` family: scikit-learn data sets, width 256, 400-600 steps, i.e
 ``discover.py`` (torch's AdamW and the zoo's SOAP; AdamW programs with the first-moment decay
 chosen per task), every optimizer's lr tuned on the same grid, >= 3 seeds.
 
-    OMP_NUM_THREADS=1 python experiments/discover_transfer.py --workers 1 \
+    OMP_NUM_THREADS=1 python experiments/discover_transfer.py --workers 2 \
         --discovered experiments/results/discovered.md --programs 2 \
         --out experiments/results/discovered_transfer.md
 """
@@ -30,6 +30,14 @@ BETA1 = (0.5, 0.7, 0.9)    # the first-moment decays of the constants-only refer
 REFERENCE = "adamw (beta1 tuned)"
 
 
+def half_decades(lo: float, hi: float) -> tuple[float, ...]:
+    """The lrs 10^(k/2) from ``lo`` to ``hi`` (both rounded to the nearest half decade)."""
+    import math
+
+    a, b = round(2 * math.log10(lo)), round(2 * math.log10(hi))
+    return tuple(round(10 ** (k / 2), 10) for k in range(a, b + 1))
+
+
 def discoveries(md_text: str, limit: int) -> dict[str, str]:
     """The first ``limit`` programs of a ``discover.py`` results file: label -> program text."""
     part = md_text.split("## Discoveries (programs)", 1)
@@ -47,8 +55,8 @@ def main(argv=None) -> int:
     p.add_argument("--programs", type=int, default=2, help="how many discoveries (file order)")
     p.add_argument("--family", default="heldout")
     p.add_argument("--members", default=DEFAULT_MEMBERS, help="member indices, comma-separated")
-    p.add_argument("--lr-min", type=float, default=1e-4)
-    p.add_argument("--lr-max", type=float, default=3.2e-2)
+    p.add_argument("--lr-min", type=float, default=1e-5)
+    p.add_argument("--lr-max", type=float, default=1e-2)
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--out", default="experiments/results/discovered_transfer.md")
@@ -65,9 +73,9 @@ def main(argv=None) -> int:
         p.error(f"--members {args.members!r}: give member indices, e.g. {DEFAULT_MEMBERS}")
     if not idx or any(not 0 <= i < len(specs) for i in idx):
         p.error(f"--members: indices 0-{len(specs) - 1} of family {args.family!r}")
-    lrs = tuple(x for x in D.LRS if args.lr_min * (1 - 1e-9) <= x <= args.lr_max * (1 + 1e-9))
+    lrs = half_decades(args.lr_min, args.lr_max)
     if len(lrs) < 3:
-        p.error("--lr-min/--lr-max: the grid needs at least 3 of discover.py's half-decade lrs")
+        p.error("--lr-min/--lr-max: the half-decade grid between them needs at least 3 lrs")
     with open(args.discovered, encoding="utf-8") as fh:
         try:
             found = discoveries(fh.read(), args.programs)
