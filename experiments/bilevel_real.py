@@ -23,7 +23,7 @@ black-box search (random search in the box) is only a reference line.
 
     OMP_NUM_THREADS=1 nice -n 10 python experiments/bilevel_real.py --budget 20 --seeds 5
 
-Writes experiments/results/bilevel_real.md and bilevel_real_<kind>.png; finished runs are cached
+Writes experiments/results/NAME.md and NAME_<kind>.png (``--name``, default bilevel_real); finished runs are cached
 in runs/bilevel_real/ (one JSON per kind/method/seed), so a crashed run resumes.
 """
 from __future__ import annotations
@@ -222,8 +222,11 @@ def main() -> None:
     parser.add_argument("--whole-lr", type=float, default=0.3, help="Adam step on h of wholerun")
     parser.add_argument("--kinds", default=",".join(KINDS))
     parser.add_argument("--cache", default=os.path.join(ROOT, "runs", "bilevel_real"))
+    parser.add_argument("--name", default="bilevel_real", help="file stem of the results")
     parser.add_argument("--results", default=os.path.join(HERE, "results"))
     args = parser.parse_args()
+    if not args.name.replace("_", "").replace("-", "").isalnum():
+        parser.error(f"--name {args.name!r}: use letters, digits, '_' and '-' only (a file stem)")
     torch.set_num_threads(1)
     from metaopt.bench.machine import command_line
     command = command_line()  # as typed: thread variable, niceness, script and flags
@@ -259,7 +262,7 @@ def main() -> None:
     rows = [r for k in kinds for r in table(k, results[k], seeds, sizes[k])]
     plots = []
     for k in kinds:
-        name = f"bilevel_real_{k}.png"
+        name = f"{args.name}_{k}.png"
         plot(k, results[k], seeds, args.budget, os.path.join(args.results, name))
         plots.append(f"![{name}]({name})")
     text = "\n".join([
@@ -279,7 +282,7 @@ def main() -> None:
         "is at or below the best final black-box loss of the same seed; the ratio divides its time to get there "
         "by the time the black-box method took to find that best.", "",
         *head, *rows, "", *plots, ""])
-    write_atomic(os.path.join(args.results, "bilevel_real.md"), text)
+    write_atomic(os.path.join(args.results, f"{args.name}.md"), text)
     print(text)
 
 
