@@ -240,6 +240,10 @@ class _AdamTree:
     def __init__(self, lr: float):
         self.rule, self.states, self.k = zoo.rule("adam", lr=lr), None, 0
 
+    def set_lr(self, lr: float) -> None:
+        """Later steps use ``lr`` (the moments are kept)."""
+        self.rule = zoo.rule("adam", lr=lr)
+
     def step(self, h: dict, g: dict) -> dict:
         keys = sorted(h)
         flat_h = [t for k in keys for t in (h[k] if isinstance(h[k], list) else [h[k]])]

@@ -59,7 +59,8 @@ def tune_whole_runs(task, space: TrainingSpace, *, budget_s: float, outer_lr: fl
     """Whole-run hypergradient descent within ``budget_s`` seconds (at least one run; at most
     ``max_runs``). One :class:`~bilevel.online.TuneRecord` per run: seconds since the start,
     the validation loss of the model that run trained (``task.evaluate``, as a black-box trial
-    is scored), the ``h`` it was trained under (also its ``h_used``)."""
+    is scored), the ``h`` it was trained under (also its ``h_used``). A first run that
+    diverges is a one-line ``ValueError``; a later one counts as not improving."""
     if outer_lr <= 0:
         raise ValueError(f"outer_lr={outer_lr}; it must be > 0")
     the_rule = zoo.rule(rule) if isinstance(rule, str) else rule
@@ -81,10 +82,13 @@ def tune_whole_runs(task, space: TrainingSpace, *, budget_s: float, outer_lr: fl
                                   val_loss if val_loss == val_loss else math.inf, h, h))
         if on_run is not None:
             on_run(records[-1])
+        if best is None and objective == math.inf:
+            raise ValueError(f"the first run (at h0) diverged: validation loss {float(value)}; "
+                             "start from smaller learning rates")
         if best is None or objective < best[0]:
             best = (objective, h, g)
         else:  # backtrack: a smaller step from the best point, along its gradient
             lr *= 0.5
-            outer.rule = zoo.rule("adam", lr=lr)
+            outer.set_lr(lr)
         h = space.clip(outer.step(best[1], best[2]) if best[1] is not h else outer.step(h, g))
     return records

@@ -86,3 +86,15 @@ def test_bad_outer_lr_is_a_one_line_error():
     with pytest.raises(ValueError, match="outer_lr=0"):
         tune_whole_runs(task, space, budget_s=1.0, outer_lr=0)
     assert math.isfinite(tune_whole_runs(task, space, budget_s=0.0, outer_lr=0.1)[0].val_loss)
+
+
+def test_a_first_run_that_diverges_is_a_one_line_error(monkeypatch):
+    import bilevel.whole_run as wr
+
+    task = tasks.get("mlp_digits", width=8, depth=1)
+    params = task.init(task.generator(0))
+    space = TrainingSpace.for_params(params, steps=2, lr_pieces=1)
+    monkeypatch.setattr(wr, "whole_run_hypergrad", lambda t, s, h, **kw: (
+        {k: torch.full_like(v, float("nan")) for k, v in h.items()}, torch.tensor(float("nan")), params))
+    with pytest.raises(ValueError, match="first run .* diverged"):
+        tune_whole_runs(task, space, budget_s=1e9, max_runs=3, outer_lr=0.1)
