@@ -90,5 +90,5 @@ def tune_whole_runs(task, space: TrainingSpace, *, budget_s: float, outer_lr: fl
         else:  # backtrack: a smaller step from the best point, along its gradient
             lr *= 0.5
             outer.set_lr(lr)
-        h = space.clip(outer.step(best[1], best[2]) if best[1] is not h else outer.step(h, g))
+        h = space.clip(outer.step(best[1], best[2]))  # from the best h (this one if it improved)
     return records
