@@ -47,7 +47,7 @@ from bilevel.space import TrainingSpace  # noqa: E402
 from bilevel.whole_run import tune_whole_runs, whole_run_hypergrad  # noqa: E402
 from metaopt import tasks  # noqa: E402
 from metaopt.bench.machine import machine_line  # noqa: E402
-from metaopt.helpers import write_atomic  # noqa: E402
+from metaopt.helpers import check_file_stem, write_atomic  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -225,8 +225,18 @@ def main() -> None:
     parser.add_argument("--name", default="bilevel_real", help="file stem of the results")
     parser.add_argument("--results", default=os.path.join(HERE, "results"))
     args = parser.parse_args()
-    if not args.name.replace("_", "").replace("-", "").isalnum():
-        parser.error(f"--name {args.name!r}: use letters, digits, '_' and '-' only (a file stem)")
+    try:
+        check_file_stem(args.name, "--name")
+    except ValueError as err:
+        parser.error(str(err))
+    unknown = [k for k in args.kinds.split(",") if k not in KINDS]
+    if unknown:
+        parser.error(f"--kinds: unknown {', '.join(map(repr, unknown))}; choose from {', '.join(KINDS)}")
+    for flag, value in (("--budget", args.budget), ("--seeds", args.seeds), ("--steps", args.steps),
+                        ("--window", args.window), ("--outer-lr", args.outer_lr),
+                        ("--whole-lr", args.whole_lr)):
+        if not value > 0:
+            parser.error(f"{flag} {value}: it must be > 0")
     torch.set_num_threads(1)
     from metaopt.bench.machine import command_line
     command = command_line()  # as typed: thread variable, niceness, script and flags

@@ -26,7 +26,6 @@ import argparse
 import json
 import math
 import os
-import re
 import shlex
 import statistics
 import sys
@@ -38,7 +37,7 @@ sys.path.insert(0, ROOT)
 
 import torch  # noqa: E402
 
-from metaopt.helpers import write_atomic  # noqa: E402
+from metaopt.helpers import check_file_stem, write_atomic  # noqa: E402
 from search.warm import (ADAMW_TUNED_BETA1, ADAMW_TUNED_WD,  # noqa: E402
                          BASELINES as WARM_BASELINES)
 
@@ -302,8 +301,10 @@ def main(argv=None, defaults: dict | None = None) -> int:
     arms = [a for a in args.arms.split(",") if a]
     for a in arms:
         arm_kwargs(a, 10)
-    if not re.fullmatch(r"[A-Za-z0-9_-]+", args.name):
-        p.error(f"--name {args.name!r}: use letters, digits, '_' and '-' only (a file stem)")
+    try:
+        check_file_stem(args.name, "--name")
+    except ValueError as err:
+        p.error(str(err))
     if (args.budget is None) == (args.minutes is None):
         p.error("give exactly one of --budget N and --minutes M")
     os.makedirs(args.out, exist_ok=True)

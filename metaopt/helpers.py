@@ -1,10 +1,11 @@
 """Low-level helpers shared by every part of metaopt (and by search, learned, bilevel):
-atomic file writes, flattening nested containers of tensors, the dtype low-precision tensors
+atomic file writes and safe file stems, flattening nested containers of tensors, the dtype low-precision tensors
 are computed in, a square root differentiable at zero, and the Gram matrix of a tensor's
 mode unfolding. Nothing here imports another metaopt module."""
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -12,8 +13,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["compute_dtype", "flatten_tree", "mode_gram", "sqrt0", "unflatten_tree",
-           "write_atomic"]
+__all__ = ["check_file_stem", "compute_dtype", "flatten_tree", "mode_gram", "sqrt0",
+           "unflatten_tree", "write_atomic"]
 
 
 def write_atomic(path: str | os.PathLike, data: str | bytes) -> None:
@@ -33,6 +34,13 @@ def write_atomic(path: str | os.PathLike, data: str | bytes) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def check_file_stem(name: str, what: str = "name") -> None:
+    """A one-line ``ValueError`` unless ``name`` is a safe file stem (ASCII letters, digits,
+    ``_`` and ``-``: no path separators, no dots); ``what`` names it in the message."""
+    if not re.fullmatch(r"[A-Za-z0-9_-]+", name):
+        raise ValueError(f"{what} {name!r}: use letters, digits, '_' and '-' only (a file stem)")
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:

@@ -49,3 +49,14 @@ def test_mode_gram_is_the_unfolding_gram_matrix():
     g = torch.randn(3, 4, 5, dtype=torch.float64)
     torch.testing.assert_close(helpers.mode_gram(g, 1), torch.einsum("aib,ajb->ij", g, g))
     torch.testing.assert_close(helpers.mode_gram(g, 0), torch.einsum("iab,jab->ij", g, g))
+
+
+@pytest.mark.parametrize("name", ["discovered", "bilevel_real_60s", "a-b_C9"])
+def test_file_stems_that_are_safe_pass(name):
+    helpers.check_file_stem(name)
+
+
+@pytest.mark.parametrize("name", ["", "a/b", "../x", "x.md", "na me", "é"])
+def test_other_file_stems_are_a_one_line_error(name):
+    with pytest.raises(ValueError, match=r"--name .*: use letters, digits, '_' and '-' only"):
+        helpers.check_file_stem(name, "--name")
