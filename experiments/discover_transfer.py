@@ -15,6 +15,7 @@ chosen per task), every optimizer's lr tuned on the same grid, >= 3 seeds.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import re
 import sys
@@ -32,8 +33,6 @@ REFERENCE = "adamw (beta1 tuned)"
 
 def half_decades(lo: float, hi: float) -> tuple[float, ...]:
     """The lrs 10^(k/2) from ``lo`` to ``hi`` (both rounded to the nearest half decade)."""
-    import math
-
     a, b = round(2 * math.log10(lo)), round(2 * math.log10(hi))
     return tuple(round(10 ** (k / 2), 10) for k in range(a, b + 1))
 
@@ -65,7 +64,17 @@ def main(argv=None) -> int:
     from metaopt.helpers import write_atomic
     from search.warm import adamw_text
 
+    from search.family import family_names
+
     command = command_line()
+    for flag, value in (("--programs", args.programs), ("--seeds", args.seeds),
+                        ("--workers", args.workers)):
+        if value < 1:
+            p.error(f"{flag} {value}: give at least 1")
+    if not os.path.isdir(os.path.dirname(os.path.abspath(args.out))):
+        p.error(f"--out {args.out}: its folder does not exist")
+    if args.family not in family_names():
+        p.error(f"--family {args.family!r}: choose from {', '.join(family_names())}")
     specs = D._member_specs(args.family)
     try:
         idx = [int(x) for x in args.members.split(",") if x]
@@ -73,14 +82,19 @@ def main(argv=None) -> int:
         p.error(f"--members {args.members!r}: give member indices, e.g. {DEFAULT_MEMBERS}")
     if not idx or any(not 0 <= i < len(specs) for i in idx):
         p.error(f"--members: indices 0-{len(specs) - 1} of family {args.family!r}")
+    if not 0 < args.lr_min <= args.lr_max:
+        p.error(f"--lr-min {args.lr_min:g} / --lr-max {args.lr_max:g}: need 0 < lr-min <= lr-max")
     lrs = half_decades(args.lr_min, args.lr_max)
     if len(lrs) < 3:
         p.error("--lr-min/--lr-max: the half-decade grid between them needs at least 3 lrs")
-    with open(args.discovered, encoding="utf-8") as fh:
-        try:
+    try:
+        with open(args.discovered, encoding="utf-8") as fh:
             found = discoveries(fh.read(), args.programs)
-        except ValueError as err:
-            p.error(f"--discovered {args.discovered}: {err}")
+    except (OSError, UnicodeDecodeError) as err:
+        p.error(f"--discovered {args.discovered}: cannot read it ({err.__class__.__name__}); "
+                "give a discover.py results file")
+    except ValueError as err:
+        p.error(f"--discovered {args.discovered}: {err}")
     members = [(n, {**o, "device": "cpu"}, s) for n, o, s in (specs[i] for i in idx)]
     labels = [f"{n}({','.join(f'{k}={v}' for k, v in o.items() if k != 'device')})@{s}"
               for n, o, s in members]
