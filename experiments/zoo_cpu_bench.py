@@ -13,8 +13,9 @@ the ratios less than the times. Targets (issue 20): faster than pytorch-optimize
 and at most 1.5x fused AdamW scaled by bytes moved, ``(3 + 2 S) / 7`` for ``S`` state tensors
 the size of the parameter (AdamW: S = 2, 28 bytes per fp32 parameter). Also the first step
 (state creation and any one-off cost, such as compiling) of a fresh optimizer, twice: *cold*
-in this process with an empty Inductor cache (a fresh ``TORCHINDUCTOR_CACHE_DIR``), and *warm*
-in a new process that finds the cache this process filled (what a user's second run pays).
+in this process with empty compile caches (a fresh ``TORCHINDUCTOR_CACHE_DIR`` and
+``METAOPT_KERNEL_CACHE``, so a generated C kernel is built), and *warm* in a new process that
+finds the caches this process filled (what a user's second run pays).
 Writes ``<out>/zoo_cpu.md``.
 """
 from __future__ import annotations
@@ -143,9 +144,19 @@ def bench_member(name: str, cfg: str, params, adamw_step, args) -> dict:
         for k, step in steps.items():
             times[k].append(window_ms(step, args.steps))
     row = {k: statistics.median(v) for k, v in times.items()}
-    impl = chosen_path(opt, params)
+    impl = taken_path(opt, params)
     return dict(row, member=name, first_s=first_s, S=state_tensors(opt, params), impl=impl,
                 warm_s=warm_first_step_s(name, cfg, args))
+
+
+def taken_path(opt, params) -> str:
+    """The path ``opt``'s last step took: :func:`chosen_path`, except that a ``"c"`` choice
+    whose kernel was refused (no plan was made) reports the path taken instead."""
+    path = chosen_path(opt, params)
+    paths = getattr(opt, "_paths", None)
+    if path == "c" and paths is not None and not getattr(paths, "plans", None):
+        return paths.without_c(params)
+    return path
 
 
 def fresh_first_step(name: str, params) -> tuple:
@@ -159,7 +170,7 @@ def fresh_first_step(name: str, params) -> tuple:
 
 def warm_first_step_s(name: str, cfg: str, args) -> float:
     """:func:`fresh_first_step`'s seconds in a new process (same cache directory, so
-    Inductor's on-disk cache is warm)."""
+    Inductor's and the C kernels' on-disk caches are warm)."""
     cmd = [sys.executable, __file__, "--first-step", f"{name}:{cfg}", "--scale",
            str(args.scale), "--threads", str(args.threads)]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True)
@@ -192,8 +203,8 @@ def render(meta: dict, rows: dict[str, list[dict]]) -> str:
         "load; `x AdamW bytes` = ours / (fused AdamW x (3 + 2 S) / 7), S = parameter-sized "
         "state tensors; target <= 1.5 and faster than pytorch-optimizer",
         "- first step s: a fresh optimizer's first step (state creation, any one-off cost such "
-        "as compiling): cold = this process, empty Inductor cache; warm = a new process with "
-        "the cache this run filled; target <= 1 s warm",
+        "as compiling or building a C kernel): cold = this process, empty Inductor and kernel "
+        "caches; warm = a new process with the caches this run filled; target <= 1 s warm",
         "",
     ]
     for cfg, cfg_rows in rows.items():
@@ -228,6 +239,7 @@ def main(argv=None) -> int:
         print(f"{fresh_first_step(name, make_params(*configs(args.scale)[cfg]))[1]:.6f}")
         return 0
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="zoo_cpu_inductor_")
+    os.environ["METAOPT_KERNEL_CACHE"] = tempfile.mkdtemp(prefix="zoo_cpu_kernels_")
     names = elementwise_members() if args.members == "all" else args.members.split(",")
     unknown = sorted(set(names) - set(zoo.names()))
     if unknown:

@@ -22,27 +22,22 @@ Per coordinate the MLP costs ``NIN H + (layers - 1) H^2 + 2 H`` multiply-adds
 of about 35 cycles per coordinate, ~20x a memory-bound fused AdamW step on a CPU whose memory
 gives AdamW ~2 cycles per coordinate. ``experiments/gpu_learned.py --cpu`` measures it.
 
-A kernel is built with the system C compiler (``$CC``, else ``cc``/``gcc``) and OpenMP into
-``$METAOPT_KERNEL_CACHE`` (default ``~/.cache/metaopt/kernels``) under a name hashing the
-source, the flags, the configuration and this CPU's model, written atomically, and loaded with
-:mod:`ctypes` (no Python objects cross the boundary: pointers and sizes only). Without a compiler,
+A kernel is built with the system C compiler and OpenMP, cached on disk and loaded with
+:mod:`ctypes` by :mod:`metaopt.cbuild` (the configuration is part of its flags, so of its
+cache key). Without a compiler,
 :func:`available` is false and :mod:`learned.fused_mlp` keeps its Inductor path.
 """
 from __future__ import annotations
 
 import ctypes
 import functools
-import hashlib
-import os
-import platform
-import shutil
-import subprocess
-import tempfile
 import warnings
 from pathlib import Path
 
 import torch
 from torch import Tensor
+
+from metaopt import cbuild
 
 from .features import (ADAM_RMS_EPS, DECAYS, EPS, NORM_EPS, RMS_DECAY, matrix_shape,
                        tensor_features, update_factored)
@@ -55,24 +50,9 @@ N_SUMS = 16  # lo_moments' sums: 15 coordinate features, then Adam's direction
 _P, _I64, _INT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
 
 
-def compiler() -> str | None:
-    """The C compiler used (``$CC`` if set), or None."""
-    for name in (os.environ.get("CC"), "cc", "gcc"):
-        found = _which(name) if name else None
-        if found:
-            return found
-    return None
-
-
-@functools.lru_cache(maxsize=None)
-def _which(name: str) -> str | None:
-    """``shutil.which``, once per name: :func:`supports` asks for every tensor at every step."""
-    return shutil.which(name)
-
-
 def available() -> bool:
     """Whether this machine can build the kernels (a C compiler is on the PATH)."""
-    return compiler() is not None
+    return cbuild.available()
 
 
 def supports(p: Tensor, g: Tensor) -> bool:
@@ -88,42 +68,12 @@ def mlp_multiply_adds(lopt) -> int:
     return lopt.n_features * h + (lopt.layers - 1) * h * h + 2 * h
 
 
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith(("model name", "flags")):
-                return line
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("METAOPT_KERNEL_CACHE",
-                               Path.home() / ".cache" / "metaopt" / "kernels"))
-
-
 @functools.lru_cache(maxsize=None)
 def kernels(dtype: torch.dtype, hidden: int, layers: int, n_in: int) -> ctypes.CDLL:
     """The compiled kernels for one configuration (built on first use, then from the cache)."""
     defines = (f"-DSCALAR={DTYPES[dtype]}", f"-DSCALAR_IS_DOUBLE={int(dtype == torch.float64)}",
                f"-DHID={hidden}", f"-DLAYERS={layers}", f"-DNIN={n_in}")
-    cc = compiler()
-    if cc is None:
-        raise RuntimeError("learned.fused_mlp_cpu: no C compiler found (set $CC)")
-    key = hashlib.sha256("\0".join((SOURCE.read_text(), cc, *FLAGS, *defines, _cpu_model()))
-                         .encode()).hexdigest()[:24]
-    path = cache_dir() / f"lo_mlp_{key}.so"
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
-            out = Path(tmp) / path.name
-            run = subprocess.run([cc, *FLAGS, *defines, "-o", str(out), str(SOURCE), "-lm"],
-                                 capture_output=True, text=True)
-            if run.returncode != 0:
-                raise RuntimeError(f"learned.fused_mlp_cpu: {cc} failed: {run.stderr.strip()}")
-            os.replace(out, path)
-    lib = ctypes.CDLL(str(path))
+    lib = cbuild.load(SOURCE.read_text(), FLAGS + defines, "lo_mlp", "learned.fused_mlp_cpu")
     lib.lo_moments.argtypes = [_I64, _I64] + [_P] * 10 + [_INT]
     lib.lo_mlp_step.argtypes = [_I64, _I64] + [_P] * 16 + [_INT]
     return lib

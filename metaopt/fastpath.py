@@ -22,8 +22,13 @@ per tensor (``impl="loop"``). A fast path computes the same function faster and 
     NAdam's scalar momentum product) compile the per-tensor loop of a whole group; on CPU,
     ``"auto"`` takes the fused fallback instead (such a graph over hundreds of tensors takes
     minutes to compile there).
-  * ``"auto"`` (default): a fused path where it is the fastest (torch's own fused kernels),
-    else the compiled path for elementwise rules on CUDA and on CPU groups of at least
+  * ``"c"``: on a CPU, the rule's generated C kernel (:mod:`metaopt.ckernel`): the whole
+    group in one call and one pass over memory, split among torch's threads, built once per
+    machine and cached on disk. Elementwise rules whose update uses only the operations the
+    generator knows; float32/float64 contiguous tensors.
+  * ``"auto"`` (default): a fused path where it is the fastest (torch's own fused kernels);
+    on a CPU with a C compiler, else the ``"c"`` kernel for elementwise rules; else the
+    compiled path for elementwise rules on CUDA and on CPU groups of at least
     ``CPU_COMPILE_MIN_NUMEL`` elements (with a C++ compiler), else a fallback fused path (the
     zoo's ``torch._foreach_*`` sequences), else the loop. On CPU the compiled step is one
     vectorised pass per tensor (:mod:`metaopt.hoist` keeps Inductor from recomputing scalar
@@ -41,10 +46,11 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
+from . import cbuild, ckernel
 from .hoist import compile_options
 from .rule import UpdateRule
 
-IMPLS = ("auto", "loop", "fused", "compiled")
+IMPLS = ("auto", "loop", "fused", "compiled", "c")
 
 
 def choose_impl(rule: UpdateRule, impl: str, params: list[Tensor], grads: list[Tensor],
@@ -60,16 +66,19 @@ def choose_impl(rule: UpdateRule, impl: str, params: list[Tensor], grads: list[T
     return impl
 
 
-def _auto_impl(rule: UpdateRule, params: list[Tensor]) -> str:
+def _auto_impl(rule: UpdateRule, params: list[Tensor], c_kernel: bool = True) -> str:
     """A fused path that names this device among those where it is the fastest
-    (``fused.devices``; torch's own fused kernels name none, so every device); else the
-    compiled single-pass step for elementwise rules where compiling pays
-    (:func:`compiling_pays`); else a fused path that is only a fallback (the zoo's
-    ``torch._foreach_*`` sequences); else the loop."""
+    (``fused.devices``; torch's own fused kernels name none, so every device); else, on a
+    CPU with a C compiler, the generated C kernel for elementwise rules (unless
+    ``c_kernel`` is False: it was refused); else the compiled single-pass step for
+    elementwise rules where compiling pays (:func:`compiling_pays`); else a fused path that
+    is only a fallback (the zoo's ``torch._foreach_*`` sequences); else the loop."""
     device = params[0].device.type
     fused = rule.caps.fused
     if fused is not None and device in getattr(fused, "devices", (device,)):
         return "fused"
+    if c_kernel and rule.caps.elementwise and device == "cpu" and cbuild.available():
+        return "c"
     if rule.caps.elementwise and compiling_pays(params):
         return "compiled"
     return "fused" if fused is not None else "loop"
@@ -116,6 +125,43 @@ class CompiledPaths:
         self.flat: dict[int, _FlatLayout] = {}
         self.failed = False  # a CPU compile failed: "auto" stops choosing this path
         self._worked = False
+        self.plans: dict[int, ckernel.Plan] = {}  # the "c" path's launch per param group
+        self.c_failed = False  # a C kernel failed to build: "auto" stops choosing "c"
+
+    def c_step(self, params, grads, states, hp, steps, key: int, explicit: bool) -> bool:
+        """The generated C kernel's step of one group (:mod:`metaopt.ckernel`), True when it
+        ran. Where it cannot run (a group or rule it does not support, a failed build) the
+        caller takes another path (False) under ``"auto"``; under an explicit ``impl="c"``
+        that is a ``ValueError`` saying why."""
+        plan = self.plans.get(key)
+        try:
+            if plan is None or not plan.matches(params, states, hp):
+                self.plans.pop(key, None)
+                reason = ckernel.refusal(params, grads, states, steps)
+                if reason is not None:
+                    raise ckernel.Unsupported(reason)
+                plan = self.plans[key] = ckernel.Plan(self.rule.update, params, states, hp)
+            plan.run(grads, hp, steps[0])
+        except (ckernel.Unsupported, ValueError) as err:
+            self.plans.pop(key, None)
+            if explicit:
+                raise ValueError(f"{self.rule.name}: impl='c' cannot step this group: "
+                                 f"{err}") from None
+            return False
+        except RuntimeError as err:  # the C compiler failed
+            self.plans.pop(key, None)
+            if explicit:
+                raise
+            self.c_failed = True
+            warnings.warn(f"{self.rule.name}: building the C kernel failed ({str(err)[:200]}); "
+                          "using another path from now on", RuntimeWarning, stacklevel=4)
+            return False
+        self.flat.pop(key, None)  # the group's state is no longer a flat layout's concern
+        return True
+
+    def without_c(self, params) -> str:
+        """The path ``"auto"`` takes where the C kernel did not run."""
+        return _auto_impl(self.rule, params, c_kernel=False)
 
     def step_or_fall_back(self, params, grads, states, hp, steps, key: int, opt_state) -> None:
         """:meth:`step` where ``"auto"`` chose it on a CPU: if the very first compile fails

@@ -31,7 +31,7 @@ from torch import Tensor
 
 from .dtensor import gather, is_sharded, shard_like
 from .extras import extras
-from .fastpath import IMPLS, CompiledPaths, choose_impl
+from .fastpath import IMPLS, CompiledPaths, choose_impl, kernel_safe
 from .rule import UpdateRule, check_hp_types
 
 __all__ = ["ADAPTER_DEFAULTS", "IMPLS", "RuleOptimizer"]
@@ -49,7 +49,7 @@ class RuleOptimizer(torch.optim.Optimizer):
       params: parameters, ``(name, parameter)`` pairs, or param groups (dicts with their own
         hyperparameters).
       rule: the update rule; its ``hp`` are the defaults.
-      impl: ``"auto" | "loop" | "fused" | "compiled"`` (see :mod:`metaopt.fastpath`).
+      impl: ``"auto" | "loop" | "fused" | "compiled" | "c"`` (see :mod:`metaopt.fastpath`).
       **hp: hyperparameters overriding the rule's defaults (checked by the rule), and the
         adapter's ``maximize`` / ``skip_nonfinite``.
     """
@@ -59,6 +59,9 @@ class RuleOptimizer(torch.optim.Optimizer):
             raise ValueError(f"impl={impl!r} is not one of {IMPLS}")
         if impl == "fused" and rule.caps.fused is None:
             raise ValueError(f"{rule.name} has no fused implementation; use impl='loop'")
+        if impl == "c" and not rule.caps.elementwise:
+            raise ValueError(f"{rule.name} is not elementwise, so it has no generated C "
+                             "kernel; use impl='auto' or 'loop'")
         own = {k: hp.pop(k) for k in list(hp) if k in ADAPTER_DEFAULTS}
         self.rule = rule.with_hp(**hp)
         self.impl = impl
@@ -290,6 +293,15 @@ class RuleOptimizer(torch.optim.Optimizer):
         rule_states = [_rule_state(s) for s in states]
         impl = ("loop" if is_sharded(real[0])  # DTensor shards: the rule's own ops, per tensor
                 else choose_impl(self.rule, self.impl, real, grads, plain))
+        if impl == "c" and self.impl == "auto" and self._paths.c_failed:
+            impl = self._paths.without_c(real)
+        if impl == "c":
+            if self._paths.c_step(real, grads, rule_states, hp, steps, id(group),
+                                  explicit=self.impl == "c"):
+                return
+            impl = self._paths.without_c(real)
+            if impl == "fused" and not kernel_safe(real, grads):
+                impl = "loop"
         if impl == "compiled" and not all(rule_states):  # state created by the first update
             impl = "loop"
         cpu_auto = impl == "compiled" and self.impl == "auto" and real[0].device.type == "cpu"

@@ -8,6 +8,7 @@ import torch
 
 from learned import LearnedOptimizer, MLPLOpt, fused_mlp_cpu
 from learned.fused_mlp import fused_rule_step
+from metaopt import cbuild
 from metaopt.tasks import ParamInfo
 
 SHAPES = [(), (7,), (5, 6), (2, 3, 4, 5)]
@@ -91,7 +92,7 @@ def test_compile_is_announced_once_per_kernel_family(monkeypatch, capsys):
     a family reuse its dynamic-shape graph silently (``torch.compile`` stubbed: the message
     logic, not Inductor, is under test)."""
     monkeypatch.setattr(torch, "compile", lambda fn, **kw: fn)
-    monkeypatch.setattr(fused_mlp_cpu, "compiler", lambda: None)  # the Inductor path
+    monkeypatch.setattr(cbuild, "compiler", lambda: None)  # the Inductor path
     lopt = MLPLOpt(hidden=4, step_mult=0.1)
     theta = lopt.init_theta(torch.Generator().manual_seed(0))
     fused = fused_rule_step(lopt, theta, compile=True)

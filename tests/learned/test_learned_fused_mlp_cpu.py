@@ -9,6 +9,7 @@ import torch
 
 from learned import MLPLOpt, fused_mlp_cpu
 from learned.fused_mlp import fused_rule_step, theta_weights
+from metaopt import cbuild
 from metaopt.tasks import ParamInfo
 
 pytestmark = pytest.mark.skipif(not fused_mlp_cpu.available(), reason="no C compiler")
@@ -102,7 +103,7 @@ def test_kernel_is_built_once_then_loaded_from_the_cache(monkeypatch, tmp_path):
     def no_compiler(*a, **kw):
         raise AssertionError("the cached kernel was rebuilt")
 
-    monkeypatch.setattr(fused_mlp_cpu.subprocess, "run", no_compiler)
+    monkeypatch.setattr(cbuild.subprocess, "run", no_compiler)
     fused_mlp_cpu.kernels(torch.float32, 3, 2, 17)
     assert list(tmp_path.glob("lo_mlp_*.so")) == built
     assert not [f for f in tmp_path.iterdir() if f.is_dir()]  # no half-written build left
@@ -110,7 +111,7 @@ def test_kernel_is_built_once_then_loaded_from_the_cache(monkeypatch, tmp_path):
 
 
 def test_without_a_compiler_the_c_step_is_not_used(monkeypatch):
-    monkeypatch.setattr(fused_mlp_cpu, "compiler", lambda: None)
+    monkeypatch.setattr(cbuild, "compiler", lambda: None)
     assert not fused_mlp_cpu.supports(torch.zeros(3), torch.zeros(3))
 
 

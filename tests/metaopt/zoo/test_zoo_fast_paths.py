@@ -138,12 +138,14 @@ def test_optimizer_default_path_matches_loop(name):
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
 
 
-def test_auto_prefers_native_kernels_then_compiling_then_the_foreach_fallback(monkeypatch):
+def test_auto_prefers_native_kernels_then_c_then_compiling_then_the_foreach_fallback(
+        monkeypatch):
     """``impl="auto"``: torch's own fused kernels (adamw) everywhere; for an elementwise rule
-    whose fast path is a foreach sequence (lion), the compiled single-pass step where compiling
-    pays (a CPU group of at least ``CPU_COMPILE_MIN_NUMEL`` elements, with a C++ compiler) and
-    the foreach path otherwise (small CPU groups, devices without a compiled path)."""
-    from metaopt import fastpath
+    whose fast path is a foreach sequence (lion), the generated C kernel on a CPU with a C
+    compiler; without one, the compiled single-pass step where compiling pays (a CPU group of
+    at least ``CPU_COMPILE_MIN_NUMEL`` elements, with a C++ compiler) and the foreach path
+    otherwise (small CPU groups, devices without a compiled path)."""
+    from metaopt import cbuild, fastpath
     from metaopt.fastpath import choose_impl
 
     lion, adamw = zoo.rule("lion"), zoo.rule("adamw")
@@ -152,11 +154,17 @@ def test_auto_prefers_native_kernels_then_compiling_then_the_foreach_fallback(mo
     meta = [torch.zeros(64, device="meta")]
     monkeypatch.setattr(fastpath, "CPU_COMPILE_MIN_NUMEL", 64)
     monkeypatch.setattr(fastpath, "_cxx_available", lambda: True)
+    monkeypatch.setattr(cbuild, "compiler", lambda: "/usr/bin/cc")
+    assert choose_impl(lion, "auto", small, small, plain=True) == "c"
+    assert choose_impl(lion, "auto", big, big, plain=True) == "c"
+    assert choose_impl(adamw, "auto", big, big, plain=True) == "fused"
+    assert choose_impl(lion, "auto", meta, meta, plain=True) == "fused"
+    assert choose_impl(lion, "auto", big, big, plain=False) == "loop"  # extra inputs
+    monkeypatch.setattr(cbuild, "compiler", lambda: None)
     assert choose_impl(lion, "auto", small, small, plain=True) == "fused"
     assert choose_impl(lion, "auto", big, big, plain=True) == "compiled"
     assert choose_impl(lion, "auto", meta, meta, plain=True) == "fused"
     assert choose_impl(adamw, "auto", big, big, plain=True) == "fused"
-    assert choose_impl(lion, "auto", big, big, plain=False) == "loop"  # extra inputs
     monkeypatch.setattr(fastpath, "_cxx_available", lambda: False)
     assert choose_impl(lion, "auto", big, big, plain=True) == "fused"
 
@@ -166,7 +174,9 @@ def test_auto_on_cpu_compiles_only_the_flat_path(monkeypatch):
     ``"auto"`` then takes its foreach fallback (a whole-group graph over many tensors would
     compile for minutes), while lion (flat state) takes the compiled flat path. Both equal the
     loop."""
-    from metaopt import fastpath
+    from metaopt import cbuild, fastpath
+
+    monkeypatch.setattr(cbuild, "compiler", lambda: None)  # no generated C kernels here
 
     monkeypatch.setattr(fastpath, "CPU_COMPILE_MIN_NUMEL", 1)
     monkeypatch.setattr(fastpath, "_cxx_available", lambda: True)
@@ -200,7 +210,9 @@ def test_a_failing_cpu_compile_warns_once_and_falls_back(monkeypatch):
     """A machine whose C++ toolchain cannot build Inductor's kernels: the first compiled step
     raises inside ``CompiledPaths.step``; ``"auto"`` warns once, takes the rule's fused path
     for that step and every later one, and the parameters equal the loop's."""
-    from metaopt import fastpath
+    from metaopt import cbuild, fastpath
+
+    monkeypatch.setattr(cbuild, "compiler", lambda: None)  # no generated C kernels here
 
     monkeypatch.setattr(fastpath, "CPU_COMPILE_MIN_NUMEL", 1)
     monkeypatch.setattr(fastpath, "_cxx_available", lambda: True)
