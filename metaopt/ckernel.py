@@ -59,7 +59,9 @@ class Signature:
     """What one kernel is specialised on: the rule's update function, its non-float
     hyperparameters (flags such as ``amsgrad``: part of the graph), where each float
     hyperparameter sits (``("betas", 1)`` is ``hp["betas"][1]``), the state entries (and
-    which are 0-d) and the parameters' dtype."""
+    which are 0-d) and the parameters' dtype. ``predict``: ``update`` is a rule's
+    ``caps.predict(p, state, hp, step) -> p_hat`` and the kernel moves each parameter to
+    ``p_hat`` and writes its old value into the gradient's slot (the backup to restore)."""
 
     update: Callable
     fixed: tuple
@@ -67,6 +69,7 @@ class Signature:
     state_keys: tuple
     scalar_state: tuple
     dtype: torch.dtype
+    predict: bool = False
 
 
 def split_hp(hp: Mapping[str, Any]) -> tuple[tuple, tuple, list[float]]:
@@ -120,6 +123,8 @@ def trace(sig: Signature) -> tuple[torch.fx.GraphModule, tuple]:
     def fn(g, p, step, *rest):
         values, states = rest[:len(sig.floats)], rest[len(sig.floats):]
         hp = _rebuilt_hp(sig.fixed, sig.floats, values)
+        if sig.predict:
+            return (sig.update(p, dict(zip(keys, states)), hp, step),)
         delta, new = sig.update(g, p, dict(zip(keys, states)), hp, step)
         unknown = set(new) - set(keys)
         if unknown:
@@ -419,7 +424,9 @@ class _Emitter:
         keys, t = self.sig.state_keys, self.t
         elem_keys = [i for i, k in enumerate(keys) if k not in self.sig.scalar_state]
         scal_keys = [i for i, k in enumerate(keys) if k in self.sig.scalar_state]
-        stores = [f"        P[i] = p_ - {self._cast(delta, t)};"] + [
+        first = (["        G[i] = p_;", f"        P[i] = {self._cast(delta, t)};"]
+                 if self.sig.predict else [f"        P[i] = p_ - {self._cast(delta, t)};"])
+        stores = first + [
             f"        X{keys.index(k)}[i] = {self._cast(v, t)};"
             for k, v in new.items() if k not in self.sig.scalar_state]
         z_writes = [f"    Z{keys.index(k)}[t][0] = (T){self._value_after_loop(v)};"
@@ -447,11 +454,13 @@ class _Emitter:
             "      const int64_t b = (hi < off[t + 1] ? hi : off[t + 1]) - off[t];",
             *[f"      const {c} {n} = ({c})ts[t * NTS + {j}];"
               for j, (n, c, _) in enumerate(self.tensor)],
-            "      T* restrict P = PP[t];", "      const T* restrict G = GG[t];",
+            "      T* restrict P = PP[t];",
+            f"      {'' if self.sig.predict else 'const '}T* restrict G = GG[t];",
             *[f"      T* restrict X{i} = XX{i}[t];" for i in elem_keys],
             "      #pragma omp simd",
             "      for (int64_t i = a; i < b; ++i) {",
-            "        const T g_ = G[i];", "        const T p_ = P[i];",
+            *([] if self.sig.predict else ["        const T g_ = G[i];"]),
+            "        const T p_ = P[i];",
             *[f"        const T x{i}_ = X{i}[i];" for i in elem_keys],
             *self.elem, *stores,
             "      }", "    }", "  }",
@@ -543,14 +552,14 @@ def kernel(sig: Signature) -> Kernel:
 
 
 def signature(update: Callable, hp: Mapping[str, Any], states: list[dict],
-              dtype: torch.dtype) -> tuple[Signature, list[float]]:
+              dtype: torch.dtype, predict: bool = False) -> tuple[Signature, list[float]]:
     """The kernel key for one group and its float hyperparameters' values. Raises
     :class:`Unsupported` for a fixed hyperparameter that cannot be part of a key (a list)."""
     fixed, where, values = split_hp(hp)
     first = states[0]
     keys = tuple(first)
     scalar = tuple(k for k in keys if first[k].dim() == 0)
-    sig = Signature(update, fixed, where, keys, scalar, dtype)
+    sig = Signature(update, fixed, where, keys, scalar, dtype, predict)
     try:
         hash(sig)
     except TypeError:
@@ -598,9 +607,9 @@ class Plan:
     every step (a parameter's storage can be swapped through ``p.data``)."""
 
     def __init__(self, update: Callable, params: list[Tensor], states: list[dict],
-                 hp: Mapping[str, Any]):
+                 hp: Mapping[str, Any], predict: bool = False):
         self.update = update
-        self.sig, _ = signature(update, hp, states, params[0].dtype)
+        self.sig, _ = signature(update, hp, states, params[0].dtype, predict)
         self.kernel = kernel(self.sig)
         self.params = list(params)
         self.entries = {k: [st[k] for st in states] for k in self.sig.state_keys}
@@ -618,7 +627,8 @@ class Plan:
                 and all(len(st) == len(keys) for st in states)
                 and all(all(st.get(k) is x for st, x in zip(states, self.entries[k]))
                         for k in keys)
-                and signature(self.update, hp, states[:1], params[0].dtype)[0] == self.sig)
+                and signature(self.update, hp, states[:1], params[0].dtype,
+                              self.sig.predict)[0] == self.sig)
 
     def run(self, grads: list[Tensor], hp: Mapping[str, Any], step_count: int) -> None:
         """One step in place. Raises ``ValueError`` (nothing written) for a gradient that is
@@ -636,6 +646,15 @@ class Plan:
                        *[_pointers(self.entries[k]) for k in self.elem],
                        *[_pointers(self.entries[k]) for k in self.sig.scalar_state],
                        hp_buf, float(step_count), self.ts.data_ptr(), torch.get_num_threads())
+
+
+    def predict(self, hp: Mapping[str, Any], step_count: int) -> list[Tensor]:
+        """A ``predict`` plan's step: every parameter moved in place to its prediction; the
+        returned buffers (kept by the plan) hold the values to restore."""
+        if not hasattr(self, "backups"):
+            self.backups = [torch.empty_like(p) for p in self.params]
+        self.run(self.backups, hp, step_count)
+        return self.backups
 
 
 def step(update: Callable, params: list[Tensor], grads: list[Tensor], states: list[dict],

@@ -126,6 +126,7 @@ class CompiledPaths:
         self.failed = False  # a CPU compile failed: "auto" stops choosing this path
         self._worked = False
         self.plans: dict[int, ckernel.Plan] = {}  # the "c" path's launch per param group
+        self.predict_plans: dict[int, ckernel.Plan] = {}  # the same for caps.predict
         self.c_failed = False  # a C kernel failed to build: "auto" stops choosing "c"
 
     def c_step(self, params, grads, states, hp, steps, key: int, explicit: bool) -> bool:
@@ -158,6 +159,33 @@ class CompiledPaths:
             return False
         self.flat.pop(key, None)  # the group's state is no longer a flat layout's concern
         return True
+
+    def c_predict(self, params, states, hp, steps, key: int) -> list[Tensor] | None:
+        """The rule's ``caps.predict`` by a generated kernel (one pass over the group): the
+        parameters moved in place to their predictions, and the buffers holding their values
+        to restore; None where the kernel cannot run (then the caller predicts per tensor)."""
+        if (self.c_failed or not self.rule.caps.elementwise
+                or params[0].device.type != "cpu" or not cbuild.available()):
+            return None
+        plan = self.predict_plans.get(key)
+        try:
+            if plan is None or not plan.matches(params, states, hp):
+                self.predict_plans.pop(key, None)
+                reason = ckernel.refusal(params, params, states, steps)
+                if reason is not None:
+                    raise ckernel.Unsupported(reason)
+                plan = self.predict_plans[key] = ckernel.Plan(self.rule.caps.predict, params,
+                                                              states, hp, predict=True)
+            return plan.predict(hp, steps[0])
+        except (ckernel.Unsupported, ValueError):
+            self.predict_plans.pop(key, None)
+            return None
+        except RuntimeError as err:  # the C compiler failed
+            self.predict_plans.pop(key, None)
+            self.c_failed = True
+            warnings.warn(f"{self.rule.name}: building the C kernel failed ({str(err)[:200]}); "
+                          "using another path from now on", RuntimeWarning, stacklevel=4)
+            return None
 
     def without_c(self, params) -> str:
         """The path ``"auto"`` takes where the C kernel did not run."""

@@ -234,22 +234,33 @@ class RuleOptimizer(torch.optim.Optimizer):
         """``closure()`` with every parameter that has state moved in place to
         ``rule.caps.predict(param, state, hp, step)`` and restored afterwards (also when the closure
         raises), so its gradients are taken there while the update moves the original weights.
-        Parameters without state yet (step 1) stay where they are."""
-        originals = []
+        Parameters without state yet (step 1) stay where they are. Under ``impl="auto"`` or
+        ``"c"`` on a CPU a group is predicted by one generated kernel (:mod:`metaopt.ckernel`)
+        and restored by one multi-tensor copy."""
+        originals, restores = [], []
         for group in self.param_groups:
             hp = self._hp(group)
-            for p in group["params"]:
-                state = self.state[p]
-                if not state:
-                    continue
-                r = _real(p)
-                predicted = self.rule.caps.predict(r, _rule_state(state), hp, _next_step(state))
+            params = [p for p in group["params"] if self.state[p]]
+            if not params:
+                continue
+            real = [_real(p) for p in params]
+            states = [_rule_state(self.state[p]) for p in params]
+            steps = [_next_step(self.state[p]) for p in params]
+            backups = (self._paths.c_predict(real, states, hp, steps, id(group))
+                       if self.impl in ("auto", "c") else None)
+            if backups is not None:
+                restores.append((real, backups))
+                continue
+            for r, st, step in zip(real, states, steps):
+                predicted = self.rule.caps.predict(r, st, hp, step)
                 originals.append((r, r.clone()))
                 r.copy_(predicted)
         try:
             with torch.enable_grad():
                 return closure()
         finally:
+            for real, backups in restores:
+                torch._foreach_copy_(real, backups)
             for r, original in originals:
                 r.copy_(original)
 

@@ -90,6 +90,34 @@ def test_sophia_takes_the_kernel_between_its_hessian_steps():
         torch.testing.assert_close(p, q, rtol=1e-11, atol=1e-13)
 
 
+@pytest.mark.parametrize("name", ["xgrad_sgd", "xgrad_adam", "xgrad_adamw"])
+def test_weight_prediction_by_the_kernel_equals_the_per_tensor_prediction(name):
+    """XGrad takes each gradient at predicted weights: the C path moves a group to its
+    prediction in one kernel and restores it by one copy. With a closure whose gradients
+    depend on where the weights are, eight steps equal the per-tensor path's."""
+    gen = torch.Generator().manual_seed(8)
+    ps = [torch.randn(s, generator=gen, dtype=torch.float64, requires_grad=True)
+          for s in [(6, 5), (9,), (2, 3, 4)]]
+    qs = [p.detach().clone().requires_grad_() for p in ps]
+    c = zoo.create(name, ps, impl="c", lr=0.01, weight_decay=0.01)
+    loop = zoo.create(name, qs, impl="loop", lr=0.01, weight_decay=0.01)
+
+    def closure_of(opt, xs):
+        def closure():
+            opt.zero_grad()
+            loss = sum((x ** 4).sum() - (x * x.detach().sign()).sum() for x in xs)
+            loss.backward()
+            return loss
+        return closure
+
+    for _ in range(8):
+        torch.testing.assert_close(c.step(closure_of(c, ps)), loop.step(closure_of(loop, qs)),
+                                   rtol=1e-11, atol=1e-12)
+    assert c._paths.predict_plans
+    for p, q in zip(ps, qs):
+        torch.testing.assert_close(p, q, rtol=1e-11, atol=1e-13)
+
+
 @pytest.mark.parametrize("name", ["lion", "adabelief", "nadam", "diffgrad"])
 def test_threads_split_the_elements_without_changing_a_bit(name):
     """The elements of all tensors are split among torch's threads; each element's
