@@ -104,7 +104,7 @@ def tensor_step(lopt, weights: tuple[Tensor, ...], g: Tensor, p: Tensor,
     lib = kernels_or_none(dtype, lopt.hidden, lopt.layers, lopt.n_features)
     if lib is None:
         return False
-    nthreads = torch.get_num_threads()
+    nthreads = cbuild.threads(torch.get_num_threads())
     row, col = state["row"], state["col"]
     new_row, new_col = update_factored(g, row, col)
     row.copy_(new_row)

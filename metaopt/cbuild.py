@@ -80,6 +80,24 @@ def build(source: str, flags: tuple[str, ...], prefix: str, what: str) -> Path:
     return path
 
 
+#: the process that first ran a kernel's OpenMP region with more than one thread
+_PARALLEL_PID: int | None = None
+
+
+def threads(requested: int) -> int:
+    """Threads for a kernel's OpenMP region: ``requested`` (torch's intra-op count), except
+    1 in a process forked from one that already ran a parallel region. GNU OpenMP's thread
+    pool does not survive ``fork``: a child entering a parallel region waits forever for the
+    parent's threads (``tests/metaopt/test_cbuild.py`` forks such a child)."""
+    global _PARALLEL_PID
+    if requested <= 1:
+        return 1
+    pid = os.getpid()
+    if _PARALLEL_PID is None:
+        _PARALLEL_PID = pid
+    return requested if _PARALLEL_PID == pid else 1
+
+
 def load(source: str, flags: tuple[str, ...], prefix: str, what: str) -> ctypes.CDLL:
     """:func:`build`, then the library loaded."""
     return ctypes.CDLL(str(build(source, flags, prefix, what)))

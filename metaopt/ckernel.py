@@ -426,9 +426,10 @@ class _Emitter:
         scal_keys = [i for i, k in enumerate(keys) if k in self.sig.scalar_state]
         first = (["        G[i] = p_;", f"        P[i] = {self._cast(delta, t)};"]
                  if self.sig.predict else [f"        P[i] = p_ - {self._cast(delta, t)};"])
-        stores = first + [
+        stores = first + [  # an entry returned unchanged is not written back
             f"        X{keys.index(k)}[i] = {self._cast(v, t)};"
-            for k, v in new.items() if k not in self.sig.scalar_state]
+            for k, v in new.items()
+            if k not in self.sig.scalar_state and v.name != f"x{keys.index(k)}_"]
         z_writes = [f"    Z{keys.index(k)}[t][0] = (T){self._value_after_loop(v)};"
                     for k, v in new.items() if k in self.sig.scalar_state]
         args = ["int64_t nt", "const int64_t* off", "T** PP", "T** GG",
@@ -645,7 +646,8 @@ class Plan:
                        _pointers(grads),
                        *[_pointers(self.entries[k]) for k in self.elem],
                        *[_pointers(self.entries[k]) for k in self.sig.scalar_state],
-                       hp_buf, float(step_count), self.ts.data_ptr(), torch.get_num_threads())
+                       hp_buf, float(step_count), self.ts.data_ptr(),
+                       cbuild.threads(torch.get_num_threads()))
 
 
     def predict(self, hp: Mapping[str, Any], step_count: int) -> list[Tensor]:
