@@ -68,16 +68,19 @@ def choose_impl(rule: UpdateRule, impl: str, params: list[Tensor], grads: list[T
 
 def _auto_impl(rule: UpdateRule, params: list[Tensor], c_kernel: bool = True) -> str:
     """A fused path that names this device among those where it is the fastest
-    (``fused.devices``; torch's own fused kernels name none, so every device); else, on a
-    CPU with a C compiler, the generated C kernel for elementwise rules (unless
+    (``fused.devices``; torch's own fused kernels name none, so every device), unless it is a
+    zoo ``torch._foreach_*`` sequence (``fused.foreach``) and the generated C kernel can run;
+    else, on a CPU with a C compiler, the generated C kernel for elementwise rules (unless
     ``c_kernel`` is False: it was refused); else the compiled single-pass step for
     elementwise rules where compiling pays (:func:`compiling_pays`); else a fused path that
     is only a fallback (the zoo's ``torch._foreach_*`` sequences); else the loop."""
     device = params[0].device.type
     fused = rule.caps.fused
-    if fused is not None and device in getattr(fused, "devices", (device,)):
+    c_here = c_kernel and rule.caps.elementwise and device == "cpu" and cbuild.available()
+    if (fused is not None and device in getattr(fused, "devices", (device,))
+            and not (c_here and getattr(fused, "foreach", False))):
         return "fused"
-    if c_kernel and rule.caps.elementwise and device == "cpu" and cbuild.available():
+    if c_here:
         return "c"
     if rule.caps.elementwise and compiling_pays(params):
         return "compiled"

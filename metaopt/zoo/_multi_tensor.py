@@ -64,6 +64,7 @@ def multi_tensor(kernel: Kernel, keys: Sequence[str], update: Callable | None = 
             for ps, gs, st in blocks(*batch, keys):
                 kernel(ps, gs, st, hp, step)
 
+    fused.foreach = True  # a sequence of foreach ops: a generated C kernel beats it on a CPU
     return fast_path(fused, devices)
 
 

@@ -157,10 +157,13 @@ def test_auto_prefers_native_kernels_then_c_then_compiling_then_the_foreach_fall
     monkeypatch.setattr(cbuild, "compiler", lambda: "/usr/bin/cc")
     assert choose_impl(lion, "auto", small, small, plain=True) == "c"
     assert choose_impl(lion, "auto", big, big, plain=True) == "c"
+    sgd = zoo.rule("sgd")  # its foreach path names the CPU, but the C kernel beats it there
+    assert choose_impl(sgd, "auto", big, big, plain=True) == "c"
     assert choose_impl(adamw, "auto", big, big, plain=True) == "fused"
     assert choose_impl(lion, "auto", meta, meta, plain=True) == "fused"
     assert choose_impl(lion, "auto", big, big, plain=False) == "loop"  # extra inputs
     monkeypatch.setattr(cbuild, "compiler", lambda: None)
+    assert choose_impl(sgd, "auto", big, big, plain=True) == "fused"
     assert choose_impl(lion, "auto", small, small, plain=True) == "fused"
     assert choose_impl(lion, "auto", big, big, plain=True) == "compiled"
     assert choose_impl(lion, "auto", meta, meta, plain=True) == "fused"
