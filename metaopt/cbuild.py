@@ -60,7 +60,8 @@ def cache_dir() -> Path:
 def build(source: str, flags: tuple[str, ...], prefix: str, what: str) -> Path:
     """The shared library compiled from the C ``source`` with ``flags``: from the cache when
     it is there, else built now. ``prefix`` starts the file's name; ``what`` names the caller
-    in errors. Raises ``RuntimeError`` when there is no compiler or it fails."""
+    in errors. Raises ``RuntimeError`` when there is no compiler, it fails, or the cache
+    folder cannot be written."""
     cc = compiler()
     if cc is None:
         raise RuntimeError(f"{what}: no C compiler found (set $CC)")
@@ -68,15 +69,19 @@ def build(source: str, flags: tuple[str, ...], prefix: str, what: str) -> Path:
     path = cache_dir() / f"{prefix}_{key}.so"
     if path.exists():
         return path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
-        src, out = Path(tmp) / f"{prefix}.c", Path(tmp) / path.name
-        src.write_text(source)
-        run = subprocess.run([cc, *flags, "-o", str(out), str(src), "-lm"],
-                             capture_output=True, text=True)
-        if run.returncode != 0:
-            raise RuntimeError(f"{what}: {cc} failed: {' '.join(run.stderr.split())[:500]}")
-        os.replace(out, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
+            src, out = Path(tmp) / f"{prefix}.c", Path(tmp) / path.name
+            src.write_text(source)
+            run = subprocess.run([cc, *flags, "-o", str(out), str(src), "-lm"],
+                                 capture_output=True, text=True)
+            if run.returncode != 0:
+                raise RuntimeError(f"{what}: {cc} failed: {' '.join(run.stderr.split())[:500]}")
+            os.replace(out, path)
+    except OSError as err:
+        raise RuntimeError(f"{what}: cannot build into the kernel cache {path.parent} ({err}); "
+                           "set $METAOPT_KERNEL_CACHE to a writable folder") from None
     return path
 
 

@@ -70,3 +70,11 @@ def test_a_compiler_error_is_one_runtime_error_naming_the_caller(monkeypatch, tm
     with pytest.raises(RuntimeError, match=r"^test: .* failed: .*error"):
         cbuild.build("this is not C", ("-shared", "-fPIC"), "t", "test")
     assert not list(tmp_path.rglob("*.so")) and not [p for p in tmp_path.iterdir() if p.is_dir()]
+
+
+def test_an_unwritable_cache_is_a_runtime_error_that_says_what_to_set(monkeypatch, tmp_path):
+    blocked = tmp_path / "file"
+    blocked.write_text("")
+    monkeypatch.setenv("METAOPT_KERNEL_CACHE", str(blocked / "kernels"))  # under a file
+    with pytest.raises(RuntimeError, match="METAOPT_KERNEL_CACHE"):
+        cbuild.build("int f(void) { return 1; }\n", ("-shared", "-fPIC"), "t", "test")
