@@ -14,6 +14,13 @@ LOG="$OUT/gpu_log.txt"
 # a fresh Inductor cache per run: the zoo part compiles cold into it, later parts reuse it warm
 export TORCHINDUCTOR_CACHE_DIR="${TORCHINDUCTOR_CACHE_DIR:-/tmp/metaopt_inductor_$(date +%s)}"
 [ -n "${GPU_SMOKE:-}" ] && export TORCH_COMPILE_DISABLE=1
+# the references the device lacks (pytorch-optimizer, HeavyBall and opt_einsum, optuna) travel
+# as wheels in .whl (carry ".whl"; see /work/.library/device/README.md)
+if [ -d .whl ] && [ -z "${GPU_SMOKE:-}" ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/site .whl/*.whl >> "$LOG" 2>&1 \
+    && export PYTHONPATH="$PYTHONPATH:/tmp/site"
+fi
 {
   date -u; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
   python3 -c "import torch, sys; print('python', sys.version.split()[0], 'torch', torch.__version__)"

@@ -13,7 +13,10 @@ S param-sized state tensors: read p, g and the state, write p and the state); it
 torch's fused AdamW and to pytorch-optimizer's version of the rule where one exists (both
 timed in windows alternating with the member's, so a shared or throttled machine biases the
 ratios less); and on CUDA the peak transient memory of a step in parameter-sized buffers.
-torch's fused and foreach AdamW are also timed alone. Members that would run past
+torch's fused and foreach AdamW are also timed alone. HeavyBall's version (where it has the
+rule; ``HEAVYBALL``) is timed the same way; its ``step`` sets ``p.grad = None`` (HeavyBall 3.2),
+so each of its timed steps hands the gradients back before and after (two attribute stores per
+tensor), and a step that does not move the parameters fails the row. Members that would run past
 ``--budget-s`` are skipped and listed. Finished rows are kept in ``<out>/zoo_bench.json`` and
 reused by ``--resume``. Writes ``<out>/zoo.md``.
 """
@@ -51,6 +54,12 @@ BENCH_HP = {
     "soap": {"precondition_frequency": 10},
     "psgd": {"update_probability": 0.1},
 }
+
+# HeavyBall's class for the same rule, and the hyperparameters that give it the same schedule
+HEAVYBALL = {"adamw": "AdamW", "ademamix": "AdEMAMix", "nadam": "NAdam", "rmsprop": "RMSprop",
+             "sgd": "SGD", "soap": "SOAP", "psgd": "PSGDKron", "muon": "Muon"}
+HB_HP = {"soap": {"precondition_frequency": 10},
+         "psgd": {"preconditioner_update_probability": 0.1}}
 
 # the same schedules for pytorch-optimizer's versions
 PO_HP = {
@@ -257,17 +266,19 @@ def render(meta: dict, rows: list[dict], skipped: list[str]) -> str:
         "mem = peak transient memory of a step in parameter-sized buffers (CUDA).",
         "",
         "| run | config | member | impl | ms/step | S | x floor | x AdamW | "
-        "pytorch-optimizer ms | ours / p-o | first step s | mem |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "pytorch-optimizer ms | ours / p-o | HeavyBall ms | ours / HB | first step s | mem |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         fl = f"{r['ms'] / r['floor_ms']:.2f}" if r.get("floor_ms") else "-"
         po = f"{r['po_ms']:.3f}" if r.get("po_ms") else "-"
         ratio = f"{r['ms'] / r['po_ms']:.2f}" if r.get("po_ms") else "-"
         mem = f"{r['mem']:.2f}" if r.get("mem") is not None else "-"
+        hb = f"{r['hb_ms']:.3f}" if r.get("hb_ms") else "-"
+        hb_ratio = f"{r['ms'] / r['hb_ms']:.2f}" if r.get("hb_ms") else "-"
         out.append(f"| {r.get('run', 1)} | {r['config']} | {r['member']} | {r['impl']} | "
                    f"{r['ms']:.3f} | {r['S']} | "
-                   f"{fl} | {r['ms'] / r['adamw_ms']:.2f} | {po} | {ratio} | "
+                   f"{fl} | {r['ms'] / r['adamw_ms']:.2f} | {po} | {ratio} | {hb} | {hb_ratio} | "
                    f"{r['first_s']:.2f} | {mem} |")
     if skipped:
         out += ["", "Not measured (time cap or error): " + "; ".join(skipped)]
@@ -342,15 +353,17 @@ def main(argv=None) -> int:
                     name, ps, impl=args.impl, **hp))
                 prep = lambda opt, ps, name=name: _prepare(name, opt, ps)  # noqa: E731
                 po = _pytorch_optimizer_step(name, params, side, device, args, skipped, cfg)
+                hb = heavyball_step(name, params, device, args, skipped, cfg)
+                refs = [ref_opt.step] + [r for r in (po, hb) if r is not None]
                 try:
-                    r = bench_optimizer(make, params, device, args, prep, cfg == "c",
-                                        [ref_opt.step] + ([po] if po else []))
+                    r = bench_optimizer(make, params, device, args, prep, cfg == "c", refs)
                 except Exception as err:  # report, keep benchmarking the others
                     skipped.append(f"{cfg}/{name} ({type(err).__name__}: {str(err)[:80]})")
                     continue
                 impl = chosen_path(make(params[:1]), params[:1])
                 row = dict(r, config=cfg, member=name, impl=impl, asked=args.impl, run=run,
                            adamw_ms=r["ref_ms"][0], po_ms=r["ref_ms"][1] if po else None,
+                           hb_ms=r["ref_ms"][-1] if hb else None,
                            floor_ms=None if cfg == "c" else 4 * (3 + 2 * r["S"]) * numel
                            / meta["bw"] * 1e3)
                 rows.append(row)
@@ -385,6 +398,42 @@ def _pytorch_optimizer_step(name, params, side, device, args, skipped, cfg):
         return opt.step
     except Exception as err:
         skipped.append(f"{cfg}/pytorch-optimizer {name} ({type(err).__name__})")
+        return None
+
+
+def heavyball_step(name, params, device, args, skipped, cfg):
+    """HeavyBall's version of ``name`` on ``params``, warmed up and validated; its step
+    (gradients handed back first: HeavyBall clears ``p.grad``), or None."""
+    cls_name = HEAVYBALL.get(name)
+    if cls_name is None:
+        return None
+    try:
+        import heavyball
+        opt = getattr(heavyball, cls_name)(params, lr=1e-3, **HB_HP.get(name, {}))
+    except Exception as err:  # not installed, or no such class in this version
+        skipped.append(f"{cfg}/HeavyBall {name} ({type(err).__name__})")
+        return None
+    grads = [p.grad for p in params]
+
+    def step():
+        for p, g in zip(params, grads):
+            p.grad = g
+        opt.step()
+        for p, g in zip(params, grads):  # for the other optimizers timed on these tensors
+            p.grad = g
+
+    try:
+        for _ in range(1 + max(1, args.warmup)):
+            step()
+        before = [p.detach().clone() for p in params[:2]]
+        step()
+        sync(device)
+        if all(torch.equal(a, p) for a, p in zip(before, params[:2])):
+            raise RuntimeError("its step did not move the parameters")
+        return step
+    except Exception as err:
+        reason = " ".join(str(err).split())[:80]
+        skipped.append(f"{cfg}/HeavyBall {name} ({type(err).__name__}: {reason})")
         return None
 
 

@@ -574,6 +574,8 @@ def refusal(params: list[Tensor], grads: list[Tensor], states: list[dict], steps
     same state keys on every tensor, each entry shaped like its parameter (or 0-d), and a C
     compiler must be here."""
     p0 = params[0]
+    if any(_is_subclass(t) for t in (*params, *grads)):
+        return "a tensor subclass (e.g. a DTensor shard): its storage is not its elements"
     if p0.device.type != "cpu":
         return f"tensors on {p0.device.type}, not the CPU"
     if p0.dtype not in DTYPES:
@@ -588,12 +590,19 @@ def refusal(params: list[Tensor], grads: list[Tensor], states: list[dict], steps
         if not (p.is_contiguous() and g.is_contiguous()):
             return "a non-contiguous parameter or gradient"
         if list(st) != keys or not all(
-                torch.is_tensor(v) and v.dtype == p0.dtype and v.is_contiguous()
+                torch.is_tensor(v) and not _is_subclass(v) and v.dtype == p0.dtype
+                and v.is_contiguous()
                 and (v.shape == p.shape or v.dim() == 0) for v in st.values()):
             return "state entries not shaped like their parameters"
     if not cbuild.available():
         return "no C compiler (set $CC)"
     return None
+
+
+def _is_subclass(t: Tensor) -> bool:
+    """A tensor subclass that dispatches its own operations (DTensor, FakeTensor, ...): its
+    ``numel`` and ``data_ptr`` do not describe one dense buffer the kernel may write."""
+    return type(t).__torch_dispatch__ is not Tensor.__torch_dispatch__
 
 
 def _pointers(tensors) -> ctypes.Array:

@@ -63,7 +63,7 @@ def test_compiled_fused_optimizer_equals_the_loop(path, monkeypatch):
     """On a CPU ``impl="fused"`` runs the C step (learned/fused_mlp_cpu.py) where a C compiler
     exists, else the Inductor-compiled one (the path GPUs take): both equal the loop."""
     if path == "inductor":
-        monkeypatch.setattr(fused_mlp_cpu, "compiler", lambda: None)
+        monkeypatch.setattr(cbuild, "compiler", lambda: None)
     elif not fused_mlp_cpu.available():
         pytest.skip("no C compiler")
     lopt = MLPLOpt(hidden=4, step_mult=0.05)

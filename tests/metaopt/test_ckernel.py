@@ -348,3 +348,14 @@ def test_the_vectorised_exp_is_within_two_ulp_over_the_float_range():
     assert torch.isinf(p[exact > torch.finfo(torch.float32).max]).all()
     assert (p[exact < torch.finfo(torch.float32).tiny] == 0).all()
     assert (m.double() - torch.sigmoid(x.double())).abs().max() < 2 ** -23
+
+
+def test_a_tensor_subclass_is_refused_before_any_pointer_is_read():
+    """A subclass that dispatches its own operations (a DTensor shard under FSDP2: its
+    ``numel`` is the global one, its storage the local shard) is never handed to a kernel."""
+    from torch.testing._internal.two_tensor import TwoTensor
+
+    p = TwoTensor(torch.zeros(4), torch.zeros(4))
+    reason = ckernel.refusal([p], [torch.zeros(4)], [{"m": torch.zeros(4)}], [1])
+    assert reason is not None and "subclass" in reason
+    assert ckernel.refusal([torch.zeros(4)], [torch.zeros(4)], [{"m": p}], [1]) is not None
