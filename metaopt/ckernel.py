@@ -19,7 +19,8 @@ value is refused) and written as C:
 
 Per element the kernel moves the byte floor (the inputs read once, the outputs written once),
 as torch's fused AdamW kernel does. The library is built by :mod:`metaopt.cbuild` (about
-0.3 s with ``cc -O3``) and cached on disk, so a later process's first step only traces the
+0.3 s with ``cc -O3``; without ``-fopenmp`` or ``-march=native`` where the compiler refuses
+them) and cached on disk, so a later process's first step only traces the
 rule (tens of ms) and loads it. Only the operations in :data:`EMITTERS` are supported; a rule
 using another (or Python control flow on a hyperparameter's value, or a reduction) raises
 :class:`Unsupported` at trace time and the optimizer keeps its other paths. The results equal
@@ -41,6 +42,9 @@ from . import cbuild
 
 FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math", "-ffp-contract=off",
          "-fopenmp", "-shared", "-fPIC")
+#: what to drop, in turn, when a compiler rejects ``FLAGS`` (Apple's clang has no OpenMP; some
+#: compilers and CPUs refuse ``-march=native``): a one-thread or generic kernel beats none
+FALLBACK_DROPS = ((), ("-fopenmp",), ("-fopenmp", "-march=native"))
 DTYPES = {torch.float32: "float", torch.float64: "double"}
 _TRACE_NUMEL = 8  # elements of the example tensors a rule is traced on
 
@@ -472,7 +476,12 @@ class _Emitter:
 
 _PRELUDE = r"""#include <tgmath.h>
 #include <stdint.h>
+#ifdef _OPENMP
 #include <omp.h>
+#else
+static inline int omp_get_num_threads(void) { return 1; }
+static inline int omp_get_thread_num(void) { return 0; }
+#endif
 typedef @T@ T;
 
 /* exp(x) without a library call, so the loop vectorises: x = n ln2 + r, |r| <= ln2/2,
@@ -526,11 +535,24 @@ class Kernel:
     library: Any
 
 
+def _load(source: str):
+    """The library of ``source``, built with :data:`FLAGS`, else with the flags of
+    :data:`FALLBACK_DROPS` dropped in turn; the first error when none builds."""
+    first = None
+    for drop in FALLBACK_DROPS:
+        try:
+            return cbuild.load(source, tuple(f for f in FLAGS if f not in drop), "zoo_step",
+                               "metaopt.ckernel")
+        except RuntimeError as err:
+            first = first or err
+    raise first
+
+
 @functools.lru_cache(maxsize=256)
 def _build(sig: Signature) -> Kernel:
     gm, written = trace(sig)
     emitter = _Emitter(gm, sig, written)
-    lib = cbuild.load(emitter.run(), FLAGS, "zoo_step", "metaopt.ckernel")
+    lib = _load(emitter.run())
     fn = lib.mo_step
     n_elem = len(sig.state_keys) - len(sig.scalar_state)
     fn.argtypes = ([ctypes.c_int64, _P, _P, _P] + [_P] * n_elem + [_P] * len(sig.scalar_state)

@@ -359,3 +359,35 @@ def test_a_tensor_subclass_is_refused_before_any_pointer_is_read():
     reason = ckernel.refusal([p], [torch.zeros(4)], [{"m": torch.zeros(4)}], [1])
     assert reason is not None and "subclass" in reason
     assert ckernel.refusal([torch.zeros(4)], [torch.zeros(4)], [{"m": p}], [1]) is not None
+
+
+def test_a_compiler_without_openmp_still_gets_a_one_thread_kernel(monkeypatch, tmp_path):
+    """A compiler that rejects ``-fopenmp`` (Apple's clang) builds the kernel without it:
+    one thread, the same values."""
+    import shutil
+    import stat
+
+    cc = shutil.which("cc") or shutil.which("gcc")
+    wrapper = tmp_path / "cc-no-openmp"
+    wrapper.write_text("#!/bin/sh\nfor a in \"$@\"; do [ \"$a\" = -fopenmp ] && "
+                       "{ echo 'unsupported option -fopenmp' >&2; exit 1; }; done\n"
+                       f"exec {cc} \"$@\"\n")
+    wrapper.chmod(wrapper.stat().st_mode | stat.S_IEXEC)
+    monkeypatch.setenv("CC", str(wrapper))
+    monkeypatch.setenv("METAOPT_KERNEL_CACHE", str(tmp_path / "cache"))
+    cbuild._which.cache_clear()
+    ckernel._build.cache_clear()
+    try:
+        ps, qs, c, loop = _pair("adabelief", {}, torch.float64, [(300, 300), (7,)])
+        gen = torch.Generator().manual_seed(9)
+        for _ in range(3):
+            _grads(ps, qs, gen)
+            c.step()
+            loop.step()
+        assert c._paths.plans
+        for p, q in zip(ps, qs):
+            torch.testing.assert_close(p, q, rtol=1e-11, atol=1e-13)
+        assert len(list((tmp_path / "cache").glob("zoo_step_*.so"))) == 1
+    finally:
+        ckernel._build.cache_clear()
+        cbuild._which.cache_clear()

@@ -106,3 +106,28 @@ def test_to_optimizer_state_dict_resume_is_exact():
         o.zero_grad(); m(x).pow(2).mean().backward(); o.step()
     for a, b in zip(model.parameters(), clone.parameters()):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("text", [ADAMW, LION, MOMENTUM], ids=["adamw", "lion", "momentum"])
+def test_a_program_takes_the_generated_c_kernel_on_a_cpu_and_equals_its_loop(text):
+    """A found program is an elementwise rule, so on a CPU ``"auto"`` runs it as one
+    generated C kernel per group (``metaopt.ckernel``), equal to the interpreter's loop."""
+    from metaopt import cbuild
+
+    if not cbuild.available():
+        pytest.skip("no C compiler")
+    gen = torch.Generator().manual_seed(3)
+    ps = [torch.randn(s, generator=gen, dtype=torch.float64, requires_grad=True)
+          for s in [(6, 5), (11,)]]
+    qs = [p.detach().clone().requires_grad_() for p in ps]
+    fast = search.to_optimizer(text, ps, lr=0.01)
+    loop = search.to_optimizer(text, qs, lr=0.01, impl="loop")
+    for _ in range(5):
+        for p, q in zip(ps, qs):
+            p.grad = torch.randn(p.shape, generator=gen, dtype=p.dtype)
+            q.grad = p.grad.clone()
+        fast.step()
+        loop.step()
+    assert fast._paths.plans
+    for p, q in zip(ps, qs):
+        torch.testing.assert_close(p, q, rtol=1e-12, atol=1e-14)
