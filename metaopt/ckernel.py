@@ -216,6 +216,8 @@ def _clamp(a: list[str], t: str) -> str:
 
 
 _A = torch.ops.aten
+#: comparison operations and their C operators
+_COMPARISONS = {"gt": ">", "ge": ">=", "lt": "<", "le": "<=", "eq": "==", "ne": "!="}
 #: aten operation -> C expression of its operands (already cast to the compute type ``t``)
 EMITTERS: dict[Any, Callable[[list[str], str], str]] = {
     _A.add.Tensor: _alpha("({0} + {1})"), _A.add.Scalar: _alpha("({0} + {1})"),
@@ -239,12 +241,8 @@ EMITTERS: dict[Any, Callable[[list[str], str], str]] = {
     _A.clamp_min.default: _clamp,
     _A.clamp_max.default: lambda a, t: _clamp([a[0], "None", a[1]], t),
     _A.where.self: _binary("({0} ? {1} : {2})"),
-    _A.gt.Scalar: _binary("({0} > {1})"), _A.gt.Tensor: _binary("({0} > {1})"),
-    _A.ge.Scalar: _binary("({0} >= {1})"), _A.ge.Tensor: _binary("({0} >= {1})"),
-    _A.lt.Scalar: _binary("({0} < {1})"), _A.lt.Tensor: _binary("({0} < {1})"),
-    _A.le.Scalar: _binary("({0} <= {1})"), _A.le.Tensor: _binary("({0} <= {1})"),
-    _A.eq.Scalar: _binary("({0} == {1})"), _A.eq.Tensor: _binary("({0} == {1})"),
-    _A.ne.Scalar: _binary("({0} != {1})"), _A.ne.Tensor: _binary("({0} != {1})"),
+    **{getattr(getattr(_A, op), kind): _binary(f"({{0}} {sym} {{1}})")
+       for op, sym in _COMPARISONS.items() for kind in ("Scalar", "Tensor")},
     _A.logical_not.default: _binary("(!{0})"),
     _A.logical_and.default: _binary("({0} && {1})"),
     _A.logical_or.default: _binary("({0} || {1})"),
@@ -259,8 +257,8 @@ _IDENTITY = {_A.lift_fresh_copy.default, _A.clone.default, _A.alias.default,
 #: operations that are a constant (the second argument, or 0/1) shaped like their input
 _FILLS = {_A.zeros_like.default: 0.0, _A.ones_like.default: 1.0, _A.full_like.default: None,
           _A.scalar_tensor.default: None}
-_COMPARE = {_A.gt.Scalar, _A.gt.Tensor, _A.ge.Scalar, _A.ge.Tensor, _A.lt.Scalar, _A.lt.Tensor,
-            _A.le.Scalar, _A.le.Tensor, _A.eq.Scalar, _A.eq.Tensor, _A.ne.Scalar, _A.ne.Tensor}
+_COMPARE = {getattr(getattr(_A, op), kind) for op in _COMPARISONS
+            for kind in ("Scalar", "Tensor")}
 
 
 @dataclass

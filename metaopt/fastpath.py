@@ -137,15 +137,9 @@ class CompiledPaths:
         ran. Where it cannot run (a group or rule it does not support, a failed build) the
         caller takes another path (False) under ``"auto"``; under an explicit ``impl="c"``
         that is a ``ValueError`` saying why."""
-        plan = self.plans.get(key)
         try:
-            if plan is None or not plan.matches(params, states, hp):
-                self.plans.pop(key, None)
-                reason = ckernel.refusal(params, grads, states, steps)
-                if reason is not None:
-                    raise ckernel.Unsupported(reason)
-                plan = self.plans[key] = ckernel.Plan(self.rule.update, params, states, hp)
-            plan.run(grads, hp, steps[0])
+            self._plan(self.plans, key, self.rule.update, params, grads, states, hp, steps
+                       ).run(grads, hp, steps[0])
         except (ckernel.Unsupported, ValueError) as err:
             self.plans.pop(key, None)
             if explicit:
@@ -153,12 +147,9 @@ class CompiledPaths:
                                  f"{err}") from None
             return False
         except RuntimeError as err:  # the C compiler failed
-            self.plans.pop(key, None)
             if explicit:
                 raise
-            self.c_failed = True
-            warnings.warn(f"{self.rule.name}: building the C kernel failed ({str(err)[:200]}); "
-                          "using another path from now on", RuntimeWarning, stacklevel=4)
+            self._c_build_failed(err)
             return False
         self.flat.pop(key, None)  # the group's state is no longer a flat layout's concern
         return True
@@ -170,25 +161,36 @@ class CompiledPaths:
         if (self.c_failed or not self.rule.caps.elementwise
                 or params[0].device.type != "cpu" or not cbuild.available()):
             return None
-        plan = self.predict_plans.get(key)
         try:
-            if plan is None or not plan.matches(params, states, hp):
-                self.predict_plans.pop(key, None)
-                reason = ckernel.refusal(params, params, states, steps)
-                if reason is not None:
-                    raise ckernel.Unsupported(reason)
-                plan = self.predict_plans[key] = ckernel.Plan(self.rule.caps.predict, params,
-                                                              states, hp, predict=True)
-            return plan.predict(hp, steps[0])
+            return self._plan(self.predict_plans, key, self.rule.caps.predict, params, params,
+                              states, hp, steps, predict=True).predict(hp, steps[0])
         except (ckernel.Unsupported, ValueError):
             self.predict_plans.pop(key, None)
             return None
         except RuntimeError as err:  # the C compiler failed
-            self.predict_plans.pop(key, None)
-            self.c_failed = True
-            warnings.warn(f"{self.rule.name}: building the C kernel failed ({str(err)[:200]}); "
-                          "using another path from now on", RuntimeWarning, stacklevel=4)
+            self._c_build_failed(err)
             return None
+
+    @staticmethod
+    def _plan(plans: dict, key: int, fn, params, grads, states, hp, steps,
+              predict: bool = False) -> ckernel.Plan:
+        """The group's kept plan where it still matches, else a new one (kept). Raises
+        :class:`~metaopt.ckernel.Unsupported` for a group the kernel refuses, or the build's
+        ``RuntimeError``; either way no plan is kept."""
+        plan = plans.pop(key, None)
+        if plan is None or not plan.matches(params, states, hp):
+            reason = ckernel.refusal(params, grads, states, steps)
+            if reason is not None:
+                raise ckernel.Unsupported(reason)
+            plan = ckernel.Plan(fn, params, states, hp, predict)
+        plans[key] = plan
+        return plan
+
+    def _c_build_failed(self, err: Exception) -> None:
+        """Warn once and stop choosing generated kernels in this optimizer."""
+        self.c_failed = True
+        warnings.warn(f"{self.rule.name}: building the C kernel failed ({str(err)[:200]}); "
+                      "using another path from now on", RuntimeWarning, stacklevel=5)
 
     def without_c(self, params) -> str:
         """The path ``"auto"`` takes where the C kernel did not run."""

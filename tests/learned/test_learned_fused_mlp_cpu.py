@@ -11,6 +11,7 @@ from learned import MLPLOpt, fused_mlp_cpu
 from learned.fused_mlp import fused_rule_step, theta_weights
 from metaopt import cbuild
 from metaopt.tasks import ParamInfo
+from kernel_cache import assert_built_once_then_loaded  # noqa: I001 (tests/support)
 
 pytestmark = pytest.mark.skipif(not fused_mlp_cpu.available(), reason="no C compiler")
 
@@ -94,20 +95,9 @@ def test_fused_rule_step_runs_the_c_step_on_cpu(monkeypatch):
 
 def test_kernel_is_built_once_then_loaded_from_the_cache(monkeypatch, tmp_path):
     monkeypatch.setenv("METAOPT_KERNEL_CACHE", str(tmp_path))
-    fused_mlp_cpu.kernels.cache_clear()
-    fused_mlp_cpu.kernels(torch.float32, 3, 2, 17)
-    built = list(tmp_path.glob("lo_mlp_*.so"))
-    assert len(built) == 1
-    fused_mlp_cpu.kernels.cache_clear()
-
-    def no_compiler(*a, **kw):
-        raise AssertionError("the cached kernel was rebuilt")
-
-    monkeypatch.setattr(cbuild.subprocess, "run", no_compiler)
-    fused_mlp_cpu.kernels(torch.float32, 3, 2, 17)
-    assert list(tmp_path.glob("lo_mlp_*.so")) == built
-    assert not [f for f in tmp_path.iterdir() if f.is_dir()]  # no half-written build left
-    fused_mlp_cpu.kernels.cache_clear()
+    assert_built_once_then_loaded(lambda: fused_mlp_cpu.kernels(torch.float32, 3, 2, 17),
+                                  fused_mlp_cpu.kernels.cache_clear, tmp_path, "lo_mlp_*.so",
+                                  monkeypatch)
 
 
 def test_without_a_compiler_the_c_step_is_not_used(monkeypatch):

@@ -10,6 +10,7 @@ import torch
 from metaopt import cbuild, ckernel, zoo
 from metaopt.rule import UpdateRule
 from metaopt.zoo import registry
+from kernel_cache import assert_built_once_then_loaded  # noqa: I001 (tests/support)
 
 pytestmark = pytest.mark.skipif(not cbuild.available(), reason="no C compiler")
 
@@ -280,20 +281,8 @@ def test_the_kernel_is_built_once_per_machine_and_then_loaded(monkeypatch, tmp_p
     rule = registry.rule("grams")
     sig, _ = ckernel.signature(rule.update, {**rule.hp, "lr": 0.123},
                                [rule.init(torch.zeros(2))], torch.float64)
-    ckernel._build.cache_clear()
-    ckernel.kernel(sig)
-    built = list(tmp_path.glob("zoo_step_*.so"))
-    assert len(built) == 1
-    ckernel._build.cache_clear()
-
-    def no_compiler(*a, **kw):
-        raise AssertionError("the cached kernel was rebuilt")
-
-    monkeypatch.setattr(cbuild.subprocess, "run", no_compiler)
-    ckernel.kernel(sig)
-    assert list(tmp_path.glob("zoo_step_*.so")) == built
-    assert not [f for f in tmp_path.iterdir() if f.is_dir()]
-    ckernel._build.cache_clear()
+    assert_built_once_then_loaded(lambda: ckernel.kernel(sig), ckernel._build.cache_clear,
+                                  tmp_path, "zoo_step_*.so", monkeypatch)
 
 
 def test_a_failed_build_warns_once_and_auto_takes_another_path(monkeypatch, tmp_path):
