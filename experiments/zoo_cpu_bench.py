@@ -153,9 +153,10 @@ def taken_path(opt, params) -> str:
     """The path ``opt``'s last step took: :func:`chosen_path`, except that a ``"c"`` choice
     whose kernel was refused (no plan was made) reports the path taken instead."""
     path = chosen_path(opt, params)
-    paths = getattr(opt, "_paths", None)
-    if path == "c" and paths is not None and not getattr(paths, "plans", None):
-        return paths.without_c(params)
+    if path == "c" and not opt._paths.plans:
+        from metaopt.fastpath import choose_impl
+        return choose_impl(opt.rule, opt.impl, params, [p.grad for p in params], True,
+                           c_kernel=False)
     return path
 
 

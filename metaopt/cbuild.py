@@ -46,8 +46,9 @@ def cpu_model() -> str:
     """This CPU's model name and instruction-set flags (part of every kernel's cache key)."""
     try:
         lines = Path("/proc/cpuinfo").read_text().splitlines()
-        return "\n".join(line for line in lines if line.startswith(("model name", "flags"))
-                         )[:100_000] or platform.machine()
+        return "\n".join(dict.fromkeys(  # one line each: every core repeats them
+            line for line in lines if line.startswith(("model name", "flags")))) \
+            or platform.machine()
     except OSError:
         return platform.processor() or platform.machine()
 

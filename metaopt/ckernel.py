@@ -216,8 +216,11 @@ def _clamp(a: list[str], t: str) -> str:
 
 
 _A = torch.ops.aten
-#: comparison operations and their C operators
-_COMPARISONS = {"gt": ">", "ge": ">=", "lt": "<", "le": "<=", "eq": "==", "ne": "!="}
+#: comparison overloads (``gt.Scalar``, ``gt.Tensor``, ...) and their C operators
+_COMPARE = {getattr(getattr(_A, op), kind): sym
+            for op, sym in (("gt", ">"), ("ge", ">="), ("lt", "<"), ("le", "<="), ("eq", "=="),
+                            ("ne", "!="))
+            for kind in ("Scalar", "Tensor")}
 #: aten operation -> C expression of its operands (already cast to the compute type ``t``)
 EMITTERS: dict[Any, Callable[[list[str], str], str]] = {
     _A.add.Tensor: _alpha("({0} + {1})"), _A.add.Scalar: _alpha("({0} + {1})"),
@@ -241,8 +244,7 @@ EMITTERS: dict[Any, Callable[[list[str], str], str]] = {
     _A.clamp_min.default: _clamp,
     _A.clamp_max.default: lambda a, t: _clamp([a[0], "None", a[1]], t),
     _A.where.self: _binary("({0} ? {1} : {2})"),
-    **{getattr(getattr(_A, op), kind): _binary(f"({{0}} {sym} {{1}})")
-       for op, sym in _COMPARISONS.items() for kind in ("Scalar", "Tensor")},
+    **{op: _binary(f"({{0}} {sym} {{1}})") for op, sym in _COMPARE.items()},
     _A.logical_not.default: _binary("(!{0})"),
     _A.logical_and.default: _binary("({0} && {1})"),
     _A.logical_or.default: _binary("({0} || {1})"),
@@ -257,8 +259,6 @@ _IDENTITY = {_A.lift_fresh_copy.default, _A.clone.default, _A.alias.default,
 #: operations that are a constant (the second argument, or 0/1) shaped like their input
 _FILLS = {_A.zeros_like.default: 0.0, _A.ones_like.default: 1.0, _A.full_like.default: None,
           _A.scalar_tensor.default: None}
-_COMPARE = {getattr(getattr(_A, op), kind) for op in _COMPARISONS
-            for kind in ("Scalar", "Tensor")}
 
 
 @dataclass
@@ -318,6 +318,7 @@ class _Emitter:
 
     @staticmethod
     def _constant(value: Any) -> _Value:
+        """A Python number, or a one-element constant tensor of the graph, as a C literal."""
         if torch.is_tensor(value):
             if value.numel() != 1:
                 raise Unsupported("a constant tensor with more than one element")
@@ -372,8 +373,7 @@ class _Emitter:
         if isinstance(a, torch.fx.Node):
             return self.values[a]
         if isinstance(a, (bool, int, float)):
-            return _Value(_literal(a), "double" if isinstance(a, float) else "long long",
-                          "const", torch.float64)
+            return self._constant(a)
         if a is None or isinstance(a, (torch.dtype, torch.device, torch.layout,
                                        torch.memory_format, list, tuple)):
             return None  # dtype and shape arguments of casts and fills
@@ -510,10 +510,17 @@ static inline double mo_exp_double(double x) { return exp(x); }
 """
 
 
+def _emit(sig: Signature) -> tuple[str, int]:
+    """``sig``'s C source and how many per-tensor scalars it keeps (raises
+    :class:`Unsupported`)."""
+    gm, written = trace(sig)
+    emitter = _Emitter(gm, sig, written)
+    return emitter.run(), len(emitter.tensor)
+
+
 def source(sig: Signature) -> str:
     """The C source of ``sig``'s kernel (raises :class:`Unsupported`)."""
-    gm, written = trace(sig)
-    return _Emitter(gm, sig, written).run()
+    return _emit(sig)[0]
 
 
 # --------------------------------------------------------------------------------------------
@@ -548,15 +555,14 @@ def _load(source: str):
 
 @functools.lru_cache(maxsize=256)
 def _build(sig: Signature) -> Kernel:
-    gm, written = trace(sig)
-    emitter = _Emitter(gm, sig, written)
-    lib = _load(emitter.run())
+    text, n_tensor_scalars = _emit(sig)
+    lib = _load(text)
     fn = lib.mo_step
     n_elem = len(sig.state_keys) - len(sig.scalar_state)
     fn.argtypes = ([ctypes.c_int64, _P, _P, _P] + [_P] * n_elem + [_P] * len(sig.scalar_state)
                    + [_P, ctypes.c_double, _P, ctypes.c_int])
     fn.restype = None
-    return Kernel(fn, len(emitter.tensor), lib)
+    return Kernel(fn, n_tensor_scalars, lib)
 
 
 def kernel(sig: Signature) -> Kernel:
@@ -594,8 +600,6 @@ def refusal(params: list[Tensor], grads: list[Tensor], states: list[dict], steps
     same state keys on every tensor, each entry shaped like its parameter (or 0-d), and a C
     compiler must be here."""
     p0 = params[0]
-    if any(_is_subclass(t) for t in (*params, *grads)):
-        return "a tensor subclass (e.g. a DTensor shard): its storage is not its elements"
     if p0.device.type != "cpu":
         return f"tensors on {p0.device.type}, not the CPU"
     if p0.dtype not in DTYPES:
@@ -604,6 +608,8 @@ def refusal(params: list[Tensor], grads: list[Tensor], states: list[dict], steps
         return "tensors at different step counts"
     keys = list(states[0])
     for p, g, st in zip(params, grads, states):
+        if _is_subclass(p) or _is_subclass(g):
+            return "a tensor subclass (e.g. a DTensor shard): its storage is not its elements"
         if (p.dtype != p0.dtype or g.dtype != p0.dtype or g.is_sparse or p.device != p0.device
                 or g.device != p0.device or g.shape != p.shape):
             return "parameters and gradients of mixed dtypes, devices or layouts"
@@ -633,43 +639,42 @@ def _pointers(tensors) -> ctypes.Array:
 class Plan:
     """One param group's launch of its kernel, kept between steps: the kernel, the element
     offsets of its tensors and the checks of :func:`refusal` done once. :meth:`matches` says
-    whether the group still has the same tensors and state entries; pointers are read at
-    every step (a parameter's storage can be swapped through ``p.data``)."""
+    whether the group still has the same tensors, state entries and kernel key (``sig``, from
+    :func:`signature`, computed once per step by the caller with the hyperparameters' values);
+    pointers are read at every step (a parameter's storage can be swapped through
+    ``p.data``)."""
 
-    def __init__(self, update: Callable, params: list[Tensor], states: list[dict],
-                 hp: Mapping[str, Any], predict: bool = False):
-        self.update = update
-        self.sig, _ = signature(update, hp, states, params[0].dtype, predict)
-        self.kernel = kernel(self.sig)
+    def __init__(self, sig: Signature, params: list[Tensor], states: list[dict]):
+        self.sig = sig
+        self.kernel = kernel(sig)
         self.params = list(params)
-        self.entries = {k: [st[k] for st in states] for k in self.sig.state_keys}
+        self.entries = {k: [st[k] for st in states] for k in sig.state_keys}
         self.sizes = [p.numel() for p in params]
         self.off = torch.tensor([0, *self.sizes], dtype=torch.int64).cumsum_(0)
-        self.elem = [k for k in self.sig.state_keys if k not in self.sig.scalar_state]
+        self.elem = [k for k in sig.state_keys if k not in sig.scalar_state]
         self.ts = torch.empty(max(len(params) * self.kernel.n_tensor_scalars, 1),
                               dtype=torch.float64)
+        self.backups: list[Tensor] | None = None  # a predict plan's values to restore
 
-    def matches(self, params: list[Tensor], states: list[dict], hp: Mapping[str, Any]) -> bool:
-        """Same tensors, the same state tensors under the same keys, the same kernel key."""
+    def matches(self, sig: Signature, params: list[Tensor], states: list[dict]) -> bool:
+        """Same kernel key, same tensors, the same state tensors under the same keys."""
         keys = self.sig.state_keys
-        return (len(params) == len(self.params)
+        return (sig == self.sig and len(params) == len(self.params)
                 and all(a is b for a, b in zip(params, self.params))
                 and all(len(st) == len(keys) for st in states)
                 and all(all(st.get(k) is x for st, x in zip(states, self.entries[k]))
-                        for k in keys)
-                and signature(self.update, hp, states[:1], params[0].dtype,
-                              self.sig.predict)[0] == self.sig)
+                        for k in keys))
 
-    def run(self, grads: list[Tensor], hp: Mapping[str, Any], step_count: int) -> None:
-        """One step in place. Raises ``ValueError`` (nothing written) for a gradient that is
-        not a dense contiguous tensor shaped and typed like its parameter."""
+    def run(self, grads: list[Tensor], values: list[float], step_count: int) -> None:
+        """One step in place with the float hyperparameters ``values`` (:func:`signature`'s).
+        Raises ``ValueError`` (nothing written) for a gradient that is not a dense contiguous
+        tensor shaped and typed like its parameter."""
         dtype = self.params[0].dtype
         for p, g, n in zip(self.params, grads, self.sizes):
             if (g.dtype != dtype or g.is_sparse or not g.is_contiguous() or g.numel() != n
                     or g.device.type != "cpu" or p.numel() != n or not p.is_contiguous()):
                 raise ValueError("a gradient or parameter changed layout since the kernel's "
                                  "plan was made")
-        values = split_hp(hp)[2]
         hp_buf = (ctypes.c_double * max(len(values), 1))(*values)
         self.kernel.fn(len(self.params), self.off.data_ptr(), _pointers(self.params),
                        _pointers(grads),
@@ -678,13 +683,12 @@ class Plan:
                        hp_buf, float(step_count), self.ts.data_ptr(),
                        cbuild.threads(torch.get_num_threads()))
 
-
-    def predict(self, hp: Mapping[str, Any], step_count: int) -> list[Tensor]:
+    def predict(self, values: list[float], step_count: int) -> list[Tensor]:
         """A ``predict`` plan's step: every parameter moved in place to its prediction; the
         returned buffers (kept by the plan) hold the values to restore."""
-        if not hasattr(self, "backups"):
+        if self.backups is None:
             self.backups = [torch.empty_like(p) for p in self.params]
-        self.run(self.backups, hp, step_count)
+        self.run(self.backups, values, step_count)
         return self.backups
 
 
@@ -693,4 +697,5 @@ def step(update: Callable, params: list[Tensor], grads: list[Tensor], states: li
     """One step of the group in place by its generated kernel (the group must pass
     :func:`refusal`). Raises :class:`Unsupported` or ``RuntimeError`` (build) before any
     tensor is written."""
-    Plan(update, params, states, hp).run(grads, hp, step_count)
+    sig, values = signature(update, hp, states, params[0].dtype)
+    Plan(sig, params, states).run(grads, values, step_count)

@@ -54,11 +54,13 @@ IMPLS = ("auto", "loop", "fused", "compiled", "c")
 
 
 def choose_impl(rule: UpdateRule, impl: str, params: list[Tensor], grads: list[Tensor],
-                plain: bool) -> str:
+                plain: bool, c_kernel: bool = True) -> str:
     """The path for one group's step: ``impl`` resolved for ``"auto"``, the loop where a fast
-    path cannot run. ``plain``: the step needs no extra inputs and no update check."""
+    path cannot run. ``plain``: the step needs no extra inputs and no update check.
+    ``c_kernel``: whether ``"auto"`` may take the generated C kernel (False once it failed to
+    build or refused this group)."""
     if impl == "auto":
-        impl = _auto_impl(rule, params)
+        impl = _auto_impl(rule, params, c_kernel)
     if impl != "loop" and not plain:  # extra inputs (loss, hvp) go through the loop
         return "loop"
     if impl == "fused" and not kernel_safe(params, grads):
@@ -76,7 +78,7 @@ def _auto_impl(rule: UpdateRule, params: list[Tensor], c_kernel: bool = True) ->
     is only a fallback (the zoo's ``torch._foreach_*`` sequences); else the loop."""
     device = params[0].device.type
     fused = rule.caps.fused
-    c_here = c_kernel and rule.caps.elementwise and device == "cpu" and cbuild.available()
+    c_here = c_kernel and c_kernel_runs(rule, device)
     if (fused is not None and device in getattr(fused, "devices", (device,))
             and not (c_here and getattr(fused, "foreach", False))):
         return "fused"
@@ -85,6 +87,12 @@ def _auto_impl(rule: UpdateRule, params: list[Tensor], c_kernel: bool = True) ->
     if rule.caps.elementwise and compiling_pays(params):
         return "compiled"
     return "fused" if fused is not None else "loop"
+
+
+def c_kernel_runs(rule: UpdateRule, device: str) -> bool:
+    """Whether a generated C kernel (:mod:`metaopt.ckernel`) can serve ``rule`` on this
+    device type at all: an elementwise rule, a CPU, a C compiler."""
+    return rule.caps.elementwise and device == "cpu" and cbuild.available()
 
 
 #: on CPU, ``"auto"`` compiles a group's step only from this many elements on: a first
@@ -138,8 +146,9 @@ class CompiledPaths:
         caller takes another path (False) under ``"auto"``; under an explicit ``impl="c"``
         that is a ``ValueError`` saying why."""
         try:
-            self._plan(self.plans, key, self.rule.update, params, grads, states, hp, steps
-                       ).run(grads, hp, steps[0])
+            plan, values = self._plan(self.plans, key, self.rule.update, params, grads, states,
+                                      hp, steps)
+            plan.run(grads, values, steps[0])
         except (ckernel.Unsupported, ValueError) as err:
             self.plans.pop(key, None)
             if explicit:
@@ -158,12 +167,12 @@ class CompiledPaths:
         """The rule's ``caps.predict`` by a generated kernel (one pass over the group): the
         parameters moved in place to their predictions, and the buffers holding their values
         to restore; None where the kernel cannot run (then the caller predicts per tensor)."""
-        if (self.c_failed or not self.rule.caps.elementwise
-                or params[0].device.type != "cpu" or not cbuild.available()):
+        if self.c_failed or not c_kernel_runs(self.rule, params[0].device.type):
             return None
         try:
-            return self._plan(self.predict_plans, key, self.rule.caps.predict, params, params,
-                              states, hp, steps, predict=True).predict(hp, steps[0])
+            plan, values = self._plan(self.predict_plans, key, self.rule.caps.predict, params,
+                                      params, states, hp, steps, predict=True)
+            return plan.predict(values, steps[0])
         except (ckernel.Unsupported, ValueError):
             self.predict_plans.pop(key, None)
             return None
@@ -173,28 +182,26 @@ class CompiledPaths:
 
     @staticmethod
     def _plan(plans: dict, key: int, fn, params, grads, states, hp, steps,
-              predict: bool = False) -> ckernel.Plan:
-        """The group's kept plan where it still matches, else a new one (kept). Raises
-        :class:`~metaopt.ckernel.Unsupported` for a group the kernel refuses, or the build's
-        ``RuntimeError``; either way no plan is kept."""
+              predict: bool = False) -> tuple[ckernel.Plan, list[float]]:
+        """The group's kept plan where it still matches, else a new one (kept), and the float
+        hyperparameters' values to run it with. Raises :class:`~metaopt.ckernel.Unsupported`
+        for a group the kernel refuses, or the build's ``RuntimeError``; either way no plan is
+        kept."""
         plan = plans.pop(key, None)
-        if plan is None or not plan.matches(params, states, hp):
+        sig, values = ckernel.signature(fn, hp, states, params[0].dtype, predict)
+        if plan is None or not plan.matches(sig, params, states):
             reason = ckernel.refusal(params, grads, states, steps)
             if reason is not None:
                 raise ckernel.Unsupported(reason)
-            plan = ckernel.Plan(fn, params, states, hp, predict)
+            plan = ckernel.Plan(sig, params, states)
         plans[key] = plan
-        return plan
+        return plan, values
 
     def _c_build_failed(self, err: Exception) -> None:
         """Warn once and stop choosing generated kernels in this optimizer."""
         self.c_failed = True
         warnings.warn(f"{self.rule.name}: building the C kernel failed ({str(err)[:200]}); "
                       "using another path from now on", RuntimeWarning, stacklevel=5)
-
-    def without_c(self, params) -> str:
-        """The path ``"auto"`` takes where the C kernel did not run."""
-        return _auto_impl(self.rule, params, c_kernel=False)
 
     def step_or_fall_back(self, params, grads, states, hp, steps, key: int, opt_state) -> None:
         """:meth:`step` where ``"auto"`` chose it on a CPU: if the very first compile fails

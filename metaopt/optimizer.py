@@ -31,7 +31,7 @@ from torch import Tensor
 
 from .dtensor import gather, is_sharded, shard_like
 from .extras import extras
-from .fastpath import IMPLS, CompiledPaths, choose_impl, kernel_safe
+from .fastpath import IMPLS, CompiledPaths, choose_impl
 from .rule import UpdateRule, check_hp_types
 
 __all__ = ["ADAPTER_DEFAULTS", "IMPLS", "RuleOptimizer"]
@@ -303,16 +303,13 @@ class RuleOptimizer(torch.optim.Optimizer):
         grads = [_grad(p, group) for p in params]
         rule_states = [_rule_state(s) for s in states]
         impl = ("loop" if is_sharded(real[0])  # DTensor shards: the rule's own ops, per tensor
-                else choose_impl(self.rule, self.impl, real, grads, plain))
-        if impl == "c" and self.impl == "auto" and self._paths.c_failed:
-            impl = self._paths.without_c(real)
-        if impl == "c":
+                else choose_impl(self.rule, self.impl, real, grads, plain,
+                                 c_kernel=not self._paths.c_failed))
+        if impl == "c":  # under "auto", a group the kernel cannot take goes the other way
             if self._paths.c_step(real, grads, rule_states, hp, steps, id(group),
                                   explicit=self.impl == "c"):
                 return
-            impl = self._paths.without_c(real)
-            if impl == "fused" and not kernel_safe(real, grads):
-                impl = "loop"
+            impl = choose_impl(self.rule, self.impl, real, grads, plain, c_kernel=False)
         if impl == "compiled" and not all(rule_states):  # state created by the first update
             impl = "loop"
         cpu_auto = impl == "compiled" and self.impl == "auto" and real[0].device.type == "cpu"
