@@ -239,13 +239,13 @@ def main(argv=None) -> int:
             return 2
         print(f"{fresh_first_step(name, make_params(*configs(args.scale)[cfg]))[1]:.6f}")
         return 0
-    os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="zoo_cpu_inductor_")
-    os.environ["METAOPT_KERNEL_CACHE"] = tempfile.mkdtemp(prefix="zoo_cpu_kernels_")
     names = elementwise_members() if args.members == "all" else args.members.split(",")
     unknown = sorted(set(names) - set(zoo.names()))
     if unknown:
         print(f"error: unknown member(s) {unknown}; choose from {zoo.names()}", file=sys.stderr)
         return 2
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="zoo_cpu_inductor_")
+    os.environ["METAOPT_KERNEL_CACHE"] = tempfile.mkdtemp(prefix="zoo_cpu_kernels_")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     try:
