@@ -80,6 +80,38 @@ def run_arm(arm, seed, budget, proxy, held, cfg, device, batch, population, vali
             "ties_at_best": res.summary["ties_at_best"], "seconds": time.perf_counter() - t0}
 
 
+def _run_file(work: str, arm: str, seed: int) -> str:
+    return os.path.join(work, f"run_{arm.replace('+', '_')}_{seed}.json")
+
+
+def load_finished_runs(work: str, key: dict) -> dict:
+    """The finished search runs kept in ``work`` as ``{(arm, seed): result}``. Each run is
+    straight (a killed run keeps nothing), so the table equals a straight run's; a file
+    written under other settings is a ValueError naming it."""
+    out = {}
+    if not os.path.isdir(work):
+        return out
+    for arm in ARMS:
+        for name in sorted(os.listdir(work)):
+            prefix = f"run_{arm.replace('+', '_')}_"
+            if not (name.startswith(prefix) and name[len(prefix):-5].isdigit()
+                    and name.endswith(".json")):
+                continue
+            with open(os.path.join(work, name)) as f:
+                saved = json.load(f)
+            if saved.get("key") != key:
+                raise ValueError(f"--work {work}: {name} was written with {saved.get('key')}, "
+                                 f"not {key}; use another folder")
+            out[(arm, int(name[len(prefix):-5]))] = saved["run"]
+    return out
+
+
+def save_finished_run(work: str, key: dict, run: dict) -> None:
+    os.makedirs(work, exist_ok=True)
+    write_atomic(_run_file(work, run["arm"], run["seed"]),
+                 json.dumps({"key": key, "run": run}, indent=2, default=str))
+
+
 # -- held-out table (per-tensor training with the public optimizer API) -------------------
 
 _TASKS: dict = {}
@@ -294,6 +326,9 @@ def main(argv=None, defaults: dict | None = None) -> int:
     p.add_argument("--simplify-tol", type=float, default=0.01)
     p.add_argument("--simplify", default=d["simplify"], choices=["all", "first"],
                    help="simplify every arm's discovery, or only the first arm's")
+    p.add_argument("--work", default=None,
+                   help="folder keeping each finished search run (arm, seed) so that a run "
+                        "killed midway resumes without redoing them (needs --budget)")
     p.add_argument("--validations", type=int, default=d["validations"],
                    help="held-out meta-validations per metaval run (the last at the end)")
     args = p.parse_args(argv)
@@ -307,6 +342,17 @@ def main(argv=None, defaults: dict | None = None) -> int:
         p.error(str(err))
     if (args.budget is None) == (args.minutes is None):
         p.error("give exactly one of --budget N and --minutes M")
+    run_key = {"proxy": args.proxy, "heldout": args.heldout, "budget": args.budget,
+               "batch": args.batch, "population": args.population,
+               "validations": args.validations, "baseline": args.baseline,
+               "device": args.device}
+    if args.work is not None:
+        if args.budget is None:
+            p.error("--work needs --budget N (a timed budget differs between runs)")
+        try:
+            finished = load_finished_runs(args.work, run_key)
+        except ValueError as err:
+            p.error(str(err))
     os.makedirs(args.out, exist_ok=True)
     torch.set_num_threads(1 if args.device == "cpu" else 2)  # the CPU cores go to the table
     if args.device.startswith("cuda"):
@@ -369,8 +415,12 @@ def main(argv=None, defaults: dict | None = None) -> int:
     runs = []
     for seed in range(args.seeds):
         for arm in arms:
-            r = run_arm(arm, seed, budget, proxy, held, cfg, args.device, args.batch,
-                        args.population, args.validations)
+            r = finished.get((arm, seed)) if args.work is not None else None
+            if r is None:
+                r = run_arm(arm, seed, budget, proxy, held, cfg, args.device, args.batch,
+                            args.population, args.validations)
+                if args.work is not None:
+                    save_finished_run(args.work, run_key, r)
             runs.append(r)
             print(f"{arm} seed {seed}: proxy {r['proxy_fitness']:+.4f} in {r['seconds']:.0f} s",
                   flush=True)

@@ -20,7 +20,7 @@ member scores ``inf``. The log ratio keeps a task whose losses are large from do
 never saturates at a tie the way a loss that reaches 0 does.
 
 Named families come from :mod:`metaopt.tasks.families` (``proxy``, ``heldout``) and from
-:data:`BUILTIN` (``tiny`` and ``tiny_heldout``, CPU-sized).
+:data:`BUILTIN` (``tiny``, ``small`` and ``tiny_heldout``, CPU-sized).
 """
 from __future__ import annotations
 
@@ -39,7 +39,16 @@ BUILTIN: dict[str, list[tuple[str, dict, int]]] = {
         ("logreg_digits", {"batch_size": 32}, 20),
         ("mlp_digits", {"width": 8, "depth": 1, "batch_size": 32}, 20),
     ],
-    "tiny_heldout": [  # held out from "tiny": 4x wider, 2 layers, 4x longer, other batches
+    "small": [  # six kinds at width 8 and 20-30 steps: about 6 programs/s on one core
+        ("logreg_digits", {"batch_size": 32}, 20),
+        ("mlp_digits", {"width": 8, "depth": 1, "batch_size": 32}, 20),
+        ("cnn_digits", {"channels": 2, "batch_size": 32}, 20),
+        ("autoencoder_digits", {"width": 8, "code": 4, "batch_size": 32}, 20),
+        ("rnn_digits", {"cell": "gru", "width": 8, "batch_size": 32}, 20),
+        ("charlm", {"width": 8, "batch_size": 8, "depth": 1, "heads": 1, "context": 8,
+                    "corpus_bytes": 50_000, "eval_windows": 16}, 30),
+    ],
+    "tiny_heldout": [  # held out from "tiny" and "small": 4x wider, 2 layers, 3-4x longer
         ("mlp_digits", {"width": 32, "depth": 2, "batch_size": 64}, 80),
         ("logreg_digits", {"batch_size": 128, "l2": 1e-3}, 80),
         ("cnn_digits", {"channels": 4, "batch_size": 32}, 60),
