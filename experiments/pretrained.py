@@ -73,20 +73,26 @@ class Mixture(TaskFamily):
         return f"Mixture({self.name!r}, horizon={self.horizon}, {self.families!r})"
 
 
-def train_family(device: str = "cpu") -> Mixture:
+#: meta-training families: ``base`` (the shipped theta's first 1000 outer steps) and ``wide``
+#: (every width doubled and a 4x longer horizon, to continue from a ``base`` theta towards the
+#: held-out problems' widths and horizons); (width multiplier, horizon)
+FAMILIES = {"base": (1, HORIZON), "wide": (2, 4 * HORIZON)}
+
+
+def train_family(device: str = "cpu", family: str = "base") -> Mixture:
     """The meta-training distribution (see the module docstring)."""
-    h = HORIZON
-    return Mixture("pretrained-train", [
-        TaskChoice("mlp_digits", h, {"width": [32, 64], "batch_size": [32, 128],
+    k, h = FAMILIES[family]
+    return Mixture(f"pretrained-train-{family}" if family != "base" else "pretrained-train", [
+        TaskChoice("mlp_digits", h, {"width": [32 * k, 64 * k], "batch_size": [32, 128],
                                      "param": ["mup", "sp"]}, device=device, depth=2,
                    base_width=64),
-        TaskChoice("cnn_digits", h, {"channels": [8, 16], "batch_size": [32, 128]},
+        TaskChoice("cnn_digits", h, {"channels": [8 * k, 16 * k], "batch_size": [32, 128]},
                    device=device),
-        TaskChoice("charlm", h, {"width": [32, 64], "param": ["mup", "sp"]}, device=device,
-                   batch_size=16, **CHARLM),
-        TaskChoice("autoencoder_digits", h, {"width": [32, 64], "batch_size": [32, 128]},
-                   device=device, code=8),
-        TaskChoice("rnn_digits", h, {"width": [16, 32], "batch_size": [32, 64]},
+        TaskChoice("charlm", h, {"width": [32 * k, 64 * k], "param": ["mup", "sp"]},
+                   device=device, batch_size=16, **CHARLM),
+        TaskChoice("autoencoder_digits", h, {"width": [32 * k, 64 * k],
+                                             "batch_size": [32, 128]}, device=device, code=8),
+        TaskChoice("rnn_digits", h, {"width": [16 * k, 32 * k], "batch_size": [32, 64]},
                    device=device, cell="gru"),
     ], h)
 
@@ -192,7 +198,8 @@ def pick_lr0(lopt, device: str) -> tuple[float, dict]:
 
 
 def meta_train_stage(work: Path, minutes: float, meta_steps: int, val_every: int,
-                     device: str = "cpu", init: str | None = None) -> dict:
+                     device: str = "cpu", init: str | None = None,
+                     family: str = "base") -> dict:
     """Meta-train (resuming ``work``), validating every ``val_every`` outer steps, for at
     most ``minutes`` from now (a chunk of outer steps and its validation start only when
     their measured time still fits); returns the log. ``work/best.safetensors`` is the
@@ -203,14 +210,18 @@ def meta_train_stage(work: Path, minutes: float, meta_steps: int, val_every: int
     log_path = work / "meta.json"
     log = json.loads(log_path.read_text()) if log_path.exists() else {
         "config": {**LOPT_CONFIG, "taus": list(LOPT_CONFIG["taus"])}, "val": [],
-        "seconds": 0.0, "device": device}
-    if "lr0" not in log:
-        t0 = time.perf_counter()
-        log["lr0"], log["lr0_scores"] = pick_lr0(lopt, device)
-        log["lr0_seconds"] = time.perf_counter() - t0
-    start = adam_like_theta(lopt, log["lr0"], torch.Generator().manual_seed(0))
+        "seconds": 0.0, "device": device, "family": family, "init": init}
+    if log.get("family", "base") != family:
+        raise ValueError(f"--work {work} meta-trains family {log.get('family', 'base')!r}, "
+                         f"not {family!r}; use another folder")
     if init is not None:
         start = load_theta(init, lopt)
+    else:
+        if "lr0" not in log:
+            t0 = time.perf_counter()
+            log["lr0"], log["lr0_scores"] = pick_lr0(lopt, device)
+            log["lr0_seconds"] = time.perf_counter() - t0
+        start = adam_like_theta(lopt, log["lr0"], torch.Generator().manual_seed(0))
     if not log["val"]:
         t0 = time.perf_counter()
         log["val"].append(_val_entry(0, validate(lopt, start, device), 0.0))
@@ -218,14 +229,14 @@ def meta_train_stage(work: Path, minutes: float, meta_steps: int, val_every: int
         save_theta(work / "best.safetensors", start, lopt)
         save_theta(work / "theta_0.safetensors", start, lopt)
         _write(log_path, log)
-    family = train_family(device)
+    tasks_ = train_family(device, family)
     while log["val"][-1][0] < meta_steps:
         upto = log["val"][-1][0] + val_every
         per_step = log["seconds"] / log["val"][-1][0] if log["val"][-1][0] else 0.0
         if time.time() + val_every * per_step + log.get("val_seconds", 0.0) > deadline:
             break
         t0 = time.perf_counter()
-        theta = meta_train(lopt, family, upto, method="pes", truncation=TRUNCATION,
+        theta = meta_train(lopt, tasks_, upto, method="pes", truncation=TRUNCATION,
                            num_tasks=NUM_TASKS, outer_lr=OUTER_LR, std=0.01,
                            checkpoint_dir=str(work / "ckpt"), checkpoint_every=val_every,
                            seed=0, theta=start, meta_loss="mean_log_train_loss",
@@ -285,6 +296,8 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default="experiments/results/pretrained.md")
     p.add_argument("--init", default=None, help="start from this theta file (meta-train)")
+    p.add_argument("--family", default="base", choices=sorted(FAMILIES),
+                   help="meta-train: the task family (see FAMILIES)")
     p.add_argument("--results", default="/tmp/pretrained_results",
                    help="evaluate/report: folder of the evaluation's runs (eval.json)")
     p.add_argument("--theta", default="learned/pretrained/mulo_small.safetensors",
@@ -315,7 +328,12 @@ def main(argv=None) -> int:
     from pretrained_eval import evaluate_stage, report_stage
     work = Path(a.work)
     if a.stage == "meta-train":
-        meta_train_stage(work, a.minutes, a.meta_steps, a.val_every, a.device, a.init)
+        try:
+            meta_train_stage(work, a.minutes, a.meta_steps, a.val_every, a.device, a.init,
+                             a.family)
+        except ValueError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
         return 0
     if a.stage in ("ship", "revalidate"):
         missing = [str(f) for f in (work / "meta.json", work / "best.safetensors")
