@@ -48,6 +48,16 @@ def discoveries(md_text: str, limit: int) -> dict[str, str]:
     return dict(found[:limit])
 
 
+def search_families(md_text: str) -> str:
+    """How a ``discover.py`` results file's programs were found: its proxy and held-out
+    families as that file's setup line names them."""
+    proxy = re.search(r"Proxy family `([^`]+)`", md_text)
+    held = re.search(r"Held-out family `([^`]+)`", md_text)
+    if proxy is None or held is None:
+        return "families not named in that file"
+    return f"searched on `{proxy.group(1)}`, chosen on `{held.group(1)}`"
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--discovered", default="experiments/results/discovered.md")
@@ -89,7 +99,8 @@ def main(argv=None) -> int:
         p.error("--lr-min/--lr-max: the half-decade grid between them needs at least 3 lrs")
     try:
         with open(args.discovered, encoding="utf-8") as fh:
-            found = discoveries(fh.read(), args.programs)
+            text = fh.read()
+        found = discoveries(text, args.programs)
     except (OSError, UnicodeDecodeError) as err:
         p.error(f"--discovered {args.discovered}: cannot read it ({err.__class__.__name__}); "
                 "give a discover.py results file")
@@ -112,8 +123,8 @@ def main(argv=None) -> int:
     rat = D.ratios(table)
     rows = ["adamw", "soap", REFERENCE, *found]
     lines = [f"Command: `{command}`", "", f"Machine: {machine_line('cpu')}", "",
-             f"Programs: the first {len(found)} discoveries of `{args.discovered}` (searched on "
-             f"`tiny`, chosen on `tiny_heldout`). Members {idx} of family `{args.family}`. Each "
+             f"Programs: the first {len(found)} discoveries of `{args.discovered}` ("
+             f"{search_families(text)}). Members {idx} of family `{args.family}`. Each "
              f"optimizer's lr tuned on {', '.join(f'{x:g}' for x in lrs)}; `*` = best lr at a "
              f"grid edge; {args.seeds} seeds (mean final validation loss); {n_runs} runs in "
              f"{(time.perf_counter() - t0) / 60:.1f} min. `{REFERENCE}`: AdamW programs with "
