@@ -84,25 +84,22 @@ def _run_file(work: str, arm: str, seed: int) -> str:
     return os.path.join(work, f"run_{arm.replace('+', '_')}_{seed}.json")
 
 
-def load_finished_runs(work: str, key: dict) -> dict:
-    """The finished search runs kept in ``work`` as ``{(arm, seed): result}``. Each run is
-    straight (a killed run keeps nothing), so the table equals a straight run's; a file
-    written under other settings is a ValueError naming it."""
+def load_finished_runs(work: str, key: dict, arms, seeds) -> dict:
+    """The finished search runs of ``arms`` x ``seeds`` kept in ``work``, as
+    ``{(arm, seed): result}``. Each run is straight (a killed run keeps nothing), so the table
+    equals a straight run's; a file written under other settings is a ValueError naming it."""
     out = {}
-    if not os.path.isdir(work):
-        return out
-    for arm in ARMS:
-        for name in sorted(os.listdir(work)):
-            prefix = f"run_{arm.replace('+', '_')}_"
-            if not (name.startswith(prefix) and name[len(prefix):-5].isdigit()
-                    and name.endswith(".json")):
+    for arm in arms:
+        for seed in seeds:
+            path = _run_file(work, arm, seed)
+            if not os.path.exists(path):
                 continue
-            with open(os.path.join(work, name)) as f:
+            with open(path) as f:
                 saved = json.load(f)
             if saved.get("key") != key:
-                raise ValueError(f"--work {work}: {name} was written with {saved.get('key')}, "
-                                 f"not {key}; use another folder")
-            out[(arm, int(name[len(prefix):-5]))] = saved["run"]
+                raise ValueError(f"--work {work}: {os.path.basename(path)} was written with "
+                                 f"{saved.get('key')}, not {key}; use another folder")
+            out[(arm, seed)] = saved["run"]
     return out
 
 
@@ -350,7 +347,7 @@ def main(argv=None, defaults: dict | None = None) -> int:
         if args.budget is None:
             p.error("--work needs --budget N (a timed budget differs between runs)")
         try:
-            finished = load_finished_runs(args.work, run_key)
+            finished = load_finished_runs(args.work, run_key, arms, range(args.seeds))
         except ValueError as err:
             p.error(str(err))
     os.makedirs(args.out, exist_ok=True)

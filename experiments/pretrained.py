@@ -205,7 +205,6 @@ def meta_train_stage(work: Path, minutes: float, meta_steps: int, val_every: int
     their measured time still fits); returns the log. ``work/best.safetensors`` is the
     selected theta. ``init``: a theta file to start from instead of the Adam warm start."""
     deadline = time.time() + 60 * minutes
-    work.mkdir(parents=True, exist_ok=True)
     lopt = make_lopt()
     log_path = work / "meta.json"
     log = json.loads(log_path.read_text()) if log_path.exists() else {
@@ -214,9 +213,10 @@ def meta_train_stage(work: Path, minutes: float, meta_steps: int, val_every: int
     if log.get("family", "base") != family:
         raise ValueError(f"--work {work} meta-trains family {log.get('family', 'base')!r}, "
                          f"not {family!r}; use another folder")
-    if init is not None:
+    if init is not None:  # checked before the work folder is made
         start = load_theta(init, lopt)
-    else:
+    work.mkdir(parents=True, exist_ok=True)
+    if init is None:
         if "lr0" not in log:
             t0 = time.perf_counter()
             log["lr0"], log["lr0_scores"] = pick_lr0(lopt, device)
@@ -331,7 +331,7 @@ def main(argv=None) -> int:
         try:
             meta_train_stage(work, a.minutes, a.meta_steps, a.val_every, a.device, a.init,
                              a.family)
-        except ValueError as err:
+        except (ValueError, OSError) as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
         return 0

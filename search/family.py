@@ -20,7 +20,7 @@ member scores ``inf``. The log ratio keeps a task whose losses are large from do
 never saturates at a tie the way a loss that reaches 0 does.
 
 Named families come from :mod:`metaopt.tasks.families` (``proxy``, ``heldout``) and from
-:data:`BUILTIN` (``tiny``, ``small`` and ``tiny_heldout``, CPU-sized).
+:data:`BUILTIN` (``tiny``, ``small``, ``small_long`` and ``tiny_heldout``, CPU-sized).
 """
 from __future__ import annotations
 
