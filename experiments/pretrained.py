@@ -35,7 +35,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from learned import (MLPLOpt, TaskChoice, TaskFamily, adam_like_theta, load_theta,  # noqa: E402
-                     meta_train, save_theta)
+                     load_lopt, meta_train, save_theta)
 from learned.unroll import lopt_step  # noqa: E402
 from metaopt.helpers import write_atomic  # noqa: E402
 from metaopt import tasks  # noqa: E402
@@ -105,14 +105,15 @@ def lr0_problems(device: str = "cpu") -> list:
             tasks.get("charlm", width=64, param="mup", batch_size=16, device=device, **CHARLM)]
 
 
-def validation_problems(device: str = "cpu") -> list:
+def validation_problems(device: str = "cpu", width_mult: int = 1) -> list:
     """Meta-validation: the training kinds in SP (as users' modules), 4x wider and 2x longer
-    (seeds ``VAL_SEEDS``)."""
-    return [tasks.get("mlp_digits", width=256, depth=2, param="sp", base_width=64,
+    (seeds ``VAL_SEEDS``); ``width_mult`` widens them further (stage ``width-validate``)."""
+    k = width_mult
+    return [tasks.get("mlp_digits", width=256 * k, depth=2, param="sp", base_width=64,
                       batch_size=32, device=device),
-            tasks.get("charlm", width=128, param="sp", batch_size=16, device=device, **CHARLM),
-            tasks.get("autoencoder_digits", width=256, code=8, batch_size=64, device=device),
-            tasks.get("rnn_digits", cell="gru", width=64, batch_size=64, device=device)]
+            tasks.get("charlm", width=128 * k, param="sp", batch_size=16, device=device, **CHARLM),
+            tasks.get("autoencoder_digits", width=256 * k, code=8, batch_size=64, device=device),
+            tasks.get("rnn_digits", cell="gru", width=64 * k, batch_size=64, device=device)]
 
 
 def run_lo(task, lopt, theta, steps: int, seed: int) -> float:
@@ -156,11 +157,11 @@ def scaled(lopt: MLPLOpt, mult: float) -> MLPLOpt:
 
 
 def validate(lopt, theta, device: str, steps: int | None = None,
-             mults=VAL_MULTS) -> dict[float, float]:
+             mults=VAL_MULTS, width_mult: int = 1) -> dict[float, float]:
     """Meta-validation score (geometric mean final train loss over :func:`validation_problems`
     and ``VAL_SEEDS``) for each step multiplier in ``mults``."""
     steps = 2 * HORIZON if steps is None else steps
-    problems = validation_problems(device)
+    problems = validation_problems(device, width_mult)
     return {m: geomean(run_lo(t, scaled(lopt, m), theta, steps, s) for t in problems
                        for s in VAL_SEEDS) for m in mults}
 
@@ -186,6 +187,25 @@ def revalidate_stage(work: Path, device: str = "cpu") -> dict:
     save_theta(work / "best.safetensors",
                load_theta(work / f"theta_{best[0]}.safetensors", lopt), lopt)
     return log
+
+
+def width_validate_stage(theta_path: Path, width_mult: int, mults: list[float],
+                         device: str = "cpu") -> str:
+    """Meta-validation of a shipped theta file at ``width_mult`` times the validation widths,
+    at step multipliers ``mults`` relative to its own step: does a wider meta-validation choose
+    another default step? Returns a markdown table (one row per multiplier, per problem and seed
+    the final train loss, then the geometric mean)."""
+    lopt, theta = load_lopt(theta_path, device)
+    names = [f"{t.name} {s}" for t in validation_problems(device, width_mult) for s in VAL_SEEDS]
+    lines = ["| multiplier | " + " | ".join(names) + " | geomean |", "|---:|" + "---:|" * (len(names) + 1)]
+    steps = 2 * HORIZON
+    for m in mults:
+        start = time.perf_counter()
+        losses = [run_lo(t, scaled(lopt, m), theta, steps, s)
+                  for t in validation_problems(device, width_mult) for s in VAL_SEEDS]
+        lines.append(f"| x{m:g} | " + " | ".join(f"{x:.4g}" for x in losses) + f" | {geomean(losses):.4f} |")
+        print(lines[-1], f"({time.perf_counter() - start:.0f} s)", flush=True)
+    return "\n".join(lines)
 
 
 def pick_lr0(lopt, device: str) -> tuple[float, dict]:
@@ -286,7 +306,7 @@ def _write(path: Path, data: dict) -> None:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--stage", choices=("meta-train", "revalidate", "ship", "evaluate",
-                                       "report"),
+                                       "report", "width-validate"),
                    required=True)
     p.add_argument("--work", default="/tmp/pretrained_work")
     p.add_argument("--minutes", type=float, default=45.0)
@@ -323,10 +343,26 @@ def main(argv=None) -> int:
                    help="report: the exact command line that produced the results, as one "
                         "quoted string (its flags are not parsed as this run's)")
     p.add_argument("--width-steps", type=int, default=100)
+    p.add_argument("--val-width-mult", type=int, default=2,
+                   help="width-validate: times the meta-validation widths")
+    p.add_argument("--mults", default="0.316,0.562,1,1.78",
+                   help="width-validate: step multipliers relative to --theta's step")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
     from pretrained_eval import evaluate_stage, report_stage
     work = Path(a.work)
+    if a.stage == "width-validate":
+        try:
+            mults = [float(x) for x in a.mults.split(",")]
+            if a.val_width_mult < 1:
+                raise ValueError(f"--val-width-mult {a.val_width_mult}: it must be >= 1")
+            if not all(m > 0 for m in mults):
+                raise ValueError(f"--mults {a.mults!r}: every multiplier must be > 0")
+            width_validate_stage(Path(a.theta), a.val_width_mult, mults, a.device)
+        except (ValueError, OSError) as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        return 0
     if a.stage == "meta-train":
         try:
             meta_train_stage(work, a.minutes, a.meta_steps, a.val_every, a.device, a.init,
