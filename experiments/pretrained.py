@@ -353,7 +353,11 @@ def main(argv=None) -> int:
     work = Path(a.work)
     if a.stage == "width-validate":
         try:
-            mults = [float(x) for x in a.mults.split(",")]
+            try:
+                mults = [float(x) for x in a.mults.split(",")]
+            except ValueError:
+                raise ValueError(f"--mults {a.mults!r}: give comma-separated numbers, e.g. "
+                                 "0.316,1,1.78") from None
             if a.val_width_mult < 1:
                 raise ValueError(f"--val-width-mult {a.val_width_mult}: it must be >= 1")
             if not all(m > 0 for m in mults):
