@@ -16,7 +16,7 @@ where ``F_s`` is the validation loss at the exact inner solution of the problem 
 ``s`` (a fresh data split, label corruption, ...) and ``x_final`` the hyperparameters F2SA holds
 after ``budget_s`` seconds (or ``max_steps`` outer steps) with constants ``c``
 (:func:`bilevel.tuning.run_f2sa`). A run that diverges scores :data:`DIVERGED`. The first trial
-is :data:`PAPER_DEFAULTS`, the constants the comparisons used before tuning.
+is :data:`DEFAULTS`, ``run_f2sa``'s own constants (the comparisons' before tuning).
 """
 from __future__ import annotations
 
@@ -48,6 +48,13 @@ class F2SAConstants:
         return F2SASchedule(gamma0=self.gamma0, lam0=self.lam0, beta0=self.beta0, k0=self.k0,
                             inner_steps=self.inner_steps)
 
+    def run(self, problem: BilevelProblem, budget_s: float, seed: int, max_steps: int | None = None):
+        """One :func:`bilevel.tuning.run_f2sa` run with these constants (its ``Trace``)."""
+        from .tuning import run_f2sa
+
+        return run_f2sa(problem, budget_s, seed, batch_size=self.batch_size, schedule=self.schedule(),
+                        momentum=self.momentum, max_steps=max_steps)
+
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
 
@@ -61,7 +68,9 @@ class F2SAConstants:
         return cls(**data)
 
 
-PAPER_DEFAULTS = F2SAConstants()
+#: :func:`bilevel.tuning.run_f2sa`'s constants when it is given no schedule (not the paper's: it
+#: fixes only the exponents)
+DEFAULTS = F2SAConstants()
 
 # The search box: (low, high, log scale) per float constant; choices for the discrete ones.
 FLOAT_BOX = {"gamma0": (1e-3, 3.0), "lam0": (1.0, 1e3), "beta0": (1e-3, 1.0), "k0": (1.0, 100.0)}
@@ -83,11 +92,7 @@ def final_value(problem: BilevelProblem, constants: F2SAConstants, seed: int, *,
     F2SA holds at the end of one run; :data:`DIVERGED` when that is not finite."""
     import torch
 
-    from .tuning import run_f2sa
-
-    trace = run_f2sa(problem, budget_s, seed, batch_size=constants.batch_size,
-                     schedule=constants.schedule(), momentum=constants.momentum, max_steps=max_steps)
-    h = trace.hparams[-1]
+    h = constants.run(problem, budget_s, seed, max_steps).hparams[-1]
     if not bool(torch.isfinite(h).all()):
         return DIVERGED
     try:
@@ -110,7 +115,7 @@ def tune_f2sa(make_problem: Callable[[int], BilevelProblem], *, seeds, trials: i
               study_name: str = "f2sa", on_trial: Callable | None = None):
     """Tune F2SA's constants by multivariate TPE for ``trials`` trials in total (a study already
     in ``storage`` resumes: its finished trials count). Returns ``(best constants, study)``; the
-    first trial is :data:`PAPER_DEFAULTS`. ``on_trial(trial_number, constants, score)`` is called
+    first trial is :data:`DEFAULTS`. ``on_trial(trial_number, constants, score)`` is called
     after each new trial."""
     import optuna
 
@@ -122,7 +127,7 @@ def tune_f2sa(make_problem: Callable[[int], BilevelProblem], *, seeds, trials: i
     study = optuna.create_study(storage=storage, study_name=study_name, load_if_exists=True,
                                 sampler=optuna.samplers.TPESampler(multivariate=True, seed=sampler_seed))
     if not study.trials:
-        study.enqueue_trial(asdict(PAPER_DEFAULTS))
+        study.enqueue_trial(asdict(DEFAULTS))
     done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     for _ in range(trials - len(done)):
         trial = study.ask()

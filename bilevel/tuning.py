@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import torch
@@ -35,6 +35,7 @@ from metaopt import zoo
 from metaopt.rule import apply, init_states
 
 from .f2sa import F2SASchedule, f2sa
+from .f2sa_constants import DEFAULTS
 from .implicit import hypergrad
 from .problems.base import BilevelProblem
 from .unrolled import unrolled_hypergrad
@@ -181,13 +182,14 @@ def _advance(problem, rule, params, h, steps):
     return tuple(ps)
 
 
-def run_f2sa(problem: BilevelProblem, budget: float, seed: int, *, lr: float = 0.1, batch_size: int = 64,
-             schedule: F2SASchedule | None = None, momentum: bool = False, max_steps: int | None = None,
-             tick: Callable | None = None) -> Trace:
+def run_f2sa(problem: BilevelProblem, budget: float, seed: int, *, lr: float = DEFAULTS.beta0,
+             batch_size: int = DEFAULTS.batch_size,
+             schedule: F2SASchedule | None = None, momentum: bool = DEFAULTS.momentum,
+             max_steps: int | None = None, tick: Callable | None = None) -> Trace:
     born = time.perf_counter()
     trace, clock = Trace("f2sa"), _Clock(born)
     gen = torch.Generator().manual_seed(seed)
-    sched = schedule or F2SASchedule(gamma0=0.5, lam0=10.0, beta0=lr, inner_steps=10)
+    sched = schedule or replace(DEFAULTS, beta0=lr).schedule()
 
     def callback(k, x):
         trace.record(clock.pause(), k + 1, x, None)

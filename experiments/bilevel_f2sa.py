@@ -1,4 +1,4 @@
-"""F2SA with its constants tuned per problem, against F2SA with the paper-style defaults,
+"""F2SA with its constants tuned per problem, against F2SA with `run_f2sa`'s default constants,
 implicit-CG and Optuna TPE at equal wall clock (issue 18).
 
 Problems: per-feature logistic regression (64 hyperparameters) and data hyper-cleaning (300) on
@@ -32,8 +32,8 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bilevel import problems  # noqa: E402
-from bilevel.f2sa_constants import PAPER_DEFAULTS, F2SAConstants, tune_f2sa  # noqa: E402
-from bilevel.tuning import RUNNERS, evaluate_trace, run_f2sa  # noqa: E402
+from bilevel.f2sa_constants import DEFAULTS, F2SAConstants, tune_f2sa  # noqa: E402
+from bilevel.tuning import RUNNERS, evaluate_trace  # noqa: E402
 from metaopt.bench.machine import command_line, machine_line  # noqa: E402
 from metaopt.helpers import write_atomic  # noqa: E402
 
@@ -78,8 +78,7 @@ def compare_one(name: str, method: str, seed: int, budget: float, constants: F2S
         return json.load(open(path))
     problem = problems.get(name, seed=seed, **PROBLEMS[name])
     if method.startswith("f2sa"):
-        c = constants if method == "f2sa_tuned" else PAPER_DEFAULTS
-        trace = run_f2sa(problem, budget, seed, batch_size=c.batch_size, schedule=c.schedule(), momentum=c.momentum)
+        trace = (constants if method == "f2sa_tuned" else DEFAULTS).run(problem, budget, seed)
     else:
         trace = RUNNERS[method](problem, budget, seed)
     out = evaluate_trace(problem, trace).to_json()

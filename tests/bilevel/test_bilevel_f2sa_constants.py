@@ -5,7 +5,7 @@ import optuna
 import pytest
 
 from bilevel import problems
-from bilevel.f2sa_constants import (DIVERGED, PAPER_DEFAULTS, F2SAConstants, constants_of, final_value,
+from bilevel.f2sa_constants import (DIVERGED, DEFAULTS, F2SAConstants, constants_of, final_value,
                                     score, tune_f2sa)
 from bilevel.tuning import run_f2sa
 
@@ -54,7 +54,7 @@ def test_tuning_starts_at_the_defaults_improves_on_them_and_resumes(tmp_path):
     seen = []
     best, study = tune_f2sa(ridge, seeds=(0,), trials=8, budget_s=60.0, max_steps=15, storage=storage,
                             on_trial=lambda n, c, v: seen.append((n, c, v)))
-    assert seen[0][1] == PAPER_DEFAULTS and len(seen) == 8
+    assert seen[0][1] == DEFAULTS and len(seen) == 8
     assert study.best_value < 0.9 * seen[0][2]
     assert score(ridge, best, (0,), budget_s=60.0, max_steps=15) == pytest.approx(study.best_value, rel=1e-12)
     more = []
