@@ -157,11 +157,11 @@ def scaled(lopt: MLPLOpt, mult: float) -> MLPLOpt:
 
 
 def validate(lopt, theta, device: str, steps: int | None = None,
-             mults=VAL_MULTS, width_mult: int = 1) -> dict[float, float]:
+             mults=VAL_MULTS) -> dict[float, float]:
     """Meta-validation score (geometric mean final train loss over :func:`validation_problems`
     and ``VAL_SEEDS``) for each step multiplier in ``mults``."""
     steps = 2 * HORIZON if steps is None else steps
-    problems = validation_problems(device, width_mult)
+    problems = validation_problems(device)
     return {m: geomean(run_lo(t, scaled(lopt, m), theta, steps, s) for t in problems
                        for s in VAL_SEEDS) for m in mults}
 
@@ -190,22 +190,20 @@ def revalidate_stage(work: Path, device: str = "cpu") -> dict:
 
 
 def width_validate_stage(theta_path: Path, width_mult: int, mults: list[float],
-                         device: str = "cpu") -> str:
+                         device: str = "cpu") -> None:
     """Meta-validation of a shipped theta file at ``width_mult`` times the validation widths,
     at step multipliers ``mults`` relative to its own step: does a wider meta-validation choose
-    another default step? Returns a markdown table (one row per multiplier, per problem and seed
-    the final train loss, then the geometric mean)."""
+    another default step? Prints a markdown table (one row per multiplier, per problem and seed
+    the final train loss, then the geometric mean), each row as it finishes."""
     lopt, theta = load_lopt(theta_path, device)
-    names = [f"{t.name} {s}" for t in validation_problems(device, width_mult) for s in VAL_SEEDS]
-    lines = ["| multiplier | " + " | ".join(names) + " | geomean |", "|---:|" + "---:|" * (len(names) + 1)]
-    steps = 2 * HORIZON
+    problems = validation_problems(device, width_mult)
+    names = [f"{t.name} {s}" for t in problems for s in VAL_SEEDS]
+    print("| multiplier | " + " | ".join(names) + " | geomean |\n|---:|" + "---:|" * (len(names) + 1))
     for m in mults:
         start = time.perf_counter()
-        losses = [run_lo(t, scaled(lopt, m), theta, steps, s)
-                  for t in validation_problems(device, width_mult) for s in VAL_SEEDS]
-        lines.append(f"| x{m:g} | " + " | ".join(f"{x:.4g}" for x in losses) + f" | {geomean(losses):.4f} |")
-        print(lines[-1], f"({time.perf_counter() - start:.0f} s)", flush=True)
-    return "\n".join(lines)
+        losses = [run_lo(t, scaled(lopt, m), theta, 2 * HORIZON, s) for t in problems for s in VAL_SEEDS]
+        print(f"| x{m:g} | " + " | ".join(f"{x:.4g}" for x in losses) + f" | {geomean(losses):.4f} |",
+              f"({time.perf_counter() - start:.0f} s)", flush=True)
 
 
 def pick_lr0(lopt, device: str) -> tuple[float, dict]:
