@@ -73,26 +73,32 @@ class Mixture(TaskFamily):
         return f"Mixture({self.name!r}, horizon={self.horizon}, {self.families!r})"
 
 
-#: meta-training families: ``base`` (the shipped theta's first 1000 outer steps) and ``wide``
-#: (every width doubled and a 4x longer horizon, to continue from a ``base`` theta towards the
-#: held-out problems' widths and horizons); (width multiplier, horizon)
-FAMILIES = {"base": (1, HORIZON), "wide": (2, 4 * HORIZON)}
+#: meta-training families: (width multipliers, horizon). ``base``: the shipped theta's 1000
+#: outer steps; ``wide``: every width doubled and a 4x longer horizon (session 9, continued from
+#: a ``base`` theta); ``mixed``: the base horizon at 1x, 2x and 4x the base widths (drawn
+#: uniformly over the resulting widths), towards the held-out problems' widths
+FAMILIES = {"base": ((1,), HORIZON), "wide": ((2,), 4 * HORIZON), "mixed": ((1, 2, 4), HORIZON)}
+
+
+def _widths(base: tuple[int, ...], mults: tuple[int, ...]) -> list[int]:
+    """Every ``b * k`` for ``b`` in ``base`` and ``k`` in ``mults``, each once, ascending."""
+    return sorted({b * k for b in base for k in mults})
 
 
 def train_family(device: str = "cpu", family: str = "base") -> Mixture:
     """The meta-training distribution (see the module docstring)."""
-    k, h = FAMILIES[family]
+    ks, h = FAMILIES[family]
     return Mixture(f"pretrained-train-{family}" if family != "base" else "pretrained-train", [
-        TaskChoice("mlp_digits", h, {"width": [32 * k, 64 * k], "batch_size": [32, 128],
+        TaskChoice("mlp_digits", h, {"width": _widths((32, 64), ks), "batch_size": [32, 128],
                                      "param": ["mup", "sp"]}, device=device, depth=2,
                    base_width=64),
-        TaskChoice("cnn_digits", h, {"channels": [8 * k, 16 * k], "batch_size": [32, 128]},
+        TaskChoice("cnn_digits", h, {"channels": _widths((8, 16), ks), "batch_size": [32, 128]},
                    device=device),
-        TaskChoice("charlm", h, {"width": [32 * k, 64 * k], "param": ["mup", "sp"]},
+        TaskChoice("charlm", h, {"width": _widths((32, 64), ks), "param": ["mup", "sp"]},
                    device=device, batch_size=16, **CHARLM),
-        TaskChoice("autoencoder_digits", h, {"width": [32 * k, 64 * k],
+        TaskChoice("autoencoder_digits", h, {"width": _widths((32, 64), ks),
                                              "batch_size": [32, 128]}, device=device, code=8),
-        TaskChoice("rnn_digits", h, {"width": [16 * k, 32 * k], "batch_size": [32, 64]},
+        TaskChoice("rnn_digits", h, {"width": _widths((16, 32), ks), "batch_size": [32, 64]},
                    device=device, cell="gru"),
     ], h)
 
@@ -217,22 +223,25 @@ def pick_lr0(lopt, device: str) -> tuple[float, dict]:
 
 def meta_train_stage(work: Path, minutes: float, meta_steps: int, val_every: int,
                      device: str = "cpu", init: str | None = None,
-                     family: str = "base") -> dict:
+                     family: str = "base", outer_lr: float = OUTER_LR) -> dict:
     """Meta-train (resuming ``work``), validating every ``val_every`` outer steps, for at
     most ``minutes`` from now (a chunk of outer steps and its validation start only when
     their measured time still fits); returns the log. ``work/best.safetensors`` is the
-    selected theta. ``init``: a theta file to start from instead of the Adam warm start."""
+    selected theta. ``init``: a theta file to start from instead of the Adam warm start
+    (a shipped file's folded step multiplier is unfolded: its ``step_mult`` may differ)."""
     deadline = time.time() + 60 * minutes
     lopt = make_lopt()
     log_path = work / "meta.json"
     log = json.loads(log_path.read_text()) if log_path.exists() else {
         "config": {**LOPT_CONFIG, "taus": list(LOPT_CONFIG["taus"])}, "val": [],
-        "seconds": 0.0, "device": device, "family": family, "init": init}
-    if log.get("family", "base") != family:
-        raise ValueError(f"--work {work} meta-trains family {log.get('family', 'base')!r}, "
-                         f"not {family!r}; use another folder")
+        "seconds": 0.0, "device": device, "family": family, "init": init,
+        "outer_lr": outer_lr}
+    for key, ours, default in (("family", family, "base"), ("outer_lr", outer_lr, OUTER_LR)):
+        if log.get(key, default) != ours:
+            raise ValueError(f"--work {work} meta-trains with {key} {log.get(key, default)!r}, "
+                             f"not {ours!r}; use another folder")
     if init is not None:  # checked before the work folder is made
-        start = load_theta(init, lopt)
+        start = init_theta(init, lopt)
     work.mkdir(parents=True, exist_ok=True)
     if init is None:
         if "lr0" not in log:
@@ -255,7 +264,7 @@ def meta_train_stage(work: Path, minutes: float, meta_steps: int, val_every: int
             break
         t0 = time.perf_counter()
         theta = meta_train(lopt, tasks_, upto, method="pes", truncation=TRUNCATION,
-                           num_tasks=NUM_TASKS, outer_lr=OUTER_LR, std=0.01,
+                           num_tasks=NUM_TASKS, outer_lr=outer_lr, std=0.01,
                            checkpoint_dir=str(work / "ckpt"), checkpoint_every=val_every,
                            seed=0, theta=start, meta_loss="mean_log_train_loss",
                            progress=False, device=device)
@@ -270,6 +279,16 @@ def meta_train_stage(work: Path, minutes: float, meta_steps: int, val_every: int
         print(f"outer step {upto}: validation {entry[1]:.4f} at step multiplier {entry[3]:g} "
               f"({rate:.0f} outer steps/hour)", flush=True)
     return log
+
+
+def init_theta(path: str, lopt: MLPLOpt):
+    """The theta of file ``path`` for ``lopt``: a file of ``lopt``'s configuration up to
+    ``step_mult`` (a shipped file carries its chosen multiplier folded in); its multiplier
+    relative to ``lopt`` is left to meta-validation, which scores several."""
+    saved, theta = load_lopt(path)
+    if {**saved.config(), "step_mult": lopt.step_mult} != lopt.config():
+        return load_theta(path, lopt)  # raises, naming the configuration that differs
+    return theta
 
 
 def _val_entry(step: int, scores: dict[float, float], seconds: float) -> list:
@@ -316,6 +335,8 @@ def main(argv=None) -> int:
     p.add_argument("--init", default=None, help="start from this theta file (meta-train)")
     p.add_argument("--family", default="base", choices=sorted(FAMILIES),
                    help="meta-train: the task family (see FAMILIES)")
+    p.add_argument("--outer-lr", type=float, default=OUTER_LR,
+                   help="meta-train: PES's outer Adam learning rate")
     p.add_argument("--results", default="/tmp/pretrained_results",
                    help="evaluate/report: folder of the evaluation's runs (eval.json)")
     p.add_argument("--theta", default="learned/pretrained/mulo_small.safetensors",
@@ -367,8 +388,10 @@ def main(argv=None) -> int:
         return 0
     if a.stage == "meta-train":
         try:
+            if not a.outer_lr > 0:
+                raise ValueError(f"--outer-lr {a.outer_lr}: it must be > 0")
             meta_train_stage(work, a.minutes, a.meta_steps, a.val_every, a.device, a.init,
-                             a.family)
+                             a.family, a.outer_lr)
         except (ValueError, OSError) as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
