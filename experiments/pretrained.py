@@ -284,11 +284,11 @@ def meta_train_stage(work: Path, minutes: float, meta_steps: int, val_every: int
 def init_theta(path: str, lopt: MLPLOpt):
     """The theta of file ``path`` for ``lopt``: a file of ``lopt``'s configuration up to
     ``step_mult`` (a shipped file carries its chosen multiplier folded in); its multiplier
-    relative to ``lopt`` is left to meta-validation, which scores several."""
-    saved, theta = load_lopt(path)
-    if {**saved.config(), "step_mult": lopt.step_mult} != lopt.config():
-        return load_theta(path, lopt)  # raises, naming the configuration that differs
-    return theta
+    relative to ``lopt`` is left to meta-validation, which scores several. The rest of the
+    configuration is checked by :func:`learned.load_theta`."""
+    saved, _ = load_lopt(path)
+    step = getattr(saved, "step_mult", lopt.step_mult)
+    return load_theta(path, MLPLOpt(**{**lopt.config(), "step_mult": step}))
 
 
 def _val_entry(step: int, scores: dict[float, float], seconds: float) -> list:
