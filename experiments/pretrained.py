@@ -36,6 +36,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from learned import (MLPLOpt, TaskChoice, TaskFamily, adam_like_theta, load_theta,  # noqa: E402
                      load_lopt, meta_train, save_theta)
+from learned import distributed  # noqa: E402
+from learned.distributed import LOCAL, Comm  # noqa: E402
 from learned.unroll import lopt_step  # noqa: E402
 from metaopt.helpers import write_atomic  # noqa: E402
 from metaopt import tasks  # noqa: E402
@@ -162,14 +164,25 @@ def scaled(lopt: MLPLOpt, mult: float) -> MLPLOpt:
     return MLPLOpt(**{**lopt.config(), "step_mult": lopt.step_mult * mult})
 
 
-def validate(lopt, theta, device: str, steps: int | None = None,
-             mults=VAL_MULTS) -> dict[float, float]:
+def validate(lopt, theta, device: str, steps: int | None = None, mults=VAL_MULTS,
+             width_mult: int = 1, comm: Comm = LOCAL) -> dict[float, float]:
     """Meta-validation score (geometric mean final train loss over :func:`validation_problems`
-    and ``VAL_SEEDS``) for each step multiplier in ``mults``."""
+    at ``width_mult`` times their widths and ``VAL_SEEDS``) for each step multiplier in
+    ``mults``. Under ``torch.distributed`` (``comm``) the runs are dealt round-robin among the
+    ranks and every rank gets every score (each run is one process's, so the scores equal a
+    single process's)."""
     steps = 2 * HORIZON if steps is None else steps
-    problems = validation_problems(device)
-    return {m: geomean(run_lo(t, scaled(lopt, m), theta, steps, s) for t in problems
-                       for s in VAL_SEEDS) for m in mults}
+    problems = validation_problems(device, width_mult)
+    runs = [(m, t, s) for m in mults for t in problems for s in VAL_SEEDS]
+    mine = {j: torch.tensor([run_lo(t, scaled(lopt, m), theta, steps, s)], dtype=torch.float64)
+            for j, (m, t, s) in enumerate(runs) if j % comm.world == comm.rank}
+    if comm.world > 1:
+        rows = comm.gather_rows(mine, [j % comm.world for j in range(len(runs))])
+    else:
+        rows = [mine[j] for j in range(len(runs))]
+    losses = [float(r[0]) for r in rows]
+    per = len(problems) * len(VAL_SEEDS)
+    return {m: geomean(losses[i * per:(i + 1) * per]) for i, m in enumerate(mults)}
 
 
 def revalidate_stage(work: Path, device: str = "cpu") -> dict:
@@ -184,7 +197,8 @@ def revalidate_stage(work: Path, device: str = "cpu") -> dict:
             continue
         theta = load_theta(work / f"theta_{row[0]}.safetensors", lopt)
         scores = {float(k): v for k, v in row[4].items()}
-        scores.update(validate(lopt, theta, device, mults=missing))
+        scores.update(validate(lopt, theta, device, mults=missing,
+                               width_mult=log.get("val_width_mult", 1)))
         log["val"][i] = _val_entry(row[0], scores, row[2])
         _write(log_path, log)
         print(f"outer step {row[0]}: validation {log['val'][i][1]:.4f} at step multiplier "
@@ -217,32 +231,59 @@ def pick_lr0(lopt, device: str) -> tuple[float, dict]:
     for lr in LR0_GRID:
         theta = adam_like_theta(lopt, lr, torch.Generator().manual_seed(0), noise=0.0)
         scores[lr] = geomean(run_lo(t, lopt, theta, HORIZON, 0) for t in lr0_problems(device))
-        print(f"warm start lr {lr:g}: training-family geomean loss {scores[lr]:.4f}", flush=True)
+        if distributed.current().is_root:
+            print(f"warm start lr {lr:g}: training-family geomean loss {scores[lr]:.4f}",
+                  flush=True)
     return min(scores, key=scores.get), scores
 
 
 def meta_train_stage(work: Path, minutes: float, meta_steps: int, val_every: int,
                      device: str = "cpu", init: str | None = None,
-                     family: str = "base", outer_lr: float = OUTER_LR) -> dict:
+                     family: str = "base", outer_lr: float = OUTER_LR,
+                     val_width_mult: int = 1, val_mults: tuple[float, ...] = VAL_MULTS) -> dict:
     """Meta-train (resuming ``work``), validating every ``val_every`` outer steps, for at
     most ``minutes`` from now (a chunk of outer steps and its validation start only when
     their measured time still fits); returns the log. ``work/best.safetensors`` is the
     selected theta. ``init``: a theta file to start from instead of the Adam warm start
-    (a shipped file's folded step multiplier is unfolded: its ``step_mult`` may differ)."""
+    (a shipped file's folded step multiplier is unfolded: its ``step_mult`` may differ).
+    Meta-validation runs :func:`validation_problems` at ``val_width_mult`` times their widths
+    and the step multipliers ``val_mults``.
+
+    Under ``torchrun`` (``torch.distributed``, gloo) the PES slots and the validation runs are
+    shared among the ranks (:mod:`learned.distributed`); every rank takes the same decisions
+    (the deadline check is agreed on) and rank 0 alone writes."""
     deadline = time.time() + 60 * minutes
     lopt = make_lopt()
+    comm = distributed.current()
     log_path = work / "meta.json"
     log = json.loads(log_path.read_text()) if log_path.exists() else {
         "config": {**LOPT_CONFIG, "taus": list(LOPT_CONFIG["taus"])}, "val": [],
         "seconds": 0.0, "device": device, "family": family, "init": init,
-        "outer_lr": outer_lr}
-    for key, ours, default in (("family", family, "base"), ("outer_lr", outer_lr, OUTER_LR)):
+        "outer_lr": outer_lr, "val_width_mult": val_width_mult, "val_mults": list(val_mults)}
+    for key, ours, default in (("family", family, "base"), ("outer_lr", outer_lr, OUTER_LR),
+                               ("val_width_mult", val_width_mult, 1),
+                               ("val_mults", list(val_mults), list(VAL_MULTS))):
         if log.get(key, default) != ours:
             raise ValueError(f"--work {work} meta-trains with {key} {log.get(key, default)!r}, "
                              f"not {ours!r}; use another folder")
     if init is not None:  # checked before the work folder is made
         start = init_theta(init, lopt)
-    work.mkdir(parents=True, exist_ok=True)
+    if comm.is_root:
+        work.mkdir(parents=True, exist_ok=True)
+    comm.barrier()
+
+    def score(theta) -> dict[float, float]:
+        return validate(lopt, theta, device, mults=val_mults, width_mult=val_width_mult,
+                        comm=comm)
+
+    def save(path: Path, theta) -> None:
+        if comm.is_root:
+            save_theta(path, theta, lopt)
+
+    def write_log() -> None:
+        if comm.is_root:
+            _write(log_path, log)
+
     if init is None:
         if "lr0" not in log:
             t0 = time.perf_counter()
@@ -251,16 +292,17 @@ def meta_train_stage(work: Path, minutes: float, meta_steps: int, val_every: int
         start = adam_like_theta(lopt, log["lr0"], torch.Generator().manual_seed(0))
     if not log["val"]:
         t0 = time.perf_counter()
-        log["val"].append(_val_entry(0, validate(lopt, start, device), 0.0))
+        log["val"].append(_val_entry(0, score(start), 0.0))
         log["val_seconds"] = time.perf_counter() - t0
-        save_theta(work / "best.safetensors", start, lopt)
-        save_theta(work / "theta_0.safetensors", start, lopt)
-        _write(log_path, log)
+        save(work / "best.safetensors", start)
+        save(work / "theta_0.safetensors", start)
+        write_log()
     tasks_ = train_family(device, family)
     while log["val"][-1][0] < meta_steps:
         upto = log["val"][-1][0] + val_every
         per_step = log["seconds"] / log["val"][-1][0] if log["val"][-1][0] else 0.0
-        if time.time() + val_every * per_step + log.get("val_seconds", 0.0) > deadline:
+        late = time.time() + val_every * per_step + log.get("val_seconds", 0.0) > deadline
+        if comm.any([late])[0]:
             break
         t0 = time.perf_counter()
         theta = meta_train(lopt, tasks_, upto, method="pes", truncation=TRUNCATION,
@@ -269,15 +311,17 @@ def meta_train_stage(work: Path, minutes: float, meta_steps: int, val_every: int
                            seed=0, theta=start, meta_loss="mean_log_train_loss",
                            progress=False, device=device)
         log["seconds"] += time.perf_counter() - t0
-        entry = _val_entry(upto, validate(lopt, theta, device), log["seconds"])
+        entry = _val_entry(upto, score(theta), log["seconds"])
         if entry[1] < min(v[1] for v in log["val"]):
-            save_theta(work / "best.safetensors", theta, lopt)
-        save_theta(work / f"theta_{upto}.safetensors", theta, lopt)
+            save(work / "best.safetensors", theta)
+        save(work / f"theta_{upto}.safetensors", theta)
         log["val"].append(entry)
-        _write(log_path, log)
+        write_log()
         rate = 3600 * upto / log["seconds"]
-        print(f"outer step {upto}: validation {entry[1]:.4f} at step multiplier {entry[3]:g} "
-              f"({rate:.0f} outer steps/hour)", flush=True)
+        if comm.is_root:
+            print(f"outer step {upto}: validation {entry[1]:.4f} at step multiplier "
+                  f"{entry[3]:g} ({rate:.0f} outer steps/hour, {comm.world} processes)",
+                  flush=True)
     return log
 
 
@@ -314,6 +358,18 @@ def eval_problems() -> tuple[str, ...]:
     """The evaluation's problems (``pretrained_eval.PROBLEMS``)."""
     from pretrained_eval import PROBLEMS
     return PROBLEMS
+
+
+def _positive_list(text: str, flag: str) -> tuple[float, ...]:
+    """``text`` as comma-separated positive numbers, else a ValueError naming ``flag``."""
+    try:
+        xs = tuple(float(x) for x in text.split(","))
+    except ValueError:
+        raise ValueError(f"{flag} {text!r}: give comma-separated numbers, e.g. 0.316,1,1.78") \
+            from None
+    if not all(x > 0 for x in xs):
+        raise ValueError(f"{flag} {text!r}: every multiplier must be > 0")
+    return xs
 
 
 def _write(path: Path, data: dict) -> None:
@@ -362,8 +418,11 @@ def main(argv=None) -> int:
                    help="report: the exact command line that produced the results, as one "
                         "quoted string (its flags are not parsed as this run's)")
     p.add_argument("--width-steps", type=int, default=100)
-    p.add_argument("--val-width-mult", type=int, default=2,
-                   help="width-validate: times the meta-validation widths")
+    p.add_argument("--val-width-mult", type=int, default=None,
+                   help="meta-train, width-validate: times the meta-validation widths "
+                        "(default 1 for meta-train, 2 for width-validate)")
+    p.add_argument("--val-mults", default=",".join(f"{m:g}" for m in VAL_MULTS),
+                   help="meta-train: the step multipliers meta-validation chooses among")
     p.add_argument("--mults", default="0.316,0.562,1,1.78",
                    help="width-validate: step multipliers relative to --theta's step")
     a = p.parse_args(argv)
@@ -371,16 +430,11 @@ def main(argv=None) -> int:
     from pretrained_eval import evaluate_stage, report_stage
     work = Path(a.work)
     if a.stage == "width-validate":
+        a.val_width_mult = 2 if a.val_width_mult is None else a.val_width_mult
         try:
-            try:
-                mults = [float(x) for x in a.mults.split(",")]
-            except ValueError:
-                raise ValueError(f"--mults {a.mults!r}: give comma-separated numbers, e.g. "
-                                 "0.316,1,1.78") from None
+            mults = list(_positive_list(a.mults, "--mults"))
             if a.val_width_mult < 1:
                 raise ValueError(f"--val-width-mult {a.val_width_mult}: it must be >= 1")
-            if not all(m > 0 for m in mults):
-                raise ValueError(f"--mults {a.mults!r}: every multiplier must be > 0")
             width_validate_stage(Path(a.theta), a.val_width_mult, mults, a.device)
         except (ValueError, OSError) as err:
             print(f"error: {err}", file=sys.stderr)
@@ -390,8 +444,13 @@ def main(argv=None) -> int:
         try:
             if not a.outer_lr > 0:
                 raise ValueError(f"--outer-lr {a.outer_lr}: it must be > 0")
+            val_mults = _positive_list(a.val_mults, "--val-mults")
+            width = 1 if a.val_width_mult is None else a.val_width_mult
+            if width < 1:
+                raise ValueError(f"--val-width-mult {width}: it must be >= 1")
+            distributed.init_from_env(a.device)
             meta_train_stage(work, a.minutes, a.meta_steps, a.val_every, a.device, a.init,
-                             a.family, a.outer_lr)
+                             a.family, a.outer_lr, width, val_mults)
         except (ValueError, OSError) as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
