@@ -20,6 +20,13 @@ Stage ``meta-train`` (resumable: rerun the same command after a crash):
 
 Every outer step's seconds are logged, so the results give outer steps per hour. The run stops
 at ``--meta-steps`` or after ``--minutes`` of meta-training (checked between validations).
+
+Several processes (one core each) share a meta-training run under ``torchrun``; the PES slots
+and the meta-validation runs are dealt among them, and rank 0 writes (same results as one
+process, to rounding of batched kernels; see :mod:`learned.distributed`)::
+
+    OMP_NUM_THREADS=1 torchrun --standalone --nproc-per-node 2 experiments/pretrained.py \
+        --stage meta-train --work DIR [--val-width-mult 2 --val-mults 0.562,1]
 """
 from __future__ import annotations
 
