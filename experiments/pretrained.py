@@ -181,13 +181,10 @@ def validate(lopt, theta, device: str, steps: int | None = None, mults=VAL_MULTS
     steps = 2 * HORIZON if steps is None else steps
     problems = validation_problems(device, width_mult)
     runs = [(m, t, s) for m in mults for t in problems for s in VAL_SEEDS]
+    owners = comm.owners(len(runs), chunk=1)
     mine = {j: torch.tensor([run_lo(t, scaled(lopt, m), theta, steps, s)], dtype=torch.float64)
-            for j, (m, t, s) in enumerate(runs) if j % comm.world == comm.rank}
-    if comm.world > 1:
-        rows = comm.gather_rows(mine, [j % comm.world for j in range(len(runs))])
-    else:
-        rows = [mine[j] for j in range(len(runs))]
-    losses = [float(r[0]) for r in rows]
+            for j, (m, t, s) in enumerate(runs) if owners[j] == comm.rank}
+    losses = [float(r[0]) for r in comm.gather_rows(mine, owners)]
     per = len(problems) * len(VAL_SEEDS)
     return {m: geomean(losses[i * per:(i + 1) * per]) for i, m in enumerate(mults)}
 
@@ -436,12 +433,13 @@ def main(argv=None) -> int:
     torch.set_num_threads(a.threads)
     from pretrained_eval import evaluate_stage, report_stage
     work = Path(a.work)
+    if a.val_width_mult is not None and a.val_width_mult < 1:
+        print(f"error: --val-width-mult {a.val_width_mult}: it must be >= 1", file=sys.stderr)
+        return 2
     if a.stage == "width-validate":
         a.val_width_mult = 2 if a.val_width_mult is None else a.val_width_mult
         try:
             mults = list(_positive_list(a.mults, "--mults"))
-            if a.val_width_mult < 1:
-                raise ValueError(f"--val-width-mult {a.val_width_mult}: it must be >= 1")
             width_validate_stage(Path(a.theta), a.val_width_mult, mults, a.device)
         except (ValueError, OSError) as err:
             print(f"error: {err}", file=sys.stderr)
@@ -453,8 +451,6 @@ def main(argv=None) -> int:
                 raise ValueError(f"--outer-lr {a.outer_lr}: it must be > 0")
             val_mults = _positive_list(a.val_mults, "--val-mults")
             width = 1 if a.val_width_mult is None else a.val_width_mult
-            if width < 1:
-                raise ValueError(f"--val-width-mult {width}: it must be >= 1")
             distributed.init_from_env(a.device)
             meta_train_stage(work, a.minutes, a.meta_steps, a.val_every, a.device, a.init,
                              a.family, a.outer_lr, width, val_mults)

@@ -57,6 +57,11 @@ class Comm:
         """Each flag, raised on any rank (so all ranks save or stop at the same step)."""
         return list(flags)
 
+    def gather_rows(self, rows: dict[int, Tensor], owners: list[int]) -> list[Tensor]:
+        """Every rank's vectors ``rows[s]`` (for its own slots) -> every slot's row, in slot
+        order (one process holds them all)."""
+        return [rows[s] for s in range(len(owners))]
+
     def gather_slot_estimates(self, mine: dict, owners: list[int], theta) -> list:
         return [mine[s] for s in range(len(owners))]
 

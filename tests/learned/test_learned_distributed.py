@@ -59,3 +59,15 @@ def test_two_ranks_equal_one_process_and_resume_with_another_rank_count(tmp_path
     assert _equal(straight, load_file(tmp_path / "q1-resumed.safetensors"))  # 1 -> 3 ranks
     assert sorted(p.name for p in (tmp_path / "q2").iterdir()) == [
         "ckpt-00000005.safetensors", "latest.json"]
+
+
+def test_one_process_gathers_its_own_rows_in_slot_order():
+    """Without a process group (:data:`learned.distributed.LOCAL`) every slot is local:
+    ``gather_rows`` returns the rows it was given, by slot, as a group of one rank would."""
+    from learned.distributed import LOCAL
+
+    rows = {2: torch.tensor([3.0]), 0: torch.tensor([1.0, 5.0]), 1: torch.tensor([-2.0])}
+    owners = LOCAL.owners(3, chunk=1)
+    assert owners == [0, 0, 0]
+    got = LOCAL.gather_rows(rows, owners)
+    assert [r.tolist() for r in got] == [[1.0, 5.0], [-2.0], [3.0]]
