@@ -62,8 +62,16 @@ VAL_MULTS = (0.1, 0.178, 0.316, 0.562, 1.0)  # step multipliers meta-validation 
 CHARLM = dict(depth=1, heads=4, context=32, base_width=64, eval_windows=64)
 
 
-def make_lopt() -> MLPLOpt:
-    return MLPLOpt(**LOPT_CONFIG)
+def make_lopt(config: dict | None = None) -> MLPLOpt:
+    """The LO of ``config`` (a meta-training log's; default the shipped ``LOPT_CONFIG``)."""
+    return MLPLOpt(**(LOPT_CONFIG if config is None else config))
+
+
+def lopt_config(orthogonalize: bool = False, ortho_gain: float = 1.0) -> dict:
+    """``LOPT_CONFIG``, with hidden matrices' steps orthogonalized (:mod:`learned.orthogonal`)
+    when ``orthogonalize``; JSON-ready (``taus`` a list)."""
+    extra = {"orthogonalize": True, "ortho_gain": ortho_gain} if orthogonalize else {}
+    return {**LOPT_CONFIG, "taus": list(LOPT_CONFIG["taus"]), **extra}
 
 
 class Mixture(TaskFamily):
@@ -193,8 +201,9 @@ def revalidate_stage(work: Path, device: str = "cpu") -> dict:
     """Score every logged snapshot ``work/theta_<step>.safetensors`` at the multipliers of
     ``VAL_MULTS`` its log row lacks (a grid made finer after the run started), re-pick each
     row's multiplier and ``work/best.safetensors``; rows already complete are not rerun."""
-    log_path, lopt = work / "meta.json", make_lopt()
+    log_path = work / "meta.json"
     log = json.loads(log_path.read_text())
+    lopt = make_lopt(log["config"])
     for i, row in enumerate(log["val"]):
         missing = [m for m in VAL_MULTS if f"{m:g}" not in row[4]]
         if not missing:
@@ -230,6 +239,33 @@ def width_validate_stage(theta_path: Path, width_mult: int, mults: list[float],
               f"({time.perf_counter() - start:.0f} s)", flush=True)
 
 
+def ortho_validate_stage(theta_path: Path, gains: list[float], out: Path | None,
+                         device: str = "cpu", width_mult: int = 1) -> float:
+    """Meta-validation (:func:`validate`, at the file's own step) of ``theta_path``'s LO with
+    hidden matrices' steps orthogonalized (:mod:`learned.orthogonal`) at each ``ortho_gain`` in
+    ``gains``; prints a markdown table (per problem and seed the final train loss, then the
+    geometric mean), writes the best gain's LO to ``out`` (when given) and returns that gain."""
+    lopt, theta = load_lopt(theta_path, device)
+    problems = validation_problems(device, width_mult)
+    names = [f"{t.name} {s}" for t in problems for s in VAL_SEEDS]
+    print("| ortho_gain | " + " | ".join(names) + " | geomean |\n|---:|"
+          + "---:|" * (len(names) + 1), flush=True)
+    scores = {}
+    for g in gains:
+        start = time.perf_counter()
+        ortho = MLPLOpt(**{**lopt.config(), "orthogonalize": True, "ortho_gain": g})
+        losses = [run_lo(t, ortho, theta, 2 * HORIZON, s) for t in problems for s in VAL_SEEDS]
+        scores[g] = geomean(losses)
+        print(f"| {g:g} | " + " | ".join(f"{x:.4g}" for x in losses) + f" | {scores[g]:.4f} |",
+              f"({time.perf_counter() - start:.0f} s)", flush=True)
+    best = min(scores, key=scores.get)
+    if out is not None:
+        save_theta(out, theta, MLPLOpt(**{**lopt.config(), "orthogonalize": True,
+                                          "ortho_gain": best}))
+        print(f"wrote ortho_gain {best:g} (validation {scores[best]:.4f}) to {out}", flush=True)
+    return best
+
+
 def pick_lr0(lopt, device: str) -> tuple[float, dict]:
     scores = {}
     for lr in LR0_GRID:
@@ -244,29 +280,33 @@ def pick_lr0(lopt, device: str) -> tuple[float, dict]:
 def meta_train_stage(work: Path, minutes: float, meta_steps: int, val_every: int,
                      device: str = "cpu", init: str | None = None,
                      family: str = "base", outer_lr: float = OUTER_LR,
-                     val_width_mult: int = 1, val_mults: tuple[float, ...] = VAL_MULTS) -> dict:
+                     val_width_mult: int = 1, val_mults: tuple[float, ...] = VAL_MULTS,
+                     config: dict | None = None) -> dict:
     """Meta-train (resuming ``work``), validating every ``val_every`` outer steps, for at
     most ``minutes`` from now (a chunk of outer steps and its validation start only when
     their measured time still fits); returns the log. ``work/best.safetensors`` is the
     selected theta. ``init``: a theta file to start from instead of the Adam warm start
     (a shipped file's folded step multiplier is unfolded: its ``step_mult`` may differ).
     Meta-validation runs :func:`validation_problems` at ``val_width_mult`` times their widths
-    and the step multipliers ``val_mults``.
+    and the step multipliers ``val_mults``; ``config`` is the LO's (default
+    :func:`lopt_config`).
 
     Under ``torchrun`` (``torch.distributed``, gloo) the PES slots and the validation runs are
     shared among the ranks (:mod:`learned.distributed`); every rank takes the same decisions
     (the deadline check is agreed on) and rank 0 alone writes."""
     deadline = time.time() + 60 * minutes
-    lopt = make_lopt()
+    config = lopt_config() if config is None else config
+    lopt = make_lopt(config)
     comm = distributed.current()
     log_path = work / "meta.json"
     log = json.loads(log_path.read_text()) if log_path.exists() else {
-        "config": {**LOPT_CONFIG, "taus": list(LOPT_CONFIG["taus"])}, "val": [],
+        "config": config, "val": [],
         "seconds": 0.0, "device": device, "family": family, "init": init,
         "outer_lr": outer_lr, "val_width_mult": val_width_mult, "val_mults": list(val_mults)}
     for key, ours, default in (("family", family, "base"), ("outer_lr", outer_lr, OUTER_LR),
                                ("val_width_mult", val_width_mult, 1),
-                               ("val_mults", list(val_mults), list(VAL_MULTS))):
+                               ("val_mults", list(val_mults), list(VAL_MULTS)),
+                               ("config", config, lopt_config())):
         if log.get(key, default) != ours:
             raise ValueError(f"--work {work} meta-trains with {key} {log.get(key, default)!r}, "
                              f"not {ours!r}; use another folder")
@@ -350,7 +390,7 @@ def ship_stage(work: Path, out: Path) -> Path:
     multiplier folded into ``step_mult`` to ``out`` (the package's pretrained file)."""
     log = json.loads((work / "meta.json").read_text())
     best = min(log["val"], key=lambda v: v[1])
-    lopt = make_lopt()
+    lopt = make_lopt(log["config"])
     theta = load_theta(work / "best.safetensors", lopt)
     save_theta(out, theta, scaled(lopt, best[3]))
     print(f"shipped outer step {best[0]} (validation {best[1]:.4f}, step multiplier "
@@ -383,7 +423,7 @@ def _write(path: Path, data: dict) -> None:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--stage", choices=("meta-train", "revalidate", "ship", "evaluate",
-                                       "report", "width-validate"),
+                                       "report", "width-validate", "ortho-validate"),
                    required=True)
     p.add_argument("--work", default="/tmp/pretrained_work")
     p.add_argument("--minutes", type=float, default=45.0)
@@ -397,6 +437,10 @@ def main(argv=None) -> int:
                    help="meta-train: the task family (see FAMILIES)")
     p.add_argument("--outer-lr", type=float, default=OUTER_LR,
                    help="meta-train: PES's outer Adam learning rate")
+    p.add_argument("--orthogonalize", action="store_true",
+                   help="meta-train: orthogonalize hidden matrices' steps (learned.orthogonal)")
+    p.add_argument("--ortho-gain", type=float, default=1.0,
+                   help="meta-train: with --orthogonalize, their step relative to step_mult")
     p.add_argument("--results", default="/tmp/pretrained_results",
                    help="evaluate/report: folder of the evaluation's runs (eval.json)")
     p.add_argument("--theta", default="learned/pretrained/mulo_small.safetensors",
@@ -429,6 +473,10 @@ def main(argv=None) -> int:
                    help="meta-train: the step multipliers meta-validation chooses among")
     p.add_argument("--mults", default="0.316,0.562,1,1.78",
                    help="width-validate: step multipliers relative to --theta's step")
+    p.add_argument("--gains", default="1,1.78,3.16,5.62,10",
+                   help="ortho-validate: the ortho_gain values tried (comma-separated)")
+    p.add_argument("--ortho-out", default=None,
+                   help="ortho-validate: write --theta's LO at the best gain to this file")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
     from pretrained_eval import evaluate_stage, report_stage
@@ -445,15 +493,29 @@ def main(argv=None) -> int:
             print(f"error: {err}", file=sys.stderr)
             return 2
         return 0
+    if a.stage == "ortho-validate":
+        try:
+            gains = list(_positive_list(a.gains, "--gains"))
+            out = None if a.ortho_out is None else Path(a.ortho_out)
+            if out is not None and not out.parent.is_dir():
+                raise ValueError(f"--ortho-out {out}: no folder {out.parent}")
+            ortho_validate_stage(Path(a.theta), gains, out, a.device, a.val_width_mult or 1)
+        except (ValueError, OSError) as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        return 0
     if a.stage == "meta-train":
         try:
             if not a.outer_lr > 0:
                 raise ValueError(f"--outer-lr {a.outer_lr}: it must be > 0")
+            if not 0 < a.ortho_gain < math.inf:
+                raise ValueError(f"--ortho-gain {a.ortho_gain}: it must be > 0")
             val_mults = _positive_list(a.val_mults, "--val-mults")
             width = 1 if a.val_width_mult is None else a.val_width_mult
             distributed.init_from_env(a.device)
             meta_train_stage(work, a.minutes, a.meta_steps, a.val_every, a.device, a.init,
-                             a.family, a.outer_lr, width, val_mults)
+                             a.family, a.outer_lr, width, val_mults,
+                             lopt_config(a.orthogonalize, a.ortho_gain))
         except (ValueError, OSError) as err:
             print(f"error: {err}", file=sys.stderr)
             return 2

@@ -39,6 +39,7 @@ from metaopt.hoist import compile_options
 from . import fused_mlp_cpu
 from .base import Theta, as_param_info
 from .features import EPS, NORM_EPS, adam_direction, adam_rms, matrix_shape, update_state
+from .orthogonal import orthogonal_step
 
 
 def _dot(xs: Sequence[Tensor], w: Tensor, j: int) -> Tensor:
@@ -163,25 +164,33 @@ def fused_rule_step(lopt, theta: Theta, compile: bool = True,
     def fused(params, grads, states, hp, steps) -> None:
         info = as_param_info(hp.get("info"))
         for p, g, s, st in zip(params, grads, states, steps):
-            key = (p.device, p.dtype)
-            if key not in cache:
-                cache[key] = theta_weights(lopt, theta, p.dtype)
-            weights = cache[key]
-            if (compile and cpu_kernels and fused_mlp_cpu.supports(p, g)
-                    and fused_mlp_cpu.tensor_step(lopt, weights, g, p, s, int(st),
-                                                  lopt.step_mult * lopt.scale(info))):
-                continue
-            t = torch.tensor(float(st), dtype=p.dtype, device=p.device)
-            mult = torch.tensor(lopt.step_mult * lopt.scale(info), dtype=p.dtype, device=p.device)
-            family = kernel_family(p) if compile else None
-            if family is None or family in compiled:
-                _inplace(step, g, p, s, t, mult, weights)
-                continue
-            start = _announce(family)
+            if lopt.orthogonalized(info, p):
+                before = p.clone()  # the per-coordinate step, then its orthogonalization
+                tensor(p, g, s, st, info)
+                p.copy_(before - orthogonal_step(before - p, lopt.step_mult * lopt.ortho_gain))
+            else:
+                tensor(p, g, s, st, info)
+
+    def tensor(p, g, s, st, info) -> None:
+        key = (p.device, p.dtype)
+        if key not in cache:
+            cache[key] = theta_weights(lopt, theta, p.dtype)
+        weights = cache[key]
+        if (compile and cpu_kernels and fused_mlp_cpu.supports(p, g)
+                and fused_mlp_cpu.tensor_step(lopt, weights, g, p, s, int(st),
+                                              lopt.step_mult * lopt.scale(info))):
+            return
+        t = torch.tensor(float(st), dtype=p.dtype, device=p.device)
+        mult = torch.tensor(lopt.step_mult * lopt.scale(info), dtype=p.dtype, device=p.device)
+        family = kernel_family(p) if compile else None
+        if family is None or family in compiled:
             _inplace(step, g, p, s, t, mult, weights)
-            compiled.add(family)
-            print(f"learned.fused_mlp: compiled in {time.perf_counter() - start:.0f} s",
-                  file=sys.stderr, flush=True)
+            return
+        start = _announce(family)
+        _inplace(step, g, p, s, t, mult, weights)
+        compiled.add(family)
+        print(f"learned.fused_mlp: compiled in {time.perf_counter() - start:.0f} s",
+              file=sys.stderr, flush=True)
 
     # where impl="auto" takes this path: CPUs with the C kernels (ms to load once built); on a
     # GPU the Inductor compile costs minutes, so "auto" keeps the loop there

@@ -46,6 +46,7 @@ from torch import Tensor
 from metaopt.tasks import ParamInfo
 
 from .base import LOpt, Theta
+from .orthogonal import is_orthogonalized, orthogonal_step
 from .features import (FEATURES, N_FEATURES, SCALE_FEATURES, TAUS, adam_direction, adam_rms,
                        feature_chunks, feature_normalizer, init_state, tensor_features,
                        update_state)
@@ -76,6 +77,11 @@ class MLPLOpt(LOpt):
         ``tau`` well below the meta-training horizon saturate within it, so they stay in
         distribution on longer runs; larger ``tau`` tell the LO more about time but go out of
         distribution beyond the horizon.
+      orthogonalize: replace the step of every hidden matrix by its Newton-Schulz
+        orthogonalization, ``step_mult * ortho_gain * max(1, R/C)^{1/2} NS5(D)``
+        (:mod:`learned.orthogonal`; Celo2, Muon); other tensors keep the per-coordinate step.
+      ortho_gain: the orthogonalized step relative to ``step_mult`` (Muon's lr 0.01-0.02 at
+        ``step_mult`` 0.01).
       chunk_elems: coordinates per feature block (bounds the feature memory per tensor).
     """
 
@@ -83,13 +89,14 @@ class MLPLOpt(LOpt):
                  step_mult: float = 1e-3, mup: bool = True, base_fan_in: int = 1,
                  scale_features: bool = False, adam_feature: bool = False,
                  adam_scale: bool = False, taus: tuple[float, ...] = TAUS,
-                 readout_scale: bool = False,
-                 chunk_elems: int = 1 << 18):
+                 readout_scale: bool = False, orthogonalize: bool = False,
+                 ortho_gain: float = 1.0, chunk_elems: int = 1 << 18):
         for name, v in (("hidden", hidden), ("layers", layers), ("base_fan_in", base_fan_in),
                         ("chunk_elems", chunk_elems)):
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"MLPLOpt: {name} must be an integer >= 1, got {v!r}")
-        for name, v in (("exp_mult", exp_mult), ("step_mult", step_mult)):
+        for name, v in (("exp_mult", exp_mult), ("step_mult", step_mult),
+                        ("ortho_gain", ortho_gain)):
             if not (isinstance(v, (int, float)) and 0 < v < math.inf):
                 raise ValueError(f"MLPLOpt: {name} must be a positive number, got {v!r}")
         self.hidden, self.layers = hidden, layers
@@ -102,6 +109,7 @@ class MLPLOpt(LOpt):
                              "step by the Adam feature's RMS)")
         self.scale_features, self.adam_feature = bool(scale_features), bool(adam_feature)
         self.adam_scale, self.readout_scale = bool(adam_scale), bool(readout_scale)
+        self.orthogonalize, self.ortho_gain = bool(orthogonalize), float(ortho_gain)
         self.taus = tuple(float(t) for t in taus)
         self.n_features = N_FEATURES + self.adam_feature
         self.n_tensor_features = len(self.taus) + (len(SCALE_FEATURES) if scale_features else 0)
@@ -113,7 +121,9 @@ class MLPLOpt(LOpt):
                 "step_mult": self.step_mult, "mup": self.mup, "base_fan_in": self.base_fan_in,
                 "scale_features": self.scale_features, "adam_feature": self.adam_feature,
                 "adam_scale": self.adam_scale, "taus": list(self.taus),
-                "readout_scale": self.readout_scale}
+                "readout_scale": self.readout_scale,
+                **({"orthogonalize": True, "ortho_gain": self.ortho_gain}
+                   if self.orthogonalize else {})}
 
     def init_theta(self, generator: torch.Generator | None = None) -> Theta:
         """Weights ~ N(0, 1/fan_in) (haiku's Linear default, truncation aside), biases 0."""
@@ -157,7 +167,14 @@ class MLPLOpt(LOpt):
             blocks = [torch.cat([b, a], 1) for b, a in zip(blocks, adam)]
         out = torch.cat([self._mlp(theta, x, bias0) for x in blocks])
         delta = out[:, 0] * torch.exp(out[:, 1] * self.exp_mult) * mult
-        return delta.reshape(param.shape), new
+        delta = delta.reshape(param.shape)
+        if self.orthogonalized(info, param):
+            delta = orthogonal_step(delta, self.step_mult * self.ortho_gain)
+        return delta, new
+
+    def orthogonalized(self, info: ParamInfo | None, param: Tensor) -> bool:
+        """Whether ``param``'s step is orthogonalized (:mod:`learned.orthogonal`)."""
+        return self.orthogonalize and is_orthogonalized(info, param.shape)
 
     def fused_rule(self, theta: Theta):
         """The fused step of :mod:`learned.fused_mlp` (``LearnedOptimizer(impl="fused")``)."""
