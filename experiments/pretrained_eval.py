@@ -390,7 +390,7 @@ def evaluate_stage(work: Path, a) -> int:
     steps, pw = a.eval_steps, a.eval_width
     lo_grid = tuple(float(x) for x in a.lo_grid.split(","))
     seeds = SEEDS[:a.seeds]
-    problems = a.problems.split(",")
+    problems = [p for p in a.problems.split(",") if p]  # "": width transfer only
     theta = str(a.theta)
     stale = stale_thetas(cache, [theta, *map(str, a.snapshots)])
     if stale:
