@@ -47,13 +47,23 @@ def _fit(opt_for, steps=60):
     return losses, opt
 
 
-def test_pretrained_trains_an_arbitrary_module_in_one_line():
-    losses, opt = _fit(lambda m: learned.pretrained("mulo_small", m))
+@pytest.mark.parametrize("name", ["mulo_small", "mulo_ortho"])
+def test_pretrained_trains_an_arbitrary_module_in_one_line(name):
+    losses, opt = _fit(lambda m: learned.pretrained(name, m))
     assert isinstance(opt, learned.LearnedOptimizer)
     assert {g["info"][1] for g in opt.param_groups} >= {"hidden", "output", "vector", "bias"}
     assert losses[-1] < 0.5 * losses[0], losses[::10]
-    tiny, _ = _fit(lambda m: learned.pretrained("mulo_small", m, lr=1e-3))
+    tiny, _ = _fit(lambda m: learned.pretrained(name, m, lr=1e-3))
     assert tiny[-1] > losses[-1]  # the lr knob scales its steps
+
+
+def test_mulo_ortho_is_mulo_small_with_orthogonalized_hidden_matrices():
+    small, theta = learned.pretrained_lopt("mulo_small")
+    ortho, theta_o = learned.pretrained_lopt("mulo_ortho")
+    assert ortho.config() == {**small.config(), "orthogonalize": True, "ortho_gain": 3.16}
+    assert all(torch.equal(theta[k], theta_o[k]) for k in theta)
+    card = learned.model_card("mulo_ortho")
+    assert "ortho-validate" in card and "held-out" in card
 
 
 def test_pretrained_on_parameters_and_its_files():
