@@ -552,7 +552,7 @@ def report_stage(work: Path, a) -> int:
             d = scores(p, "lo", 1.0, th, steps=steps, pwidth=pw)
             if d is not None and aw is not None:
                 rs.append(d / aw)
-        if len(rs) < len(held_out):
+        if not rs or len(rs) < len(held_out):  # none: a width-transfer-only evaluation
             continue
         snap_rows.append(f"| {label} | {n if n is not None else ''} | "
                          f"{'' if secs is None else f'{secs:.0f}'} | {geomean(rs):.3f} | "
