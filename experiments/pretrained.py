@@ -70,8 +70,13 @@ def make_lopt(config: dict | None = None) -> MLPLOpt:
 def lopt_config(orthogonalize: bool = False, ortho_gain: float = 1.0) -> dict:
     """``LOPT_CONFIG``, with hidden matrices' steps orthogonalized (:mod:`learned.orthogonal`)
     when ``orthogonalize``; JSON-ready (``taus`` a list)."""
-    extra = {"orthogonalize": True, "ortho_gain": ortho_gain} if orthogonalize else {}
-    return {**LOPT_CONFIG, "taus": list(LOPT_CONFIG["taus"]), **extra}
+    config = {**LOPT_CONFIG, "taus": list(LOPT_CONFIG["taus"])}
+    return with_ortho(config, ortho_gain) if orthogonalize else config
+
+
+def with_ortho(config: dict, gain: float) -> dict:
+    """An LO ``config`` with hidden matrices' steps orthogonalized at ``ortho_gain`` ``gain``."""
+    return {**config, "orthogonalize": True, "ortho_gain": gain}
 
 
 class Mixture(TaskFamily):
@@ -229,41 +234,44 @@ def width_validate_stage(theta_path: Path, width_mult: int, mults: list[float],
     another default step? Prints a markdown table (one row per multiplier, per problem and seed
     the final train loss, then the geometric mean), each row as it finishes."""
     lopt, theta = load_lopt(theta_path, device)
-    problems = validation_problems(device, width_mult)
-    names = [f"{t.name} {s}" for t in problems for s in VAL_SEEDS]
-    print("| multiplier | " + " | ".join(names) + " | geomean |\n|---:|" + "---:|" * (len(names) + 1))
-    for m in mults:
-        start = time.perf_counter()
-        losses = [run_lo(t, scaled(lopt, m), theta, 2 * HORIZON, s) for t in problems for s in VAL_SEEDS]
-        print(f"| x{m:g} | " + " | ".join(f"{x:.4g}" for x in losses) + f" | {geomean(losses):.4f} |",
-              f"({time.perf_counter() - start:.0f} s)", flush=True)
+    _validation_table("multiplier", {f"x{m:g}": scaled(lopt, m) for m in mults}, theta,
+                      validation_problems(device, width_mult))
 
 
 def ortho_validate_stage(theta_path: Path, gains: list[float], out: Path | None,
                          device: str = "cpu", width_mult: int = 1) -> float:
-    """Meta-validation (:func:`validate`, at the file's own step) of ``theta_path``'s LO with
-    hidden matrices' steps orthogonalized (:mod:`learned.orthogonal`) at each ``ortho_gain`` in
-    ``gains``; prints a markdown table (per problem and seed the final train loss, then the
-    geometric mean), writes the best gain's LO to ``out`` (when given) and returns that gain."""
+    """Meta-validation (the runs of :func:`validate`, at the file's own step) of
+    ``theta_path``'s LO with hidden matrices' steps orthogonalized (:mod:`learned.orthogonal`)
+    at each ``ortho_gain`` in ``gains``; prints a markdown table (per problem and seed the final
+    train loss, then the geometric mean), writes the best gain's LO to ``out`` (when given) and
+    returns that gain."""
     lopt, theta = load_lopt(theta_path, device)
-    problems = validation_problems(device, width_mult)
+    lopts = {g: MLPLOpt(**with_ortho(lopt.config(), g)) for g in gains}
+    scores = _validation_table("ortho_gain", {f"{g:g}": lo for g, lo in lopts.items()}, theta,
+                               validation_problems(device, width_mult))
+    best = min(gains, key=lambda g: scores[f"{g:g}"])
+    if out is not None:
+        save_theta(out, theta, lopts[best])
+        print(f"wrote ortho_gain {best:g} (validation {scores[f'{best:g}']:.4f}) to {out}",
+              flush=True)
+    return best
+
+
+def _validation_table(column: str, lopts: dict[str, MLPLOpt], theta, problems) -> dict[str, float]:
+    """Run every LO of ``lopts`` (by row label) on ``problems`` x ``VAL_SEEDS`` for
+    ``2 * HORIZON`` steps, printing a markdown table row by row (per run the final train loss,
+    then the geometric mean); returns the geometric means by label."""
     names = [f"{t.name} {s}" for t in problems for s in VAL_SEEDS]
-    print("| ortho_gain | " + " | ".join(names) + " | geomean |\n|---:|"
+    print(f"| {column} | " + " | ".join(names) + " | geomean |\n|---:|"
           + "---:|" * (len(names) + 1), flush=True)
     scores = {}
-    for g in gains:
+    for label, lo in lopts.items():
         start = time.perf_counter()
-        ortho = MLPLOpt(**{**lopt.config(), "orthogonalize": True, "ortho_gain": g})
-        losses = [run_lo(t, ortho, theta, 2 * HORIZON, s) for t in problems for s in VAL_SEEDS]
-        scores[g] = geomean(losses)
-        print(f"| {g:g} | " + " | ".join(f"{x:.4g}" for x in losses) + f" | {scores[g]:.4f} |",
-              f"({time.perf_counter() - start:.0f} s)", flush=True)
-    best = min(scores, key=scores.get)
-    if out is not None:
-        save_theta(out, theta, MLPLOpt(**{**lopt.config(), "orthogonalize": True,
-                                          "ortho_gain": best}))
-        print(f"wrote ortho_gain {best:g} (validation {scores[best]:.4f}) to {out}", flush=True)
-    return best
+        losses = [run_lo(t, lo, theta, 2 * HORIZON, s) for t in problems for s in VAL_SEEDS]
+        scores[label] = geomean(losses)
+        print(f"| {label} | " + " | ".join(f"{x:.4g}" for x in losses)
+              + f" | {scores[label]:.4f} |", f"({time.perf_counter() - start:.0f} s)", flush=True)
+    return scores
 
 
 def pick_lr0(lopt, device: str) -> tuple[float, dict]:

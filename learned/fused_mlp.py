@@ -39,7 +39,6 @@ from metaopt.hoist import compile_options
 from . import fused_mlp_cpu
 from .base import Theta, as_param_info
 from .features import EPS, NORM_EPS, adam_direction, adam_rms, matrix_shape, update_state
-from .orthogonal import orthogonal_step
 
 
 def _dot(xs: Sequence[Tensor], w: Tensor, j: int) -> Tensor:
@@ -167,7 +166,7 @@ def fused_rule_step(lopt, theta: Theta, compile: bool = True,
             if lopt.orthogonalized(info, p):
                 before = p.clone()  # the per-coordinate step, then its orthogonalization
                 tensor(p, g, s, st, info)
-                p.copy_(before - orthogonal_step(before - p, lopt.step_mult * lopt.ortho_gain))
+                p.copy_(before - lopt.orthogonal_delta(before - p))
             else:
                 tensor(p, g, s, st, info)
 

@@ -169,12 +169,17 @@ class MLPLOpt(LOpt):
         delta = out[:, 0] * torch.exp(out[:, 1] * self.exp_mult) * mult
         delta = delta.reshape(param.shape)
         if self.orthogonalized(info, param):
-            delta = orthogonal_step(delta, self.step_mult * self.ortho_gain)
+            delta = self.orthogonal_delta(delta)
         return delta, new
 
     def orthogonalized(self, info: ParamInfo | None, param: Tensor) -> bool:
         """Whether ``param``'s step is orthogonalized (:mod:`learned.orthogonal`)."""
         return self.orthogonalize and is_orthogonalized(info, param.shape)
+
+    def orthogonal_delta(self, d: Tensor) -> Tensor:
+        """A hidden matrix's per-coordinate step ``d`` orthogonalized at this LO's step size
+        ``step_mult * ortho_gain`` (:func:`learned.orthogonal.orthogonal_step`)."""
+        return orthogonal_step(d, self.step_mult * self.ortho_gain)
 
     def fused_rule(self, theta: Theta):
         """The fused step of :mod:`learned.fused_mlp` (``LearnedOptimizer(impl="fused")``)."""
